@@ -1,0 +1,185 @@
+"""The configuration schema (pydantic models, unknown keys rejected).
+
+Type-specific destination options, source-format options and component references are checked
+in `gateway.config.load` after plugins are loaded, because plugins define those names.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from gateway.units import Rate, parse_duration, parse_rate, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+RateLimit = Annotated[Rate, BeforeValidator(parse_rate)]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Dedupe keys live at least this long: the provider resends for about 24 hours.
+MIN_DEDUPE_RETENTION = 25 * 3600.0
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors, values are not coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+def _networks(value: Any) -> Any:
+    if isinstance(value, list):
+        return [ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v for v in value]
+    return value
+
+
+Networks = Annotated[list[Network], BeforeValidator(_networks)]
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_body_size: Size = 1024 * 1024
+    #: Proxies whose `X-Forwarded-For` is believed; without them the header is ignored.
+    trusted_proxies: Networks = []
+
+
+class BasicAuthConfig(Strict):
+    username: str = Field(min_length=1)
+    password: str = Field(min_length=1)
+
+
+class AuthConfig(Strict):
+    basic: BasicAuthConfig | None = None
+    allow_ips: Networks | None = None
+    realm: str = "callback-gateway"
+
+
+class SourceConfig(Strict):
+    path: str
+    format: str = "revicom"
+    auth: AuthConfig = AuthConfig()
+    on_invalid: Literal["quarantine", "reject"] = "quarantine"
+    #: Options for the source format (for `json`: how to derive the dedupe key).
+    options: dict[str, Any] = {}
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if (
+            not v.startswith("/")
+            or v.startswith("/admin")
+            or v in ("/healthz", "/readyz", "/metrics")
+        ):
+            raise ValueError(
+                "must start with '/' and not be a built-in path"
+                " (/healthz, /readyz, /metrics, /admin)"
+            )
+        return v
+
+
+class RetryConfig(Strict):
+    """Retry policy; `attempts` counts every try, so 3 means at most three requests."""
+
+    attempts: int = Field(12, ge=1)
+    initial: Duration = 1.0
+    max_interval: Duration = 600.0
+    max_age: Duration = 86400.0
+
+
+class PartialRetry(Strict):
+    """A destination's `retry`: keys it leaves out come from the top-level `retry`."""
+
+    attempts: int | None = Field(None, ge=1)
+    initial: Duration | None = None
+    max_interval: Duration | None = None
+    max_age: Duration | None = None
+
+    def over(self, base: RetryConfig) -> RetryConfig:
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class DeliveryConfig(Strict):
+    concurrency: int = Field(8, ge=1, le=1024)
+    lease: Duration = 30.0
+
+
+class RetentionConfig(Strict):
+    dedupe: Duration = MIN_DEDUPE_RETENTION
+    delivered: Duration = 7 * 86400.0
+
+    @field_validator("dedupe")
+    @classmethod
+    def _dedupe(cls, v: float) -> float:
+        if v < MIN_DEDUPE_RETENTION:
+            raise ValueError("must be at least 25h: the provider resends for about a day")
+        return v
+
+
+class DestinationConfig(BaseModel):
+    """One destination: common keys here, type-specific keys in `options` (its plugin checks
+    them)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, arbitrary_types_allowed=True)
+
+    type: str
+    retry: PartialRetry | None = None
+    concurrency: int | None = Field(None, ge=1, le=1024)
+    rate_limit: RateLimit | None = None
+    enabled: bool = True
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The type-specific keys as written (after interpolation)."""
+        return dict(self.model_extra or {})
+
+
+class RouteConfig(Strict):
+    name: str | None = None
+    match: dict[str, Any] = {}
+    when: str | None = None
+    enrich: list[str] = []
+    filter: list[str] = []
+    to: list[str] = Field(min_length=1)
+    stop: bool = False
+
+    @field_validator("to", "enrich", "filter", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class Config(Strict):
+    """The whole validated configuration. `raw` keeps the interpolated tree for redacted dumps."""
+
+    server: ServerConfig = ServerConfig()
+    store: str = "sqlite:///var/gateway.db"
+    plugins: list[str] = []
+    sources: dict[str, SourceConfig] = {}
+    destinations: dict[str, DestinationConfig] = {}
+    retry: RetryConfig = RetryConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    retention: RetentionConfig = RetentionConfig()
+    #: Named filter / enricher instances: ``name: {type: component, ...options}``; ``type``
+    #: defaults to the name, so ``error_text: {codes: {...}}`` configures the built-in.
+    filters: dict[str, dict[str, Any]] = {}
+    enrichers: dict[str, dict[str, Any]] = {}
+    routes: list[RouteConfig] = []
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if not v.startswith(("sqlite:///", "redis://", "rediss://")):
+            raise ValueError("expected sqlite:///path/to.db (or redis://host:6379/0)")
+        return v
+
+    def retry_for(self, destination: str) -> RetryConfig:
+        """The effective retry policy of one destination."""
+        dest = self.destinations[destination]
+        return dest.retry.over(self.retry) if dest.retry else self.retry
+
+    def concurrency_for(self, destination: str) -> int:
+        return self.destinations[destination].concurrency or self.delivery.concurrency

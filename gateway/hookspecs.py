@@ -1,0 +1,96 @@
+"""The plugin API: every hook callback-gateway calls, with its contract.
+
+Plugins implement these with `@gateway.hookimpl`; the docstrings here are the reference
+documentation (``docs/plugins.md`` repeats them with examples, and a test keeps the two in step).
+Any hook may be written as ``async def``: the gateway awaits whatever a hook returns.
+Hook implementations must not give parameters default values (pluggy would not pass them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import hookspec
+
+
+@hookspec
+def register_source_formats(register: Any) -> None:
+    """Make body formats available to ``sources.<name>.format``.
+
+    :param register: call ``register(name, component)`` once per format. A component is a class
+        with an ``Options`` pydantic model (validated from ``sources.<name>.options``) whose
+        instances implement ``gateway.components.SourceFormat``. A name registered twice is a
+        startup error naming both plugins.
+    """
+
+
+@hookspec
+def register_filters(register: Any) -> None:
+    """Make filters available to routes (``filter: [name]``) and to ``filters:`` in the config.
+
+    :param register: ``register(name, component)``; the component is a class with an
+        ``Options`` model and a ``keep(event, meta)`` method (see ``gateway.components.Filter``).
+    """
+
+
+@hookspec
+def register_enrichers(register: Any) -> None:
+    """Make enrichers available to routes (``enrich: [name]``) and to ``enrichers:``.
+
+    :param register: ``register(name, component)``; the component is a class with an
+        ``Options`` model and an ``enrich(event, meta)`` method returning a dict to merge.
+    """
+
+
+@hookspec
+def register_destinations(register: Any) -> None:
+    """Make destination types available to ``destinations.<name>.type``.
+
+    :param register: ``register(name, component)``; the component is a class with an
+        ``Options`` model whose instances deliver one delivery and classify the outcome
+        (see ``gateway.components.Destination``).
+    """
+
+
+@hookspec
+def enrich_event(event: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any] | None:
+    """Add fields to every event before routing.
+
+    :param event: the provider's fields plus enrichments so far (do not mutate it).
+    :param meta: gateway metadata: ``event_id``, ``source``, ``received_at``.
+    :return: a dict merged into the event's enrichment, or ``None`` to add nothing.
+        Raising holds the event for a later retry with this plugin's name and error visible.
+    """
+
+
+@hookspec
+def filter_event(event: dict[str, Any], meta: dict[str, Any]) -> bool | None:
+    """Drop an event before routing.
+
+    :return: ``False`` to drop the event (recorded as filtered, with this plugin's name),
+        ``True`` or ``None`` to let it through. Any plugin returning ``False`` drops it.
+    """
+
+
+@hookspec
+def delivery_finished(delivery: dict[str, Any], outcome: dict[str, Any]) -> None:
+    """Observe the end of a delivery attempt.
+
+    :param delivery: id, event_id, source, route, destination, attempts, state.
+    :param outcome: ``state`` (``delivered``, ``pending`` for a scheduled retry, ``dead``),
+        ``error`` (text or ``None``), ``status`` (HTTP/SMTP code or ``None``).
+        Errors raised here are logged and otherwise ignored.
+    """
+
+
+@hookspec
+def startup(gateway: Any) -> None:
+    """Called once per process after the store is open and before traffic is served.
+
+    :param gateway: the running ``gateway.app.GatewayContext`` (config, store, http client).
+    """
+
+
+@hookspec
+def shutdown(gateway: Any) -> None:
+    """Called once per process when the gateway stops, before the store is closed."""

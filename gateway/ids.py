@@ -1,0 +1,23 @@
+"""Identifiers: time-ordered, URL-safe, unique across processes and restarts.
+
+`new_id("evt")` gives `evt_01JD...` (a ULID: 48-bit millisecond time + 80 random bits, Crockford
+base32), so ids sort by creation time in the store and in listings.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(prefix: str, now: float | None = None) -> str:
+    """A new id `prefix_<26 chars>`; `now` (epoch seconds) fixes the time part for tests."""
+    millis = int((time.time() if now is None else now) * 1000)
+    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"

@@ -1,0 +1,43 @@
+"""Durable storage. `open_store(url)` picks the backend from the URL scheme."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.errors import ConfigError
+from gateway.store.base import (
+    AttemptRecord,
+    DeliveryFilter,
+    DeliveryRecord,
+    EventRecord,
+    IncomingEvent,
+    IngestResult,
+    NewDelivery,
+    Store,
+)
+
+
+def store_from_url(url: str, base: Path | None = None) -> Store:
+    """A (not yet opened) store for `url`. ``sqlite:///rel.db`` is relative to `base` (the
+    working directory by default); ``sqlite:////abs.db`` is absolute."""
+    if url.startswith("sqlite:///"):
+        from gateway.store.sqlite import SQLiteStore
+
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_absolute():
+            path = (base or Path.cwd()) / path
+        return SQLiteStore(path)
+    raise ConfigError([f"store: unsupported store URL scheme in {url.split('://')[0]!r}"])
+
+
+__all__ = [
+    "AttemptRecord",
+    "DeliveryFilter",
+    "DeliveryRecord",
+    "EventRecord",
+    "IncomingEvent",
+    "IngestResult",
+    "NewDelivery",
+    "Store",
+    "store_from_url",
+]

@@ -1,0 +1,274 @@
+"""The store interface: events, dedupe keys, quarantine, deliveries and attempts.
+
+Every backend (SQLite here; Redis can follow) implements `Store` and passes the same contract
+tests (``tests/test_store_contract.py``). All methods are coroutines and all times are epoch
+seconds passed in by the caller (the caller owns the clock).
+
+States:
+  events      received -> routed | unmatched | filtered        (router)
+              quarantined -> received (replay runs it through today's chain)
+  deliveries  pending -> in_flight -> delivered | pending (retry) | dead
+              dead/delivered -> pending (replay; same delivery id)
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+EVENT_STATES = ("received", "routed", "unmatched", "filtered", "quarantined")
+DELIVERY_STATES = ("pending", "in_flight", "delivered", "dead")
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """One element of a request body, checked by its source format, ready to commit."""
+
+    raw: str
+    dedupe_key: str
+    message_uuid: str | None = None
+    event: str | None = None
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    #: Ids of the events stored by this call (accepted and quarantined), in body order.
+    event_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class EventRecord:
+    id: str
+    source: str
+    received_at: float
+    raw: str
+    state: str
+    message_uuid: str | None = None
+    event: str | None = None
+    reason: str | None = None
+    route_attempts: int = 0
+    next_route_at: float = 0.0
+    recheck: bool = False
+
+    @property
+    def payload(self) -> Any:
+        return json.loads(self.raw)
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    id: str
+    event_id: str
+    route: str
+    destination: str
+    next_attempt_at: float
+    enrichment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DeliveryRecord:
+    id: str
+    event_id: str
+    source: str
+    route: str
+    destination: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+    first_attempt_at: float | None = None
+    last_error: str | None = None
+    last_status: int | None = None
+    message_uuid: str | None = None
+    enrichment: dict[str, Any] = field(default_factory=dict)
+    raw: str = ""
+    received_at: float = 0.0
+    lease_until: float | None = None
+
+    @property
+    def event(self) -> Any:
+        return json.loads(self.raw)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The listing shape (`--json`): no event body, no secrets."""
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "source": self.source,
+            "destination": self.destination,
+            "route": self.route,
+            "state": self.state,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
+            "last_error": self.last_error,
+            "last_status": self.last_status,
+            "message_uuid": self.message_uuid,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One try. `outcome`: delivered, retry, dead, released (shutdown), throttled (429)."""
+
+    started_at: float
+    finished_at: float
+    outcome: str
+    status: int | None = None
+    error: str | None = None
+    number: int = 0
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    state: str | None = None
+    destination: str | None = None
+    message_uuid: str | None = None
+    since: float | None = None
+    limit: int = 1000
+
+
+class Store(abc.ABC):
+    """What the gateway needs from durable storage. See the module docstring for states."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create or migrate the schema; start background machinery."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending commits and release resources. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise `StoreError` unless the store can serve reads and writes."""
+
+    # -- intake -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def ingest(self, source: str, items: list[IncomingEvent], now: float) -> IngestResult:
+        """Commit `items` durably and atomically, dropping duplicates by `(source, dedupe_key)`.
+
+        Valid items become ``received`` events, items with problems ``quarantined`` ones (their
+        problems are the reason). Returns only after the commit is durable; raises `StoreError`
+        when it is not (nothing of this call is then stored). Concurrent calls with the same key
+        store it once.
+        """
+
+    # -- router ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim_events(
+        self, owner: str, limit: int, lease: float, now: float
+    ) -> list[EventRecord]:
+        """Lease up to `limit` ``received`` events that are due, oldest first."""
+
+    @abc.abstractmethod
+    async def finish_event(
+        self,
+        event_id: str,
+        state: str,
+        deliveries: list[NewDelivery],
+        now: float,
+        reason: str | None = None,
+    ) -> None:
+        """Set the event's state and create its deliveries in one transaction."""
+
+    @abc.abstractmethod
+    async def hold_event(self, event_id: str, reason: str, retry_at: float, now: float) -> None:
+        """Keep the event ``received`` (a plugin failed), to be tried again at `retry_at`."""
+
+    @abc.abstractmethod
+    async def quarantine_event(self, event_id: str, reason: str, now: float) -> None:
+        """Move an event to quarantine (it failed today's format check on replay)."""
+
+    # -- delivery ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim_deliveries(
+        self, owner: str, destination: str, limit: int, lease: float, now: float
+    ) -> list[DeliveryRecord]:
+        """Lease up to `limit` due deliveries of `destination` (pending and due, or in flight
+        with an expired lease), earliest first, and mark them ``in_flight``."""
+
+    @abc.abstractmethod
+    async def finish_attempt(
+        self,
+        delivery_id: str,
+        attempt: AttemptRecord,
+        state: str,
+        next_attempt_at: float | None,
+        counts: bool,
+        now: float,
+    ) -> None:
+        """Record `attempt` and move the delivery to `state` (``delivered``, ``pending`` with
+        `next_attempt_at`, or ``dead``). `counts` is False for tries that do not use up
+        ``retry.attempts`` (429, release at shutdown)."""
+
+    @abc.abstractmethod
+    async def release(self, delivery_ids: list[str], now: float) -> None:
+        """Give leased deliveries back as ``pending`` and due now, without counting a try."""
+
+    @abc.abstractmethod
+    async def next_due(self, destination: str | None = None) -> float | None:
+        """The earliest time a delivery of `destination` (or any) becomes claimable."""
+
+    @abc.abstractmethod
+    async def has_due_events(self, now: float) -> float | None:
+        """The earliest time a ``received`` event becomes claimable, or None."""
+
+    # -- inspection and repair -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRecord]: ...
+
+    @abc.abstractmethod
+    async def get_delivery(
+        self, delivery_id: str
+    ) -> tuple[DeliveryRecord, list[AttemptRecord]] | None: ...
+
+    @abc.abstractmethod
+    async def replay_deliveries(
+        self, ids: list[str] | None, flt: DeliveryFilter | None, now: float
+    ) -> list[str]:
+        """Put deliveries back in the queue (same ids, attempt count and age reset, history
+        kept). Returns the ids replayed."""
+
+    @abc.abstractmethod
+    async def list_events(self, state: str, limit: int = 1000) -> list[EventRecord]: ...
+
+    @abc.abstractmethod
+    async def get_event(self, event_id: str) -> EventRecord | None: ...
+
+    @abc.abstractmethod
+    async def replay_quarantined(self, ids: list[str] | None, now: float) -> list[str]:
+        """Send quarantined events (all, or `ids`) back to the router, to be checked again."""
+
+    @abc.abstractmethod
+    async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
+        """Forget dedupe keys first seen before `dedupe_before`, delivered deliveries (with
+        their attempts) finished before `delivered_before`, and marks untouched since then."""
+
+    # -- marks: small durable per-key state for plugins (ordering, threads, pauses) ----------
+    @abc.abstractmethod
+    async def advance_mark(
+        self, key: str, rank: str, value: str, now: float
+    ) -> tuple[bool, str | None]:
+        """Atomically store (`rank`, `value`) under `key` if the key is new or its stored rank
+        sorts strictly below `rank` (string order). Returns (advanced, previous value)."""
+
+    @abc.abstractmethod
+    async def get_mark(self, key: str) -> tuple[str, str] | None:
+        """(rank, value) stored under `key`, or None."""
+
+    @abc.abstractmethod
+    async def set_mark(self, key: str, value: str | None, now: float, rank: str = "") -> None:
+        """Store `value` under `key` unconditionally; None deletes the key."""
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """``{"events": {state: n}, "deliveries": {state: n}}``."""

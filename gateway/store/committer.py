@@ -1,0 +1,161 @@
+"""Group commit for SQLite: one thread owns the connection and commits many operations at once.
+
+Callers submit functions of a `sqlite3.Connection`. The thread takes everything queued, runs
+each inside its own SAVEPOINT (one failing operation does not undo the others), then COMMITs the
+whole group once, so N concurrent requests cost one fsync, not N. A caller's future resolves only
+after that COMMIT returned, i.e. after the data is durable (``synchronous=FULL``). If the COMMIT
+fails, every operation of the group fails with `StoreError` and none of it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from gateway.errors import StoreError
+
+T = TypeVar("T")
+MAX_GROUP = 512
+
+
+@dataclass
+class _Op:
+    fn: Callable[[sqlite3.Connection], Any]
+    write: bool
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+class Committer:
+    """Owns one SQLite connection on a dedicated thread; see the module docstring."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str = "store") -> None:
+        self._connect = connect
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"{name}-committer", daemon=True)
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._closed = False
+        #: Groups committed and operations in them, for benchmarks and metrics.
+        self.groups = 0
+        self.operations = 0
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise StoreError(f"cannot open the store: {self._startup_error}")
+
+    async def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
+        """Run `fn(conn)` in the next group; for writes, return once the group is committed."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Op(fn, write, future, loop))
+        return await future
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as e:
+            self._startup_error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    break
+                group = [first]
+                stop = False
+                while len(group) < MAX_GROUP:
+                    try:
+                        op = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if op is None:
+                        stop = True
+                        break
+                    group.append(op)
+                self._commit_group(conn, group)
+                if stop:
+                    break
+        finally:
+            conn.close()
+            # Anything still queued after close fails instead of hanging its caller.
+            while True:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is not None:
+                    _resolve([(op, StoreError("the store is closed"))])
+
+    def _commit_group(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
+        results: list[tuple[_Op, Any]] = []
+        writes = any(op.write for op in group)
+        try:
+            conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+        except sqlite3.Error as e:
+            _resolve([(op, StoreError(f"cannot begin a transaction: {e}")) for op in group])
+            return
+        for op in group:
+            try:
+                conn.execute("SAVEPOINT op")
+                value = op.fn(conn)
+                conn.execute("RELEASE op")
+                results.append((op, value))
+            except Exception as e:
+                try:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                except sqlite3.Error:
+                    pass
+                err = e if not isinstance(e, sqlite3.Error) else StoreError(f"store error: {e}")
+                results.append((op, err))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            _resolve([(op, StoreError(f"cannot commit: {e}")) for op in group])
+            return
+        self.groups += 1
+        self.operations += len(group)
+        _resolve(results)
+
+
+def _resolve(results: list[tuple[_Op, Any]]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, Any]]] = {}
+    for op, value in results:
+        by_loop.setdefault(op.loop, []).append((op, value))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_all, items)
+        except RuntimeError:  # the loop is closed; nobody is waiting any more
+            pass
+
+
+def _set_all(items: list[tuple[_Op, Any]]) -> None:
+    for op, value in items:
+        if op.future.done():
+            continue
+        if isinstance(value, BaseException):
+            op.future.set_exception(value)
+        else:
+            op.future.set_result(value)

@@ -1,0 +1,500 @@
+"""SQLite store: WAL journal, ``synchronous=FULL`` (every COMMIT fsyncs the WAL, so an
+acknowledged callback survives power loss), group commit through `Committer`.
+
+Several processes (Sanic workers, the CLI) may open the same file; SQLite's locking and a busy
+timeout serialise their writers, and claims are atomic conditional UPDATEs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from gateway.ids import new_id
+from gateway.store.base import (
+    AttemptRecord,
+    DeliveryFilter,
+    DeliveryRecord,
+    EventRecord,
+    IncomingEvent,
+    IngestResult,
+    NewDelivery,
+    Store,
+)
+from gateway.store.committer import Committer
+from gateway.store.sqlite_schema import SCHEMA
+
+_EVENT_COLS = (
+    "id, source, received_at, raw, state, message_uuid, event, reason, route_attempts,"
+    " next_route_at, recheck"
+)
+_DELIVERY_COLS = (
+    "d.id, d.event_id, d.source, d.route, d.destination, d.state, d.attempts, d.next_attempt_at,"
+    " d.created_at, d.updated_at, d.first_attempt_at, d.last_error, d.last_status,"
+    " d.message_uuid, d.enrichment, e.raw, e.received_at, d.lease_until"
+)
+_DUE = (
+    "((state = 'pending' AND next_attempt_at <= :now)"
+    " OR (state = 'in_flight' AND lease_until < :now))"
+)
+
+
+def _event(row: tuple[Any, ...]) -> EventRecord:
+    return EventRecord(*row[:10], recheck=bool(row[10]))
+
+
+def _delivery(row: tuple[Any, ...]) -> DeliveryRecord:
+    values = list(row)
+    values[14] = json.loads(values[14] or "{}")
+    return DeliveryRecord(*values)
+
+
+class SQLiteStore(Store):
+    """See the module docstring. `path` is created with its parent directory if missing."""
+
+    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._committer: Committer | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.executescript(SCHEMA)
+        return conn
+
+    async def open(self) -> None:
+        if self._committer is None:
+            self._committer = Committer(self._connect, name=f"sqlite:{self.path.name}")
+            self._committer.start()
+
+    async def close(self) -> None:
+        if self._committer is not None:
+            await self._committer.stop()
+
+    @property
+    def committer(self) -> Committer:
+        assert self._committer is not None, "store is not open"
+        return self._committer
+
+    async def _write(self, fn: Any) -> Any:
+        return await self.committer.run(fn, write=True)
+
+    async def _read(self, fn: Any) -> Any:
+        return await self.committer.run(fn, write=False)
+
+    async def ping(self) -> None:
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # -- intake -----------------------------------------------------------------------------
+    async def ingest(self, source: str, items: list[IncomingEvent], now: float) -> IngestResult:
+        def op(c: sqlite3.Connection) -> IngestResult:
+            accepted = duplicates = quarantined = 0
+            ids = []
+            for item in items:
+                event_id = new_id("evt", now)
+                cur = c.execute(
+                    "INSERT INTO dedupe (source, key, event_id, first_seen) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    (source, item.dedupe_key, event_id, now),
+                )
+                if cur.rowcount == 0:
+                    c.execute(
+                        "UPDATE dedupe SET hits = hits + 1 WHERE source = ? AND key = ?",
+                        (source, item.dedupe_key),
+                    )
+                    duplicates += 1
+                    continue
+                state = "quarantined" if item.problems else "received"
+                reason = "; ".join(item.problems) if item.problems else None
+                c.execute(
+                    "INSERT INTO events (id, source, received_at, raw, state, message_uuid, event,"
+                    " reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        event_id,
+                        source,
+                        now,
+                        item.raw,
+                        state,
+                        item.message_uuid,
+                        item.event,
+                        reason,
+                        now,
+                    ),
+                )
+                ids.append(event_id)
+                if item.problems:
+                    quarantined += 1
+                else:
+                    accepted += 1
+            return IngestResult(accepted, duplicates, quarantined, tuple(ids))
+
+        return await self._write(op)
+
+    # -- router ------------------------------------------------------------------------------
+    async def claim_events(
+        self, owner: str, limit: int, lease: float, now: float
+    ) -> list[EventRecord]:
+        def op(c: sqlite3.Connection) -> list[EventRecord]:
+            rows = c.execute(
+                f"UPDATE events SET lease_until = :until, leased_by = :owner WHERE id IN ("
+                " SELECT id FROM events WHERE state = 'received' AND next_route_at <= :now"
+                " AND (lease_until IS NULL OR lease_until < :now) ORDER BY id LIMIT :limit)"
+                f" RETURNING {_EVENT_COLS}",
+                {"until": now + lease, "owner": owner, "now": now, "limit": limit},
+            ).fetchall()
+            return sorted((_event(r) for r in rows), key=lambda e: e.id)
+
+        return await self._write(op)
+
+    async def finish_event(
+        self,
+        event_id: str,
+        state: str,
+        deliveries: list[NewDelivery],
+        now: float,
+        reason: str | None = None,
+    ) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            row = c.execute(
+                "UPDATE events SET state = ?, reason = ?, lease_until = NULL, leased_by = NULL,"
+                " recheck = 0, updated_at = ? WHERE id = ? AND state = 'received'"
+                " RETURNING source, message_uuid",
+                (state, reason, now, event_id),
+            ).fetchone()
+            if row is None:
+                return  # already finished by another worker whose lease we outlived
+            c.executemany(
+                "INSERT INTO deliveries (id, event_id, source, route, destination, state,"
+                " next_attempt_at, created_at, updated_at, message_uuid, enrichment)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [
+                    (
+                        d.id,
+                        d.event_id,
+                        row[0],
+                        d.route,
+                        d.destination,
+                        d.next_attempt_at,
+                        now,
+                        now,
+                        row[1],
+                        json.dumps(d.enrichment, separators=(",", ":")),
+                    )
+                    for d in deliveries
+                ],
+            )
+
+        await self._write(op)
+
+    async def hold_event(self, event_id: str, reason: str, retry_at: float, now: float) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "UPDATE events SET reason = ?, next_route_at = ?,"
+                " route_attempts = route_attempts + 1, lease_until = NULL, leased_by = NULL, updated_at = ? WHERE id = ?",
+                (reason, retry_at, now, event_id),
+            )
+        )
+
+    async def quarantine_event(self, event_id: str, reason: str, now: float) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "UPDATE events SET state = 'quarantined', reason = ?, lease_until = NULL,"
+                " leased_by = NULL, recheck = 0, updated_at = ? WHERE id = ?",
+                (reason, now, event_id),
+            )
+        )
+
+    async def has_due_events(self, now: float) -> float | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT MIN(MAX(next_route_at, COALESCE(lease_until, 0))) FROM events"
+                " WHERE state = 'received'"
+            ).fetchone()
+        )
+        return row[0]
+
+    # -- delivery ----------------------------------------------------------------------------
+    async def claim_deliveries(
+        self, owner: str, destination: str, limit: int, lease: float, now: float
+    ) -> list[DeliveryRecord]:
+        def op(c: sqlite3.Connection) -> list[DeliveryRecord]:
+            ids = [
+                r[0]
+                for r in c.execute(
+                    "UPDATE deliveries SET state = 'in_flight', lease_until = :until,"
+                    " leased_by = :owner, updated_at = :now WHERE id IN ("
+                    f" SELECT id FROM deliveries WHERE destination = :dest AND {_DUE}"
+                    " ORDER BY next_attempt_at LIMIT :limit) RETURNING id",
+                    {
+                        "until": now + lease,
+                        "owner": owner,
+                        "now": now,
+                        "dest": destination,
+                        "limit": limit,
+                    },
+                ).fetchall()
+            ]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            rows = c.execute(
+                f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
+                f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at, d.id",
+                ids,
+            ).fetchall()
+            return [_delivery(r) for r in rows]
+
+        return await self._write(op)
+
+    async def finish_attempt(
+        self,
+        delivery_id: str,
+        attempt: AttemptRecord,
+        state: str,
+        next_attempt_at: float | None,
+        counts: bool,
+        now: float,
+    ) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO attempts (delivery_id, number, started_at, finished_at, outcome,"
+                " status, error) VALUES (?, (SELECT COALESCE(MAX(number), 0) + 1 FROM attempts"
+                " WHERE delivery_id = ?), ?, ?, ?, ?, ?)",
+                (
+                    delivery_id,
+                    delivery_id,
+                    attempt.started_at,
+                    attempt.finished_at,
+                    attempt.outcome,
+                    attempt.status,
+                    attempt.error,
+                ),
+            )
+            c.execute(
+                "UPDATE deliveries SET state = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
+                " attempts = attempts + ?, first_attempt_at = COALESCE(first_attempt_at, ?),"
+                " last_error = ?, last_status = ?, lease_until = NULL, leased_by = NULL,"
+                " updated_at = ? WHERE id = ?",
+                (
+                    state,
+                    next_attempt_at,
+                    1 if counts else 0,
+                    attempt.started_at,
+                    attempt.error,
+                    attempt.status,
+                    now,
+                    delivery_id,
+                ),
+            )
+
+        await self._write(op)
+
+    async def release(self, delivery_ids: list[str], now: float) -> None:
+        await self._write(
+            lambda c: c.executemany(
+                "UPDATE deliveries SET state = 'pending', lease_until = NULL, leased_by = NULL,"
+                " next_attempt_at = MIN(next_attempt_at, ?), updated_at = ?"
+                " WHERE id = ? AND state = 'in_flight'",
+                [(now, now, i) for i in delivery_ids],
+            )
+        )
+
+    async def next_due(self, destination: str | None = None) -> float | None:
+        where, args = ("AND destination = ?", (destination,)) if destination else ("", ())
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT MIN(CASE WHEN state = 'pending' THEN next_attempt_at ELSE lease_until END)"
+                f" FROM deliveries WHERE state IN ('pending', 'in_flight') {where}",
+                args,
+            ).fetchone()
+        )
+        return row[0]
+
+    # -- inspection and repair -----------------------------------------------------------------
+    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRecord]:
+        where, args = _delivery_where(flt)
+        return await self._read(
+            lambda c: [
+                _delivery(r)
+                for r in c.execute(
+                    f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
+                    f" {where} ORDER BY d.created_at, d.id LIMIT ?",
+                    (*args, flt.limit),
+                ).fetchall()
+            ]
+        )
+
+    async def get_delivery(
+        self, delivery_id: str
+    ) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
+        def op(c: sqlite3.Connection) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
+            row = c.execute(
+                f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " WHERE d.id = ?",
+                (delivery_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            attempts = [
+                AttemptRecord(r[0], r[1], r[2], r[3], r[4], r[5])
+                for r in c.execute(
+                    "SELECT started_at, finished_at, outcome, status, error, number FROM attempts"
+                    " WHERE delivery_id = ? ORDER BY number",
+                    (delivery_id,),
+                )
+            ]
+            return _delivery(row), attempts
+
+        return await self._read(op)
+
+    async def replay_deliveries(
+        self, ids: list[str] | None, flt: DeliveryFilter | None, now: float
+    ) -> list[str]:
+        def op(c: sqlite3.Connection) -> list[str]:
+            if ids is not None:
+                marks = ",".join("?" * len(ids))
+                where, args = f"WHERE d.id IN ({marks}) AND d.state != 'in_flight'", list(ids)
+            else:
+                where, args = _delivery_where(flt or DeliveryFilter())
+            targets = [
+                r[0] for r in c.execute(f"SELECT d.id FROM deliveries d {where}", args).fetchall()
+            ]
+            c.executemany(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, first_attempt_at = NULL,"
+                " next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                [(now, now, i) for i in targets],
+            )
+            return targets
+
+        return await self._write(op)
+
+    async def list_events(self, state: str, limit: int = 1000) -> list[EventRecord]:
+        return await self._read(
+            lambda c: [
+                _event(r)
+                for r in c.execute(
+                    f"SELECT {_EVENT_COLS} FROM events WHERE state = ? ORDER BY id LIMIT ?",
+                    (state, limit),
+                ).fetchall()
+            ]
+        )
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_EVENT_COLS} FROM events WHERE id = ?", (event_id,)
+            ).fetchone()
+        )
+        return _event(row) if row else None
+
+    async def replay_quarantined(self, ids: list[str] | None, now: float) -> list[str]:
+        def op(c: sqlite3.Connection) -> list[str]:
+            sql = "SELECT id FROM events WHERE state = 'quarantined'"
+            args: list[Any] = []
+            if ids is not None:
+                sql += f" AND id IN ({','.join('?' * len(ids))})"
+                args = list(ids)
+            targets = [r[0] for r in c.execute(sql, args).fetchall()]
+            c.executemany(
+                "UPDATE events SET state = 'received', recheck = 1, next_route_at = ?,"
+                " updated_at = ? WHERE id = ?",
+                [(now, now, i) for i in targets],
+            )
+            return targets
+
+        return await self._write(op)
+
+    async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
+        def op(c: sqlite3.Connection) -> dict[str, int]:
+            keys = c.execute("DELETE FROM dedupe WHERE first_seen < ?", (dedupe_before,)).rowcount
+            c.execute(
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
+                " WHERE state = 'delivered' AND updated_at < ?)",
+                (delivered_before,),
+            )
+            done = c.execute(
+                "DELETE FROM deliveries WHERE state = 'delivered' AND updated_at < ?",
+                (delivered_before,),
+            ).rowcount
+            marks = c.execute(
+                "DELETE FROM marks WHERE updated_at < ?", (delivered_before,)
+            ).rowcount
+            return {"dedupe_keys": keys, "deliveries": done, "marks": marks}
+
+        return await self._write(op)
+
+    async def advance_mark(
+        self, key: str, rank: str, value: str, now: float
+    ) -> tuple[bool, str | None]:
+        def op(c: sqlite3.Connection) -> tuple[bool, str | None]:
+            row = c.execute("SELECT rank, value FROM marks WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] >= rank:
+                return False, row[1]
+            c.execute(
+                "INSERT INTO marks (key, rank, value, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET rank = excluded.rank, value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (key, rank, value, now),
+            )
+            return True, row[1] if row else None
+
+        return await self._write(op)
+
+    async def get_mark(self, key: str) -> tuple[str, str] | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT rank, value FROM marks WHERE key = ?", (key,)).fetchone()
+        )
+        return (row[0], row[1]) if row else None
+
+    async def set_mark(self, key: str, value: str | None, now: float, rank: str = "") -> None:
+        if value is None:
+            await self._write(lambda c: c.execute("DELETE FROM marks WHERE key = ?", (key,)))
+            return
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO marks (key, rank, value, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET rank = excluded.rank, value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (key, rank, value, now),
+            )
+        )
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        def op(c: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            return {
+                "events": dict(c.execute("SELECT state, COUNT(*) FROM events GROUP BY state")),
+                "deliveries": dict(
+                    c.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
+                ),
+            }
+
+        return await self._read(op)
+
+
+def _delivery_where(flt: DeliveryFilter) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    for column, value in (
+        ("d.state", flt.state),
+        ("d.destination", flt.destination),
+        ("d.message_uuid", flt.message_uuid),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    if flt.since is not None:
+        clauses.append("d.created_at >= ?")
+        args.append(flt.since)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def new_delivery_id(now: float | None = None) -> str:
+    """A delivery id; also the ``webhook-id`` receivers use to drop repeats."""
+    return new_id("msg", now)
