@@ -145,10 +145,9 @@ def _resolve(results: list[tuple[_Op, Any]]) -> None:
     for op, value in results:
         by_loop.setdefault(op.loop, []).append((op, value))
     for loop, items in by_loop.items():
-        try:
+        # A closed loop means nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_set_all, items)
-        except RuntimeError:  # the loop is closed; nobody is waiting any more
-            pass
 
 
 def _set_all(items: list[tuple[_Op, Any]]) -> None:

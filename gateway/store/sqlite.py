@@ -198,7 +198,8 @@ class SQLiteStore(Store):
         await self._write(
             lambda c: c.execute(
                 "UPDATE events SET reason = ?, next_route_at = ?,"
-                " route_attempts = route_attempts + 1, lease_until = NULL, leased_by = NULL, updated_at = ? WHERE id = ?",
+                " route_attempts = route_attempts + 1, lease_until = NULL, leased_by = NULL,"
+                " updated_at = ? WHERE id = ?",
                 (reason, retry_at, now, event_id),
             )
         )

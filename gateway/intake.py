@@ -1,0 +1,135 @@
+"""The request path of one source: check, parse, validate, dedupe, commit, answer.
+
+No plugin work and no outbound I/O happen here; the only wait is the group commit. A 2xx is
+sent only after every element of the body is durably stored (or recognised as a duplicate).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sanic import Request, response
+from sanic.response import HTTPResponse
+
+from gateway.auth import BasicAuth, address_allowed, client_address
+from gateway.body import BodyError, split_elements
+from gateway.clock import Clock
+from gateway.components import SourceFormat
+from gateway.config.models import Network, SourceConfig
+from gateway.errors import StoreError
+from gateway.http_errors import error
+from gateway.store import IncomingEvent, Store
+
+log = logging.getLogger("gateway.intake")
+
+
+def raw_key(raw: str) -> str:
+    """Dedupe key for an element its format cannot key (it is invalid): its exact text."""
+    import hashlib
+
+    return "raw:" + hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+class SourceEndpoint:
+    """Handles POSTs to one configured source path."""
+
+    def __init__(
+        self,
+        name: str,
+        config: SourceConfig,
+        fmt: SourceFormat,
+        store: Callable[[], Store],
+        clock: Clock,
+        trusted_proxies: list[Network],
+        on_committed: Callable[[str, Any], None] = lambda source, result: None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.format = fmt
+        self._store = store
+        self.clock = clock
+        self.trusted = trusted_proxies
+        self.on_committed = on_committed
+        basic = config.auth.basic
+        self.auth = BasicAuth(basic.username, basic.password) if basic else None
+        self.challenge = {"WWW-Authenticate": f'Basic realm="{config.auth.realm}", charset="UTF-8"'}
+
+    async def handle(self, request: Request) -> HTTPResponse:
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        try:
+            elements = split_elements(request.body)
+        except BodyError as e:
+            return self._answer(400, "malformed_json", str(e))
+        items, invalid = self._check(elements, request.headers)
+        if invalid and self.config.on_invalid == "reject":
+            return self._answer(422, "invalid", invalid)
+        if not items:
+            return self._ok(0, 0, 0)
+        try:
+            result = await self._store().ingest(self.name, items, self.clock.now())
+        except StoreError as e:
+            log.error("source=%s status=503 store cannot commit: %s", self.name, e)
+            return error(
+                503, "store_unavailable", "the callback was not stored; send it again later"
+            )
+        self.on_committed(self.name, result)
+        return self._ok(result.accepted, result.duplicates, result.quarantined)
+
+    def _refuse(self, request: Request) -> HTTPResponse | None:
+        allow = self.config.auth.allow_ips
+        if allow is not None:
+            addr = client_address(request.ip, request.headers.get("x-forwarded-for"), self.trusted)
+            if not address_allowed(addr, allow):
+                return self._answer(403, "forbidden", f"address {addr} is not allowed")
+        if self.auth is not None and not self.auth.check(request.headers.get("authorization")):
+            return self._answer(
+                401, "unauthorized", "valid Basic credentials are required", self.challenge
+            )
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            shown = ctype or "none"
+            return self._answer(
+                415,
+                "unsupported_media_type",
+                f"Content-Type must be application/json (got {shown})",
+            )
+        return None
+
+    def _check(
+        self, elements: list[tuple[Any, str]], headers: Any
+    ) -> tuple[list[IncomingEvent], list[dict[str, Any]]]:
+        items: list[IncomingEvent] = []
+        invalid: list[dict[str, Any]] = []
+        for index, (value, raw) in enumerate(elements):
+            problems = self.format.check(value)
+            uuid, event = self.format.describe(value)
+            if problems:
+                invalid.append({"index": index, "problems": problems})
+                items.append(IncomingEvent(raw, raw_key(raw), uuid, event, tuple(problems)))
+            else:
+                key = self.format.dedupe_key(value, raw, headers, index)
+                items.append(IncomingEvent(raw, key, uuid, event))
+        return items, invalid
+
+    def _ok(self, accepted: int, duplicates: int, quarantined: int) -> HTTPResponse:
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "source=%s status=200 accepted=%d duplicates=%d quarantined=%d",
+                self.name,
+                accepted,
+                duplicates,
+                quarantined,
+            )
+        return response.json(
+            {"accepted": accepted, "duplicates": duplicates, "quarantined": quarantined}
+        )
+
+    def _answer(
+        self, status: int, code: str, detail: Any, headers: dict[str, str] | None = None
+    ) -> HTTPResponse:
+        log.warning("source=%s status=%d error=%s", self.name, status, code)
+        return error(status, code, detail, headers)
