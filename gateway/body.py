@@ -16,6 +16,10 @@ _WS = " \t\n\r"
 class BodyError(ValueError):
     """The body is not acceptable JSON; the message is safe to show the sender."""
 
+    def __init__(self, message: str, code: str = "malformed_json") -> None:
+        super().__init__(message)
+        self.code = code
+
 
 def _skip(text: str, i: int) -> int:
     while i < len(text) and text[i] in _WS:
@@ -32,11 +36,11 @@ def split_elements(body: bytes) -> list[tuple[Any, str]]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BodyError(f"body is not valid UTF-8 at byte {e.start}") from None
+        raise BodyError(f"body is not valid UTF-8 at byte {e.start}", "invalid_encoding") from None
     text = text.removeprefix("\ufeff")
     i = _skip(text, 0)
     if i == len(text):
-        raise BodyError("body is empty; expected a JSON array of events")
+        raise BodyError("body is empty; expected a JSON array of events", "empty_body")
     try:
         if text[i] != "[":
             value, end = _decoder.raw_decode(text, i)

@@ -63,7 +63,7 @@ class SourceEndpoint:
         try:
             elements = split_elements(request.body)
         except BodyError as e:
-            return self._answer(400, "malformed_json", str(e))
+            return self._answer(400, e.code, str(e))
         items, invalid = self._check(elements, request.headers)
         if invalid and self.config.on_invalid == "reject":
             return self._answer(422, "invalid", invalid)

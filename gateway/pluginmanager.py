@@ -9,6 +9,7 @@ fail at startup. ``CALLBACK_GATEWAY_TRACE_PLUGINS=1`` prints every hook call to 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 import os
 import sys
@@ -34,9 +35,9 @@ def make_plugin_manager(
     """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
-    if entry_points:
-        pm.load_setuptools_entrypoints(PROJECT)
     problems = []
+    if entry_points:
+        _load_entry_points(pm, problems)
     for i, name in enumerate(modules):
         try:
             module = importlib.import_module(name)
@@ -57,6 +58,20 @@ def make_plugin_manager(
     if os.environ.get("CALLBACK_GATEWAY_TRACE_PLUGINS"):
         _trace(pm)
     return pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager, problems: list[str]) -> None:
+    """Load each entry point on its own, so one broken package is reported by name."""
+    for ep in importlib.metadata.entry_points(group=PROJECT):
+        try:
+            pm.load_setuptools_entrypoints(PROJECT, name=ep.name)
+        except Exception as e:
+            dist = getattr(ep, "dist", None)
+            origin = f" (from {dist.name} {dist.version})" if dist is not None else ""
+            problems.append(
+                f"plugins: entry point {ep.name!r}{origin} cannot be loaded:"
+                f" {type(e).__name__}: {e}"
+            )
 
 
 def _trace(pm: pluggy.PluginManager) -> None:
