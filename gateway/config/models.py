@@ -144,11 +144,31 @@ class RouteConfig(Strict):
     filter: list[str] = []
     to: list[str] = Field(min_length=1)
     stop: bool = False
+    #: The ``ordering`` filter (out-of-order status protection) runs on every route unless
+    #: the route sets ``ordering: false`` (docs/plugins.md, "Ordering protection").
+    ordering: bool = True
 
     @field_validator("to", "enrich", "filter", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("match")
+    @classmethod
+    def _match(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from gateway.routing.match import compile_match
+
+        compile_match(v)  # raises MatchSpecError (a ValueError) naming each bad key
+        return v
+
+    @field_validator("when")
+    @classmethod
+    def _when(cls, v: str | None) -> str | None:
+        if v is not None:
+            from gateway.routing.expressions import compile_when
+
+            compile_when(v)  # raises ExpressionError (a ValueError) with Jinja's message
+        return v
 
 
 class Config(Strict):
