@@ -22,6 +22,7 @@ from sanic.response import HTTPResponse
 from gateway.clock import Clock, SystemClock
 from gateway.config.load import Loaded
 from gateway.errors import StoreError
+from gateway.housekeeping import Housekeeper
 from gateway.http_errors import SANIC_CODES, error
 from gateway.intake import SourceEndpoint
 from gateway.pluginmanager import call_each
@@ -46,6 +47,7 @@ class GatewayContext:
     http: Any = None
     router: Any = None
     engine: Any = None
+    housekeeper: Any = None
     endpoints: dict[str, SourceEndpoint] = field(default_factory=dict)
 
     @property
@@ -150,8 +152,10 @@ async def _start_background(ctx: GatewayContext) -> None:
     )
     chain = Chain(ctx.loaded, ctx.store, ctx.clock)
     ctx.router = Router(ctx.loaded, ctx.store, chain, ctx.clock, ctx.owner, _wake_engine(ctx))
+    ctx.housekeeper = Housekeeper(ctx.store, ctx.loaded.config.retention, ctx.clock)
     await ctx.engine.start()
     await ctx.router.start()
+    await ctx.housekeeper.start()
 
 
 def _wake_engine(ctx: GatewayContext) -> Any:
@@ -165,6 +169,8 @@ def _wake_engine(ctx: GatewayContext) -> Any:
 async def _drain(app: Sanic) -> None:
     """Before the server stops: stop routing, let in-flight deliveries finish or release them."""
     ctx: GatewayContext = app.ctx.gateway
+    if ctx.housekeeper is not None:
+        await ctx.housekeeper.stop()
     if ctx.router is not None:
         await ctx.router.stop()
     if ctx.engine is not None:

@@ -130,11 +130,18 @@ class Router:
             log.error("event=%s held: %s (next try in %.0fs)", event.id, e, retry_at - now)
             await self.store.hold_event(event.id, str(e), retry_at, now)
             return set()
+        destinations = self.loaded.config.destinations
+        targets = [t for t in decision.targets if destinations[t.destination].enabled]
+        state, reason = decision.state, decision.reason
+        if decision.targets and not targets:
+            skipped = sorted({t.destination for t in decision.targets})
+            state = "unmatched"
+            reason = f"matching routes lead only to disabled destinations: {', '.join(skipped)}"
         deliveries = [
             NewDelivery(new_delivery_id(now), event.id, t.route, t.destination, now, t.enrichment)
-            for t in decision.targets
+            for t in targets
         ]
-        await self.store.finish_event(event.id, decision.state, deliveries, now, decision.reason)
+        await self.store.finish_event(event.id, state, deliveries, now, reason)
         return {d.destination for d in deliveries}
 
     def _recheck(self, event: EventRecord, element: Any) -> list[str]:
