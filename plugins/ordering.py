@@ -99,8 +99,8 @@ class Ordering:
         if prev.get("event_id") is not None and prev.get("event_id") == meta.get("event_id"):
             return True  # this very event, evaluated again after an interruption
         return (
-            f"out of order: {label} is not newer than {prev.get('label', 'the last status')}"
-            f" already forwarded for message {uuid}"
+            f"out of order: {prev.get('label', 'a later status')} was already forwarded for"
+            f" message {uuid}; {label} does not supersede it"
         )
 
 

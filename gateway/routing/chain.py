@@ -201,6 +201,8 @@ class Chain:
         """Run `event` (one provider element) through the chain; see the module docstring."""
         trace: list[Step] = []
         meta = dict(meta)
+        # A `json` source may carry non-object elements: routes then see no fields.
+        event = dict(event) if isinstance(event, dict) else {}
         verdicts = await call_each(self.pm.hook.filter_event, event=dict(event), meta=meta)
         for plugin, result in verdicts:
             if result is False:

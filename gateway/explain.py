@@ -1,0 +1,236 @@
+"""``callback-gateway explain``: a dry run of the plugin chain, rendered for people.
+
+For each element: whether the source format accepts it, what every ``filter_event`` /
+``enrich_event`` hook did, every route (matched or not, and why), what each enricher added,
+each filter's decision, and the exact payload each destination would receive. Nothing is sent
+and nothing is written to the store: the ordering filter's marks live in memory for the run, so
+explaining a batch shows which later elements the filter would suppress.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from gateway.clock import Clock, SystemClock
+from gateway.config.redact import scrub
+from gateway.errors import PluginError
+from gateway.routing.chain import Chain, Decision, Step, Target
+
+if TYPE_CHECKING:
+    from gateway.config.load import Loaded
+
+MARK = {True: "[matched]", False: "[skipped]"}
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
+
+
+def _headline(element: Any) -> str:
+    if not isinstance(element, dict):
+        return f"a {type(element).__name__}"
+    parts = [f"{k}={element[k]}" for k in ("callback_event", "status", "message_uuid")
+             if element.get(k) is not None]
+    return " ".join(parts) or "an object"
+
+
+async def explain(
+    loaded: Loaded,
+    event_elements: list[tuple[Any, str]],
+    source: str,
+    *,
+    clock: Clock | None = None,
+) -> str:
+    """Readable text explaining what the gateway would do with each ``(element, raw)``."""
+    clock = clock or SystemClock()
+    chain = Chain(loaded, None, clock)
+    previews = Previews(loaded, clock)
+    out: list[str] = []
+    total = len(event_elements)
+    out.append(f"source {source!r}: {total} element(s). Dry run: nothing is sent or stored;"
+               " ids are placeholders; JSON payloads are shown indented.")
+    for n, (element, raw) in enumerate(event_elements, 1):
+        out.append("")
+        out.append(f"=== element {n} of {total}: {_headline(element)} ===")
+        problems = _format_problems(loaded, source, element)
+        if problems:
+            out.append("format: would be QUARANTINED (not routed): " + "; ".join(problems))
+            continue
+        meta = {"event_id": f"explain-{n}", "source": source, "received_at": clock.now()}
+        try:
+            decision = await chain.evaluate(element, meta, dry_run=True)
+        except PluginError as e:
+            out.append(f"HELD: {e}")
+            out.append("  (the router would keep the event and try it again later)")
+            continue
+        out.extend(render_decision(chain, decision))
+        out.extend(previews.render(decision.targets, element, raw, meta))
+    return scrub("\n".join(out), loaded.secrets) + "\n"
+
+
+def _format_problems(loaded: Loaded, source: str, element: Any) -> list[str]:
+    cfg = loaded.config.sources.get(source)
+    if cfg is None:
+        return []
+    fmt = loaded.registry.get("source_formats", cfg.format)
+    try:
+        instance = fmt(loaded.source_options.get(source))
+        return list(instance.check(element))
+    except Exception as e:
+        return [f"format {cfg.format!r} raised {type(e).__name__}: {e}"]
+
+
+def render_decision(chain: Chain, decision: Decision) -> list[str]:
+    """The trace as indented lines, routes in configuration order."""
+    out: list[str] = []
+    hooks = [s for s in decision.trace if s.route is None]
+    if hooks:
+        out.append("plugin hooks:")
+        for s in hooks:
+            out.append(f"  {s.stage} {s.name}: {_hook_detail(s)}")
+    by_route: dict[str, list[Step]] = {}
+    for s in decision.trace:
+        if s.route is not None:
+            by_route.setdefault(s.route, []).append(s)
+    if chain.routes:
+        out.append("routes:")
+    for route in chain.routes:
+        steps = by_route.get(route.name)
+        if not steps:
+            if decision.state != "filtered" or by_route:
+                out.append(f"  [not evaluated] {route.name}: an earlier route has stop: true")
+            else:
+                out.append(f"  [not evaluated] {route.name}: the event was dropped before routing")
+            continue
+        head = steps[0]
+        out.append(f"  {MARK[head.ok]} {route.name}: {head.detail}")
+        for s in steps[1:]:
+            out.append("      " + _route_step(s))
+    out.append("result: " + _result(decision))
+    return out
+
+
+def _hook_detail(s: Step) -> str:
+    if s.stage == "enrich_event":
+        return f"added {_compact(s.added)}" if s.added else "added nothing"
+    return s.detail if s.ok else f"DROPPED the event ({s.detail})"
+
+
+def _route_step(s: Step) -> str:
+    if s.stage == "enrich":
+        return f"enrich {s.name}: " + (f"added {_compact(s.added)}" if s.added else "added nothing")
+    if s.stage == "filter":
+        return f"filter {s.name}: " + ("kept" if s.ok else f"DROPPED: {s.detail}")
+    if s.stage == "target":
+        return f"-> {s.name}"
+    if s.stage == "stop":
+        return "stop: true: later routes are not evaluated"
+    return f"{s.stage} {s.name}: {s.detail}"
+
+
+def _result(decision: Decision) -> str:
+    if decision.state == "routed":
+        dests = ", ".join(f"{t.destination} (route {t.route})" for t in decision.targets)
+        text = f"routed to {len(decision.targets)} destination(s): {dests}"
+        if decision.reason:
+            text += f"; suppressed on {decision.reason}"
+        return text
+    return f"{decision.state.upper()}: {decision.reason}"
+
+
+class Previews:
+    """The payload each destination would receive, from the destination plugin itself when it
+    can say (a ``preview(delivery)`` or ``body(delivery)`` method), else the envelope."""
+
+    def __init__(self, loaded: Loaded, clock: Clock) -> None:
+        self.loaded = loaded
+        self.clock = clock
+        self._instances: dict[str, Any] = {}
+
+    def render(
+        self, targets: list[Target], element: Any, raw: str, meta: dict[str, Any]
+    ) -> list[str]:
+        out: list[str] = []
+        for k, t in enumerate(targets, 1):
+            delivery = self._delivery(f"{meta['event_id']}.{k}", t, raw, meta)
+            dest = self.loaded.config.destinations.get(t.destination)
+            kind = dest.type if dest is not None else "?"
+            payload, note = self._payload(t.destination, delivery)
+            label = f"payload for {t.destination} ({kind}, route {t.route}"
+            label += f", {note})" if note else ")"
+            out.append(label + ":")
+            out.extend("  " + line for line in _readable(payload).splitlines() or [""])
+        return out
+
+    def _delivery(self, ident: str, t: Target, raw: str, meta: dict[str, Any]) -> Any:
+        from gateway.store.base import DeliveryRecord
+
+        now = self.clock.now()
+        return DeliveryRecord(
+            id=ident, event_id=meta["event_id"], source=meta["source"], route=t.route,
+            destination=t.destination, state="pending", attempts=0, next_attempt_at=now,
+            created_at=now, updated_at=now, enrichment=dict(t.enrichment), raw=raw,
+            received_at=meta["received_at"],
+        )
+
+    def _instance(self, name: str) -> Any:
+        if name not in self._instances:
+            self._instances[name] = None
+            dest = self.loaded.config.destinations.get(name)
+            options = self.loaded.destination_options.get(name)
+            if dest is not None and options is not None:
+                try:
+                    from gateway.destination import Services
+
+                    cls = self.loaded.registry.get("destinations", dest.type)
+                    services = Services(http=None, clock=self.clock, store=None,  # type: ignore[arg-type]
+                                        secrets=self.loaded.secrets)
+                    self._instances[name] = cls(name, options, services)
+                except Exception:
+                    self._instances[name] = None
+        return self._instances[name]
+
+    def _payload(self, name: str, delivery: Any) -> tuple[str, str]:
+        instance = self._instance(name)
+        options = self.loaded.destination_options.get(name)
+        for method in ("preview", "body"):
+            fn = getattr(instance, method, None)
+            if callable(fn):
+                try:
+                    value = fn(delivery)
+                except Exception as e:
+                    return f"(cannot render: {e})", "the delivery would be dead"
+                return _as_text(value), _payload_note(options)
+        try:
+            from gateway.delivery.payload import envelope_text
+        except ImportError:
+            return _compact(_envelope(delivery)), "envelope"
+        return envelope_text(delivery), "envelope"
+
+
+def _readable(payload: str) -> str:
+    """JSON payloads indented (same keys, order and values; only whitespace differs)."""
+    try:
+        return json.dumps(json.loads(payload), ensure_ascii=False, indent=2)
+    except ValueError:
+        return payload
+
+
+def _payload_note(options: Any) -> str:
+    mode = getattr(options, "payload", None)
+    return f"payload: {mode}" if isinstance(mode, str) else ""
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, indent=2, default=str)
+
+
+def _envelope(delivery: Any) -> dict[str, Any]:
+    return {"id": delivery.id, "event_id": delivery.event_id, "source": delivery.source,
+            "route": delivery.route, "received_at": delivery.received_at,
+            "event": json.loads(delivery.raw), "enrichment": delivery.enrichment}
