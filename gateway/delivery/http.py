@@ -1,0 +1,120 @@
+"""The outbound HTTP client: httpx's API over aiohttp's connection handling.
+
+`make_http_client()` returns the one `httpx.AsyncClient` a process shares (destinations receive
+it as ``Services.http``). Stock httpx spends most of its time in connection-pool bookkeeping
+(upstream httpx issue #3215); ``httpx-aiohttp``'s `AiohttpTransport` keeps httpx's request and
+response objects but lets aiohttp own the sockets. The side-by-side measurement that chose it is
+in ``docs/performance.md`` (``bench/bench_http_client.py`` reproduces it).
+
+Contract:
+- redirects are never followed (``follow_redirects=False``; the transport also passes
+  ``allow_redirects=False`` to aiohttp), so a 3xx reaches the destination for classification;
+- per-request timeouts come from the destination (``timeout=`` on each request);
+- the caller closes the client (``await client.aclose()``) when the process stops.
+
+`CALLBACK_GATEWAY_HTTP_TRANSPORT=httpx` selects stock httpx instead (for comparison or if the
+aiohttp transport misbehaves somewhere).
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import os
+from typing import Any
+
+import httpx
+
+#: Connections per process across all destinations. Per-destination ``concurrency`` is the
+#: real bound; this only stops a misconfiguration from opening thousands of sockets.
+MAX_CONNECTIONS = 512
+USER_AGENT = "callback-gateway"
+
+
+def make_http_client(transport: str | None = None) -> httpx.AsyncClient:
+    """The shared outbound client; `transport` is ``"aiohttp"`` (default) or ``"httpx"``."""
+    kind = transport or os.environ.get("CALLBACK_GATEWAY_HTTP_TRANSPORT", "aiohttp")
+    limits = httpx.Limits(
+        max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS,
+        keepalive_expiry=30.0,
+    )
+    common = {
+        "follow_redirects": False,
+        "timeout": httpx.Timeout(10.0),
+        "headers": {"user-agent": f"{USER_AGENT}/{_version()}"},
+        "trust_env": False,  # destination URLs are configuration; no proxy from the environment
+    }
+    if kind == "httpx":
+        return httpx.AsyncClient(limits=limits, **common)  # type: ignore[arg-type]
+    if kind != "aiohttp":
+        raise ValueError(f"unknown HTTP transport {kind!r}; expected 'aiohttp' or 'httpx'")
+    return httpx.AsyncClient(
+        transport=_aiohttp_transport(limits), **common  # type: ignore[arg-type]
+    )
+
+
+def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    import aiohttp
+    from httpx_aiohttp import AiohttpTransport
+
+    class Transport(AiohttpTransport):
+        """httpx-aiohttp 0.2.0 maps every aiohttp connection error (refused, reset, DNS) to
+        ``httpx.ConnectTimeout``; re-map them by their cause so that a refused connection
+        is reported as one, not as a timeout."""
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            try:
+                return await super().handle_async_request(request)
+            except httpx.TransportError as e:
+                raise _remap(e, aiohttp) from e.__cause__
+
+    return Transport(limits=limits, trust_env=False)
+
+
+def _remap(e: httpx.TransportError, aiohttp: Any) -> httpx.TransportError:
+    cause = e.__cause__
+    if cause is None or isinstance(cause, TimeoutError | aiohttp.ServerTimeoutError):
+        return e
+    message = str(cause) or type(cause).__name__
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(message, request=e.request if _has_request(e) else None)
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(message)
+    if isinstance(cause, aiohttp.ClientConnectionError) and isinstance(e, httpx.TimeoutException):
+        return httpx.NetworkError(message)
+    return e
+
+
+def _has_request(e: httpx.TransportError) -> bool:
+    try:
+        e.request  # noqa: B018 - raises when unset
+    except RuntimeError:
+        return False
+    return True
+
+
+def _version() -> str:
+    from gateway import __version__
+
+    return __version__
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date
+    (RFC 9110 section 10.2.3). None when absent or unreadable; never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always UTC
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - now)

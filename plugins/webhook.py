@@ -1,0 +1,208 @@
+"""The ``webhook`` destination: one HTTP request per delivery, signed per Standard Webhooks.
+
+Options (``destinations.<name>``)::
+
+    url: https://crm.example.com/hooks
+    method: POST                 # default
+    headers: {X-Team: ops}       # extra request headers (values may be secrets: they are scrubbed)
+    timeout: 10s                 # the whole request, connect to last byte
+    payload: original            # original (default) | envelope | template
+    body: '{"uuid": {{ event.message_uuid | tojson }}}'   # with payload: template
+    secret: whsec_...            # sign (webhook-id, webhook-timestamp, webhook-signature)
+
+Every request carries ``webhook-id: <delivery id>`` (stable across retries and replays, so
+receivers can drop repeats) and ``Content-Type: application/json``. With ``secret`` the body is
+signed as https://www.standardwebhooks.com/ specifies: ``v1,`` + base64(HMAC-SHA256(key,
+f"{id}.{timestamp}.{body}")) with the key base64-decoded from after ``whsec_``.
+
+Classification (the engine owns retries): 2xx delivered; timeouts, connection errors, 408, 425,
+5xx retry (``Retry-After`` honoured); 429 throttled (does not use up attempts); 410 permanent and
+the destination is paused; 3xx permanent (redirects are never followed); other 4xx permanent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+from typing import Annotated, Any, Literal
+
+import httpx
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from gateway import hookimpl
+from gateway.delivery.http import parse_retry_after
+from gateway.delivery.payload import JsonTemplate, envelope_text, original_body
+from gateway.destination import Outcome, Services
+from gateway.store import DeliveryRecord
+from gateway.units import parse_duration
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+RETRYABLE = frozenset({408, 425})
+#: How much of an error response's body goes into the attempt record.
+SNIPPET = 300
+#: Response bodies are read up to this size (and the rest dropped) to keep the connection.
+MAX_READ = 64 * 1024
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    headers: dict[str, str] = {}
+    timeout: Duration = Field(10.0, gt=0)
+    payload: Literal["original", "envelope", "template"] = "original"
+    body: str | None = None
+    secret: str | None = None
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        try:
+            url = httpx.URL(v)
+        except httpx.InvalidURL as e:
+            raise ValueError(f"not a valid URL: {e}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("expected an http:// or https:// URL")
+        return v
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        if v is not None:
+            signing_key(v)
+        return v
+
+    @model_validator(mode="after")
+    def _body(self) -> Options:
+        if self.payload == "template":
+            if not self.body:
+                raise ValueError("payload: template needs 'body' (a template rendering JSON)")
+            JsonTemplate(self.body)
+        elif self.body is not None:
+            raise ValueError("'body' is only used with payload: template")
+        return self
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (``whsec_`` + base64)."""
+    if not secret.startswith("whsec_"):
+        raise ValueError("expected a Standard Webhooks secret: 'whsec_' followed by base64")
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except binascii.Error:
+        raise ValueError("the part after 'whsec_' is not valid base64") from None
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value."""
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode("ascii")
+
+
+class Webhook:
+    """See the module docstring."""
+
+    Options = Options
+
+    def __init__(self, name: str, options: Options, services: Services) -> None:
+        self.name = name
+        self.options = options
+        self.services = services
+        self.key = signing_key(options.secret) if options.secret else None
+        self.template = JsonTemplate(options.body) if options.body else None
+        lowered = {k.lower() for k in options.headers}
+        self.base_headers = dict(options.headers)
+        if "content-type" not in lowered:
+            self.base_headers["content-type"] = "application/json"
+
+    def body(self, delivery: DeliveryRecord) -> bytes:
+        """The request body; `ValueError` when a template cannot render valid JSON."""
+        if self.options.payload == "envelope":
+            return envelope_text(delivery).encode("utf-8")
+        if self.template is not None:
+            return self.template.render(delivery)
+        return original_body(delivery)
+
+    def headers(self, delivery: DeliveryRecord, body: bytes) -> dict[str, str]:
+        headers = dict(self.base_headers)
+        headers["webhook-id"] = delivery.id
+        if self.key is not None:
+            ts = int(self.services.clock.now())
+            headers["webhook-timestamp"] = str(ts)
+            headers["webhook-signature"] = sign(self.key, delivery.id, ts, body)
+        return headers
+
+    async def deliver(self, delivery: DeliveryRecord) -> Outcome:
+        try:
+            body = self.body(delivery)
+        except ValueError as e:
+            return Outcome.permanent(str(e))
+        opts = self.options
+        try:
+            async with asyncio.timeout(opts.timeout):
+                async with self.services.http.stream(
+                    opts.method, opts.url, content=body, headers=self.headers(delivery, body),
+                    timeout=opts.timeout,
+                ) as resp:
+                    data = await _read_some(resp)
+        except TimeoutError:
+            return Outcome.retry(f"timed out after {opts.timeout:g}s")
+        except httpx.TimeoutException as e:
+            return Outcome.retry(f"timed out after {opts.timeout:g}s ({type(e).__name__})")
+        except httpx.TransportError as e:
+            return Outcome.retry(f"connection error: {type(e).__name__}: {e}".rstrip(": "))
+        except httpx.HTTPError as e:
+            return Outcome.retry(f"HTTP error: {type(e).__name__}: {e}")
+        return self.classify(resp, data)
+
+    def classify(self, resp: httpx.Response, data: bytes) -> Outcome:
+        """The outcome of one answer (see the module docstring)."""
+        status = resp.status_code
+        if 200 <= status < 300:
+            return Outcome.delivered(status)
+        text = f"HTTP {status}"
+        snippet = data[:SNIPPET].decode("utf-8", "replace").strip()
+        if snippet:
+            text += f": {snippet}"
+        retry_after = parse_retry_after(
+            resp.headers.get("retry-after"), self.services.clock.now())
+        if status == 429:
+            return Outcome.throttled(text, retry_after, status)
+        if status in RETRYABLE or status >= 500:
+            return Outcome.retry(text, status, retry_after)
+        if status == 410:
+            return Outcome.permanent(
+                f"{text} (410 Gone: destination {self.name!r} paused until resumed)",
+                status, pause=True,
+            )
+        if 300 <= status < 400:
+            where = resp.headers.get("location", "?")
+            return Outcome.permanent(
+                f"HTTP {status} redirect to {where} not followed (redirects are never followed;"
+                " configure the final URL)", status,
+            )
+        return Outcome.permanent(text, status)
+
+
+async def _read_some(resp: httpx.Response) -> bytes:
+    chunks, size = [], 0
+    async for chunk in resp.aiter_raw():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= MAX_READ:
+            break
+    return b"".join(chunks)
+
+
+@hookimpl
+def register_destinations(register: Any) -> None:
+    register("webhook", Webhook)
