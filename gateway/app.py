@@ -25,6 +25,7 @@ from gateway.errors import StoreError
 from gateway.housekeeping import Housekeeper
 from gateway.http_errors import SANIC_CODES, error
 from gateway.intake import SourceEndpoint
+from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.pluginmanager import call_each
 from gateway.store import IngestResult, Store, store_from_url
 
@@ -48,6 +49,7 @@ class GatewayContext:
     router: Any = None
     engine: Any = None
     housekeeper: Any = None
+    metrics: Metrics = field(default_factory=Metrics)
     endpoints: dict[str, SourceEndpoint] = field(default_factory=dict)
 
     @property
@@ -63,7 +65,7 @@ class GatewayContext:
 def create_app(loaded: Loaded, *, clock: Clock | None = None, background: bool = True) -> Sanic:
     """A Sanic app serving `loaded`'s sources. `background=False` runs intake only (tests)."""
     config = loaded.config
-    app = Sanic(f"callback_gateway_{next(_names)}")
+    app = Sanic(f"callback_gateway_{next(_names)}", configure_logging=False)
     app.config.REQUEST_MAX_SIZE = config.server.max_body_size
     app.config.ACCESS_LOG = False
     app.config.MOTD = False
@@ -83,12 +85,14 @@ def create_app(loaded: Loaded, *, clock: Clock | None = None, background: bool =
             ctx.clock,
             config.server.trusted_proxies,
             ctx.committed,
+            ctx.metrics,
         )
         ctx.endpoints[name] = endpoint
         app.add_route(endpoint.handle, source.path, methods=["POST"], name=f"source_{name}")
 
     app.add_route(_healthz, "/healthz", methods=["GET"], name="healthz")
     app.add_route(_readyz, "/readyz", methods=["GET"], name="readyz")
+    app.add_route(_metrics, "/metrics", methods=["GET"], name="metrics")
     app.error_handler.add(SanicException, _sanic_error)
     app.register_listener(_start, "before_server_start")
     app.register_listener(_drain, "before_server_stop")
@@ -115,6 +119,15 @@ async def _readyz(request: Request) -> HTTPResponse:
     return response.json({"status": "ready", "sources": sorted(ctx.endpoints)})
 
 
+async def _metrics(request: Request) -> HTTPResponse:
+    ctx: GatewayContext = request.app.ctx.gateway
+    try:
+        body = await ctx.metrics.render()
+    except StoreError as e:
+        return error(503, "store_unavailable", f"cannot read queue state: {e}")
+    return response.raw(body, content_type=CONTENT_TYPE_LATEST)
+
+
 async def _sanic_error(request: Request, exception: SanicException) -> HTTPResponse:
     status = getattr(exception, "status_code", 500) or 500
     code = SANIC_CODES.get(status, "error")
@@ -132,6 +145,7 @@ async def _start(app: Sanic) -> None:
     loaded = ctx.loaded
     ctx.store = store_from_url(loaded.config.store)  # relative to the working directory
     await ctx.store.open()
+    ctx.metrics.watch_store(ctx.store, ctx.clock)
     if ctx.background:
         await _start_background(ctx)
     await call_each(loaded.pm.hook.startup, gateway=ctx)
@@ -151,7 +165,9 @@ async def _start_background(ctx: GatewayContext) -> None:
         ctx.loaded, ctx.store, services, ctx.clock, ctx.owner, ctx.loaded.pm
     )
     chain = Chain(ctx.loaded, ctx.store, ctx.clock)
-    ctx.router = Router(ctx.loaded, ctx.store, chain, ctx.clock, ctx.owner, _wake_engine(ctx))
+    ctx.router = Router(
+        ctx.loaded, ctx.store, chain, ctx.clock, ctx.owner, _wake_engine(ctx), ctx.metrics
+    )
     ctx.housekeeper = Housekeeper(ctx.store, ctx.loaded.config.retention, ctx.clock)
     await ctx.engine.start()
     await ctx.router.start()

@@ -7,6 +7,7 @@ sent only after every element of the body is durably stored (or recognised as a 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,8 @@ from gateway.components import SourceFormat
 from gateway.config.models import Network, SourceConfig
 from gateway.errors import StoreError
 from gateway.http_errors import error
-from gateway.store import IncomingEvent, Store
+from gateway.metrics import Metrics
+from gateway.store import IncomingEvent, IngestResult, Store
 
 log = logging.getLogger("gateway.intake")
 
@@ -44,6 +46,7 @@ class SourceEndpoint:
         clock: Clock,
         trusted_proxies: list[Network],
         on_committed: Callable[[str, Any], None] = lambda source, result: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -52,11 +55,21 @@ class SourceEndpoint:
         self.clock = clock
         self.trusted = trusted_proxies
         self.on_committed = on_committed
+        self.metrics = metrics
         basic = config.auth.basic
         self.auth = BasicAuth(basic.username, basic.password) if basic else None
         self.challenge = {"WWW-Authenticate": f'Basic realm="{config.auth.realm}", charset="UTF-8"'}
 
     async def handle(self, request: Request) -> HTTPResponse:
+        started = time.perf_counter()
+        answer = await self._handle(request)
+        if self.metrics is not None:
+            self.metrics.requests.labels(self.name, str(answer.status)).inc()
+            if answer.status == 200:
+                self.metrics.ack_seconds.labels(self.name).observe(time.perf_counter() - started)
+        return answer
+
+    async def _handle(self, request: Request) -> HTTPResponse:
         refused = self._refuse(request)
         if refused is not None:
             return refused
@@ -66,18 +79,29 @@ class SourceEndpoint:
             return self._answer(400, e.code, str(e))
         items, invalid = self._check(elements, request.headers)
         if invalid and self.config.on_invalid == "reject":
+            self._count(items, ["rejected"] * len(items))
             return self._answer(422, "invalid", invalid)
         if not items:
             return self._ok(0, 0, 0)
         try:
+            started = time.perf_counter()
             result = await self._store().ingest(self.name, items, self.clock.now())
+            if self.metrics is not None:
+                self.metrics.commit_seconds.observe(time.perf_counter() - started)
         except StoreError as e:
             log.error("source=%s status=503 store cannot commit: %s", self.name, e)
             return error(
                 503, "store_unavailable", "the callback was not stored; send it again later"
             )
         self.on_committed(self.name, result)
+        self._count(items, result.outcomes)
         return self._ok(result.accepted, result.duplicates, result.quarantined)
+
+    def _count(self, items: list[IncomingEvent], outcomes: IngestResult | Any) -> None:
+        if self.metrics is None:
+            return
+        for item, outcome in zip(items, outcomes, strict=False):
+            self.metrics.callbacks.labels(self.name, item.event or "unknown", outcome).inc()
 
     def _refuse(self, request: Request) -> HTTPResponse | None:
         allow = self.config.auth.allow_ips

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import PluginError, StoreError
+from gateway.metrics import Metrics
 from gateway.store import EventRecord, NewDelivery, Store
 from gateway.store.sqlite import new_delivery_id
 
@@ -47,6 +48,7 @@ class Router:
         clock: Clock,
         owner: str,
         on_routed: Callable[[set[str]], None] = lambda destinations: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.loaded = loaded
         self.store = store
@@ -54,6 +56,7 @@ class Router:
         self.clock = clock
         self.owner = owner
         self.on_routed = on_routed
+        self.metrics = metrics
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -117,6 +120,7 @@ class Router:
             return set()
         if event.recheck and (problems := self._recheck(event, element)):
             await self.store.quarantine_event(event.id, "; ".join(problems), now)
+            self._count(event, "quarantined")
             return set()
         meta: dict[str, Any] = {
             "event_id": event.id,
@@ -129,6 +133,7 @@ class Router:
             retry_at = now + hold_delay(event.route_attempts)
             log.error("event=%s held: %s (next try in %.0fs)", event.id, e, retry_at - now)
             await self.store.hold_event(event.id, str(e), retry_at, now)
+            self._count(event, "held")
             return set()
         destinations = self.loaded.config.destinations
         targets = [t for t in decision.targets if destinations[t.destination].enabled]
@@ -142,7 +147,12 @@ class Router:
             for t in targets
         ]
         await self.store.finish_event(event.id, state, deliveries, now, reason)
+        self._count(event, state)
         return {d.destination for d in deliveries}
+
+    def _count(self, event: EventRecord, state: str) -> None:
+        if self.metrics is not None:
+            self.metrics.events.labels(event.source, state).inc()
 
     def _recheck(self, event: EventRecord, element: Any) -> list[str]:
         """Today's format check for an event replayed from quarantine."""

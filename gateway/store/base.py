@@ -40,6 +40,8 @@ class IngestResult:
     quarantined: int = 0
     #: Ids of the events stored by this call (accepted and quarantined), in body order.
     event_ids: tuple[str, ...] = ()
+    #: Per item, in the order given: ``accepted``, ``duplicate`` or ``quarantined``.
+    outcomes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -268,6 +270,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def set_mark(self, key: str, value: str | None, now: float, rank: str = "") -> None:
         """Store `value` under `key` unconditionally; None deletes the key."""
+
+    @abc.abstractmethod
+    async def queue_stats(self, now: float) -> list[dict[str, Any]]:
+        """Per destination and state (``pending``, ``in_flight``, ``dead``): ``{"destination",
+        "state", "count", "oldest"}`` where ``oldest`` is the earliest ``created_at`` (or None).
+        Cheap enough to call on every metrics scrape."""
 
     @abc.abstractmethod
     async def counts(self) -> dict[str, dict[str, int]]:

@@ -98,6 +98,7 @@ class SQLiteStore(Store):
         def op(c: sqlite3.Connection) -> IngestResult:
             accepted = duplicates = quarantined = 0
             ids = []
+            outcomes = []
             for item in items:
                 event_id = new_id("evt", now)
                 cur = c.execute(
@@ -111,6 +112,7 @@ class SQLiteStore(Store):
                         (source, item.dedupe_key),
                     )
                     duplicates += 1
+                    outcomes.append("duplicate")
                     continue
                 state = "quarantined" if item.problems else "received"
                 reason = "; ".join(item.problems) if item.problems else None
@@ -132,9 +134,11 @@ class SQLiteStore(Store):
                 ids.append(event_id)
                 if item.problems:
                     quarantined += 1
+                    outcomes.append("quarantined")
                 else:
                     accepted += 1
-            return IngestResult(accepted, duplicates, quarantined, tuple(ids))
+                    outcomes.append("accepted")
+            return IngestResult(accepted, duplicates, quarantined, tuple(ids), tuple(outcomes))
 
         return await self._write(op)
 
@@ -467,6 +471,15 @@ class SQLiteStore(Store):
                 (key, rank, value, now),
             )
         )
+
+    async def queue_stats(self, now: float) -> list[dict[str, Any]]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT destination, state, COUNT(*), MIN(created_at) FROM deliveries"
+                " WHERE state IN ('pending', 'in_flight', 'dead') GROUP BY destination, state"
+            ).fetchall()
+        )
+        return [{"destination": r[0], "state": r[1], "count": r[2], "oldest": r[3]} for r in rows]
 
     async def counts(self) -> dict[str, dict[str, int]]:
         def op(c: sqlite3.Connection) -> dict[str, dict[str, int]]:

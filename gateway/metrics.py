@@ -1,0 +1,137 @@
+"""Prometheus metrics (prefix ``callback_gateway_``), one `Metrics` object per process.
+
+With several Sanic workers, ``run`` sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start and
+every worker writes its counters there (prometheus-client's multiprocess mode); ``/metrics`` in any
+worker then reports the sum. Queue gauges are read from the store at scrape time, so they are
+the same whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+PREFIX = "callback_gateway"
+FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """Every metric the gateway exports. See docs/operations.md for what each one means."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        self.registry = CollectorRegistry()
+        reg: Any = None if self.multiprocess else self.registry
+
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(f"{PREFIX}_{name}", doc, labels, registry=reg)
+
+        def histogram(
+            name: str, doc: str, labels: list[str], buckets: tuple[float, ...]
+        ) -> Histogram:
+            return Histogram(f"{PREFIX}_{name}", doc, labels, buckets=buckets, registry=reg)
+
+        self.requests = counter(
+            "requests", "HTTP requests to sources by answer status", ["source", "status"]
+        )
+        self.callbacks = counter(
+            "callbacks",
+            "Callback elements received, by outcome (accepted, duplicate, quarantined, rejected)",
+            ["source", "event", "outcome"],
+        )
+        self.ack_seconds = histogram(
+            "ack_seconds",
+            "Time from request to the 2xx answer (includes the commit)",
+            ["source"],
+            FAST,
+        )
+        self.commit_seconds = histogram(
+            "store_commit_seconds", "Time an intake waited for its group commit", [], FAST
+        )
+        self.events = counter(
+            "events_routed",
+            "Events leaving the router: routed, unmatched, filtered, held (plugin error),"
+            " quarantined (failed today's check on replay)",
+            ["source", "state"],
+        )
+        self.deliveries = counter(
+            "deliveries",
+            "Delivery attempts by outcome: delivered, retry, throttled, dead, released",
+            ["destination", "outcome"],
+        )
+        self.attempt_seconds = histogram(
+            "attempt_seconds", "Duration of one delivery attempt", ["destination"], SLOW
+        )
+        self._store: Any = None
+        self._clock: Any = None
+
+    def watch_store(self, store: Any, clock: Any) -> None:
+        """Report queue depth and oldest pending age from `store` on every scrape."""
+        self._store, self._clock = store, clock
+
+    async def render(self) -> bytes:
+        """The exposition text for one scrape."""
+        registry = self.registry
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        families = await self._queue_families()
+        body = generate_latest(registry)
+        if families:
+            extra = CollectorRegistry()
+            extra.register(_Static(families))
+            body += generate_latest(extra)
+        return body
+
+    async def _queue_families(self) -> list[GaugeMetricFamily]:
+        if self._store is None:
+            return []
+        now = self._clock.now()
+        depth = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth",
+            "Deliveries by destination and state (pending, in_flight, dead)",
+            labels=["destination", "state"],
+        )
+        oldest = GaugeMetricFamily(
+            f"{PREFIX}_oldest_pending_seconds",
+            "Age of the oldest delivery not yet delivered (pending or in flight)",
+            labels=["destination"],
+        )
+        ages: dict[str, float] = {}
+        for row in await self._store.queue_stats(now):
+            depth.add_metric([row["destination"], row["state"]], row["count"])
+            if row["state"] != "dead" and row["oldest"] is not None:
+                age = max(0.0, now - row["oldest"])
+                ages[row["destination"]] = max(age, ages.get(row["destination"], 0.0))
+        for destination, age in sorted(ages.items()):
+            oldest.add_metric([destination], age)
+        counts = await self._store.counts()
+        quarantined = GaugeMetricFamily(f"{PREFIX}_quarantined_events", "Events held in quarantine")
+        quarantined.add_metric([], counts["events"].get("quarantined", 0))
+        return [depth, oldest, quarantined]
+
+
+class _Static:
+    def __init__(self, families: list[GaugeMetricFamily]) -> None:
+        self.families = families
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        return self.families
