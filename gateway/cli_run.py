@@ -36,6 +36,15 @@ def _app_from_file(path: str) -> Sanic:
     return create_app(loaded)
 
 
+def _multiprocess_metrics() -> None:
+    """Give the worker processes a fresh shared directory for their metric files."""
+    import os
+    import tempfile
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="callback-gateway-metrics-")
+
+
 def run(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
@@ -58,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from sanic.worker.loader import AppLoader
 
+    _multiprocess_metrics()
     loader = AppLoader(factory=functools.partial(_app_from_file, args.config))
     app = loader.load()
     app.prepare(host=host, port=port, workers=cfg.server.workers, access_log=False, motd=False)
