@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -67,8 +68,10 @@ class EngineHarness:
         """`n` events, each routed to `destination` (one delivery each, due now)."""
         now = self.clock.now()
         ids = []
-        result = await self.store.ingest(
-            "revicom", [IncomingEvent(raw, f"k-{uuid.uuid4()}") for _ in range(n)], now)
+        fields = json.loads(raw)
+        items = [IncomingEvent(raw, f"k-{uuid.uuid4()}", fields.get("message_uuid"),
+                               fields.get("callback_event")) for _ in range(n)]
+        result = await self.store.ingest("revicom", items, now)
         for event_id in result.event_ids:
             did = new_delivery_id(now)
             ids.append(did)
@@ -85,7 +88,7 @@ class EngineHarness:
 
     async def until(
         self, delivery_id: str, predicate: Callable[[DeliveryRecord], bool],
-        timeout: float = 5.0,
+        timeout: float = 5.0,  # noqa: ASYNC109 - a test helper's limit
     ) -> tuple[DeliveryRecord, list[AttemptRecord]]:
         """Poll the store (real time) until the delivery satisfies `predicate`."""
         deadline = time.monotonic() + timeout

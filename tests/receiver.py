@@ -15,6 +15,7 @@ Every request is recorded on arrival, before any stall. Runs in the test's own e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -79,10 +80,8 @@ class Receiver:
         try:
             if reply.stall:
                 timeout = None if math.isinf(reply.stall) else reply.stall
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), timeout)
-                except TimeoutError:
-                    pass
             payload: Any = reply.body
             if reply.echo_headers:
                 payload = repr(dict(request.headers))
@@ -90,7 +89,7 @@ class Receiver:
         finally:
             self.in_flight -= 1
 
-    async def wait_for(self, n: int, timeout: float = 5.0) -> list[Received]:
+    async def wait_for(self, n: int, timeout: float = 5.0) -> list[Received]:  # noqa: ASYNC109
         """Wait until at least `n` requests arrived; return them all."""
         async with self._arrived:
             await asyncio.wait_for(
