@@ -1,0 +1,703 @@
+"""The contract every store backend keeps (gateway/store/base.py).
+
+Every test here runs against each backend in `BACKENDS`. To add one (Redis), write one more
+async context manager that yields a factory of *unopened* stores sharing the same data (a new
+factory call is "another process" or "the gateway after a restart") and cleans up afterwards.
+
+Times are explicit epoch floats; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import StoreError
+from gateway.ids import new_id
+from gateway.store import (
+    AttemptRecord,
+    DeliveryFilter,
+    IncomingEvent,
+    IngestResult,
+    NewDelivery,
+    Store,
+)
+from gateway.store.sqlite import SQLiteStore
+
+StoreFactory = Callable[[], Store]
+
+
+@contextlib.asynccontextmanager
+async def sqlite_backend(tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    path = tmp_path / "var" / "gateway.db"
+    yield lambda: SQLiteStore(path)
+
+
+BACKENDS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[StoreFactory]]] = {
+    "sqlite": sqlite_backend,
+}
+
+T0 = 1_700_000_000.0
+LEASE = 30.0
+SOURCE = "revicom"
+
+Opener = Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens another store on the same data each time it is called; closes them all at the end."""
+    async with BACKENDS[request.param](tmp_path) as make:
+        opened: list[Store] = []
+
+        async def opener() -> Store:
+            s = make()
+            await s.open()
+            opened.append(s)
+            return s
+
+        yield opener
+        for s in opened:
+            await s.close()
+
+
+@pytest.fixture
+async def store(open_store: Opener) -> Store:
+    return await open_store()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def item(
+    key: str, *problems: str, uuid: str | None = None, event: str = "delivered"
+) -> IncomingEvent:
+    uuid = uuid or f"uuid-{key}"
+    raw = json.dumps({"message_uuid": uuid, "callback_event": event, "k": key})
+    return IncomingEvent(raw, key, uuid, event, tuple(problems))
+
+
+async def one_event(store: Store, key: str, now: float = T0, source: str = SOURCE) -> str:
+    result = await store.ingest(source, [item(key)], now)
+    assert result.accepted == 1
+    return result.event_ids[0]
+
+
+def delivery(event_id: str, destination: str, next_at: float, route: str = "all",
+             enrichment: dict | None = None) -> NewDelivery:
+    return NewDelivery(new_id("msg"), event_id, route, destination, next_at, enrichment or {})
+
+
+async def routed(
+    store: Store, key: str, destinations: list[str], now: float = T0,
+    next_at: float | None = None,
+) -> tuple[str, list[str]]:
+    """An event that went through the router (claimed, then finished) with one delivery per
+    destination; returns the event id and the delivery ids."""
+    event_id = await one_event(store, key, now)
+    claimed = await store.claim_events("router", 1000, LEASE, now)
+    assert event_id in [e.id for e in claimed]
+    news = [delivery(event_id, d, now if next_at is None else next_at) for d in destinations]
+    await store.finish_event(event_id, "routed", news, now)
+    return event_id, [d.id for d in news]
+
+
+def attempt(started: float, outcome: str, status: int | None = None,
+            error: str | None = None) -> AttemptRecord:
+    return AttemptRecord(started, started + 0.5, outcome, status, error)
+
+
+async def state_of(store: Store, delivery_id: str) -> str:
+    found = await store.get_delivery(delivery_id)
+    assert found is not None
+    return found[0].state
+
+
+async def nonzero_counts(store: Store, kind: str) -> dict[str, int]:
+    """`counts()[kind]` without states at zero (a backend may list them or leave them out)."""
+    return {state: n for state, n in (await store.counts())[kind].items() if n}
+
+
+async def ids_of(coro: Awaitable[list]) -> list[str]:
+    return [r.id for r in await coro]
+
+
+# -- open, close, ping -------------------------------------------------------------------------
+
+
+async def test_an_open_store_answers_ping(store: Store) -> None:
+    await store.ping()
+
+
+async def test_close_is_safe_twice_and_a_closed_store_refuses_work(open_store: Opener) -> None:
+    s = await open_store()
+    await s.close()
+    await s.close()
+    with pytest.raises(StoreError):
+        await s.ingest(SOURCE, [item("k")], T0)
+
+
+async def test_an_empty_store_has_nothing(store: Store) -> None:
+    assert await store.get_event("evt_nope") is None
+    assert await store.get_delivery("msg_nope") is None
+    assert await store.claim_events("r", 10, LEASE, T0) == []
+    assert await store.claim_deliveries("w", "any", 10, LEASE, T0) == []
+    assert await store.next_due() is None
+    assert await store.has_due_events(T0) is None
+    counts = await store.counts()
+    assert sum(counts["events"].values()) == 0
+    assert sum(counts["deliveries"].values()) == 0
+
+
+# -- ingest ------------------------------------------------------------------------------------
+
+
+async def test_ingest_stores_each_item_as_a_received_event(store: Store) -> None:
+    items = [item("a", uuid="u-a", event="sent"), item("b", uuid="u-b")]
+    result = await store.ingest(SOURCE, items, T0)
+    assert (result.accepted, result.duplicates, result.quarantined) == (2, 0, 0)
+    assert len(result.event_ids) == 2 and len(set(result.event_ids)) == 2
+    for event_id, it in zip(result.event_ids, items, strict=True):
+        event = await store.get_event(event_id)
+        assert event is not None
+        assert event.raw == it.raw
+        assert event.payload == json.loads(it.raw)
+        assert (event.source, event.state, event.received_at) == (SOURCE, "received", T0)
+        assert (event.message_uuid, event.event) == (it.message_uuid, it.event)
+        assert event.reason is None and event.recheck is False
+
+
+async def test_ingest_of_nothing_stores_nothing(store: Store) -> None:
+    assert await store.ingest(SOURCE, [], T0) == IngestResult()
+
+
+async def test_ingest_drops_a_key_seen_in_an_earlier_call(store: Store) -> None:
+    await store.ingest(SOURCE, [item("a")], T0)
+    result = await store.ingest(SOURCE, [item("a"), item("b")], T0 + 300)
+    assert (result.accepted, result.duplicates, result.quarantined) == (1, 1, 0)
+    assert len(result.event_ids) == 1
+    assert (await store.get_event(result.event_ids[0])).raw == item("b").raw
+    assert (await store.counts())["events"]["received"] == 2
+
+
+async def test_ingest_drops_a_key_repeated_within_one_call(store: Store) -> None:
+    result = await store.ingest(SOURCE, [item("a"), item("a"), item("b"), item("a")], T0)
+    assert (result.accepted, result.duplicates) == (2, 2)
+    assert (await store.counts())["events"]["received"] == 2
+
+
+async def test_dedupe_keys_belong_to_their_source(store: Store) -> None:
+    await store.ingest("one", [item("a")], T0)
+    result = await store.ingest("two", [item("a")], T0)
+    assert result.accepted == 1
+
+
+async def test_concurrent_ingests_of_one_key_store_it_once(store: Store) -> None:
+    results = await asyncio.gather(*(store.ingest(SOURCE, [item("same")], T0) for _ in range(50)))
+    assert sum(r.accepted for r in results) == 1
+    assert sum(r.duplicates for r in results) == 49
+    assert await nonzero_counts(store, "events") == {"received": 1}
+
+
+async def test_concurrent_ingests_through_two_store_objects_store_a_key_once(
+    open_store: Opener,
+) -> None:
+    a, b = await open_store(), await open_store()
+    results = await asyncio.gather(
+        *(s.ingest(SOURCE, [item(f"k{i}") for i in range(5)], T0) for s in [a, b] * 10)
+    )
+    assert sum(r.accepted for r in results) == 5
+    assert sum(r.duplicates for r in results) == 95
+    assert await nonzero_counts(b, "events") == {"received": 5}
+
+
+async def test_items_with_problems_are_quarantined_with_their_reasons(store: Store) -> None:
+    bad = item("bad", "status: required field is missing", "status_time: expected a time")
+    result = await store.ingest(SOURCE, [item("good"), bad], T0)
+    assert (result.accepted, result.duplicates, result.quarantined) == (1, 0, 1)
+    quarantined = await store.get_event(result.event_ids[1])
+    assert quarantined.state == "quarantined"
+    assert quarantined.raw == bad.raw
+    assert "status: required field is missing" in quarantined.reason
+    assert "status_time: expected a time" in quarantined.reason
+    assert [e.id for e in await store.list_events("quarantined")] == [quarantined.id]
+    claimed = await store.claim_events("r", 10, LEASE, T0)
+    assert [e.id for e in claimed] == [result.event_ids[0]]
+
+
+async def test_a_resent_quarantined_item_is_a_duplicate(store: Store) -> None:
+    await store.ingest(SOURCE, [item("bad", "x: missing")], T0)
+    result = await store.ingest(SOURCE, [item("bad", "x: missing")], T0 + 300)
+    assert (result.accepted, result.duplicates, result.quarantined) == (0, 1, 0)
+
+
+# -- events: claim, finish, hold, quarantine ---------------------------------------------------
+
+
+async def test_claim_events_leases_due_events_oldest_first_up_to_the_limit(store: Store) -> None:
+    ids = [await one_event(store, f"k{i}", T0 + i) for i in range(3)]
+    claimed = await store.claim_events("r1", 2, LEASE, T0 + 10)
+    assert [e.id for e in claimed] == ids[:2]
+    assert all(e.state == "received" for e in claimed)
+    assert [e.id for e in await store.claim_events("r2", 10, LEASE, T0 + 10)] == [ids[2]]
+
+
+async def test_a_leased_event_is_not_claimed_again_until_its_lease_expires(store: Store) -> None:
+    event_id = await one_event(store, "a")
+    assert await ids_of(store.claim_events("r1", 10, LEASE, T0 + 10)) == [event_id]
+    assert await store.claim_events("r2", 10, LEASE, T0 + 10) == []
+    assert await store.claim_events("r2", 10, LEASE, T0 + 10 + LEASE - 1) == []
+    assert await store.has_due_events(T0 + 11) == pytest.approx(T0 + 10 + LEASE)
+    assert await ids_of(store.claim_events("r2", 10, LEASE, T0 + 10 + LEASE + 1)) == [event_id]
+
+
+async def test_has_due_events_tells_when_the_router_has_work(store: Store) -> None:
+    assert await store.has_due_events(T0) is None
+    await one_event(store, "a", T0 + 5)
+    assert await store.has_due_events(T0 + 5) <= T0 + 5
+
+
+async def test_finish_event_sets_the_state_and_creates_every_delivery(store: Store) -> None:
+    result = await store.ingest(SOURCE, [item("a", uuid="u-1")], T0)
+    event_id = result.event_ids[0]
+    await store.claim_events("r", 10, LEASE, T0 + 1)
+    news = [
+        delivery(event_id, "slack", T0 + 2, route="failures", enrichment={"status_text": "x"}),
+        delivery(event_id, "email", T0 + 2, route="failures"),
+        delivery(event_id, "archive", T0 + 2, route="archive"),
+    ]
+    await store.finish_event(event_id, "routed", news, T0 + 2)
+    assert (await store.get_event(event_id)).state == "routed"
+    for new in news:
+        found = await store.get_delivery(new.id)
+        assert found is not None
+        record, attempts = found
+        assert attempts == []
+        assert (record.event_id, record.route, record.destination) == (
+            event_id, new.route, new.destination)
+        assert (record.state, record.attempts, record.next_attempt_at) == ("pending", 0, T0 + 2)
+        assert (record.source, record.message_uuid) == (SOURCE, "u-1")
+        assert record.enrichment == new.enrichment
+        assert record.raw == item("a", uuid="u-1").raw
+        assert record.event == json.loads(item("a", uuid="u-1").raw)
+        assert record.received_at == T0
+    assert await store.claim_events("r", 10, LEASE, T0 + 100) == []
+    assert await nonzero_counts(store, "deliveries") == {"pending": 3}
+
+
+async def test_finish_event_without_deliveries_records_the_outcome(store: Store) -> None:
+    event_id = await one_event(store, "a")
+    await store.claim_events("r", 10, LEASE, T0)
+    await store.finish_event(event_id, "filtered", [], T0 + 1, reason="plugin 'x': test traffic")
+    event = await store.get_event(event_id)
+    assert (event.state, event.reason) == ("filtered", "plugin 'x': test traffic")
+    assert await store.list_deliveries(DeliveryFilter()) == []
+
+
+async def test_finish_event_is_idempotent_for_a_finished_event(store: Store) -> None:
+    event_id, first = await routed(store, "a", ["slack"])
+    # A router whose lease expired finishes the same event again: nothing changes.
+    late = delivery(event_id, "email", T0)
+    await store.finish_event(event_id, "unmatched", [late], T0 + 100)
+    assert (await store.get_event(event_id)).state == "routed"
+    assert await store.get_delivery(late.id) is None
+    assert [d.id for d in await store.list_deliveries(DeliveryFilter())] == first
+
+
+async def test_hold_event_keeps_it_received_until_retry_at(store: Store) -> None:
+    event_id = await one_event(store, "a")
+    await store.claim_events("r", 10, LEASE, T0)
+    await store.hold_event(event_id, "plugin 'geo' raised TimeoutError", T0 + 60, T0 + 1)
+    event = await store.get_event(event_id)
+    assert (event.state, event.reason, event.next_route_at) == (
+        "received", "plugin 'geo' raised TimeoutError", T0 + 60)
+    assert event.route_attempts == 1
+    assert await store.has_due_events(T0 + 2) == pytest.approx(T0 + 60)
+    assert await store.claim_events("r", 10, LEASE, T0 + 59) == []
+    assert await ids_of(store.claim_events("r", 10, LEASE, T0 + 60)) == [event_id]
+    await store.hold_event(event_id, "again", T0 + 120, T0 + 61)
+    assert (await store.get_event(event_id)).route_attempts == 2
+
+
+async def test_quarantine_event_moves_it_out_of_the_router(store: Store) -> None:
+    event_id = await one_event(store, "a")
+    await store.claim_events("r", 10, LEASE, T0)
+    await store.quarantine_event(event_id, "status: required field is missing", T0 + 1)
+    event = await store.get_event(event_id)
+    assert (event.state, event.reason) == ("quarantined", "status: required field is missing")
+    assert await store.claim_events("r", 10, LEASE, T0 + 1000) == []
+
+
+async def test_replay_quarantined_sends_events_back_with_recheck(store: Store) -> None:
+    result = await store.ingest(
+        SOURCE, [item("q1", "bad"), item("q2", "bad"), item("q3", "bad"), item("ok")], T0)
+    q1, q2, q3, ok = result.event_ids
+    assert sorted(await store.replay_quarantined([q1, ok], T0 + 10)) == [q1]
+    event = await store.get_event(q1)
+    assert (event.state, event.recheck) == ("received", True)
+    assert (await store.get_event(q2)).state == "quarantined"
+    claimed = {e.id: e for e in await store.claim_events("r", 10, LEASE, T0 + 10)}
+    assert set(claimed) == {q1, ok}
+    assert claimed[q1].recheck is True and claimed[ok].recheck is False
+    assert sorted(await store.replay_quarantined(None, T0 + 20)) == sorted([q2, q3])
+    assert await store.list_events("quarantined") == []
+
+
+async def test_finishing_a_rechecked_event_clears_recheck(store: Store) -> None:
+    event_id = (await store.ingest(SOURCE, [item("q", "bad")], T0)).event_ids[0]
+    await store.replay_quarantined(None, T0 + 1)
+    await store.claim_events("r", 10, LEASE, T0 + 1)
+    await store.finish_event(event_id, "unmatched", [], T0 + 2)
+    event = await store.get_event(event_id)
+    assert (event.state, event.recheck) == ("unmatched", False)
+
+
+# -- deliveries: claim, attempts, release ------------------------------------------------------
+
+
+async def test_claim_deliveries_takes_only_due_deliveries_of_one_destination(store: Store) -> None:
+    _, (slack_now, email_now) = await routed(store, "a", ["slack", "email"], T0)
+    _, (slack_later,) = await routed(store, "b", ["slack"], T0 + 1, next_at=T0 + 100)
+    claimed = await store.claim_deliveries("w1", "slack", 10, LEASE, T0 + 5)
+    assert [d.id for d in claimed] == [slack_now]
+    record = claimed[0]
+    assert (record.state, record.destination, record.attempts) == ("in_flight", "slack", 0)
+    assert record.lease_until == pytest.approx(T0 + 5 + LEASE)
+    assert record.raw == item("a").raw and record.received_at == T0
+    assert await store.claim_deliveries("w2", "slack", 10, LEASE, T0 + 20) == []
+    await store.finish_attempt(slack_now, attempt(T0 + 5, "delivered", 200), "delivered", None,
+                               True, T0 + 6)
+    assert await store.claim_deliveries("w2", "slack", 10, LEASE, T0 + 99) == []
+    assert await ids_of(store.claim_deliveries("w2", "slack", 10, LEASE, T0 + 100)) == [
+        slack_later]
+    assert await ids_of(store.claim_deliveries("w1", "email", 10, LEASE, T0 + 5)) == [email_now]
+
+
+async def test_claim_deliveries_respects_the_limit_earliest_first(store: Store) -> None:
+    ids = []
+    for i, due in enumerate([T0 + 30, T0 + 10, T0 + 20]):
+        ids.append((await routed(store, f"k{i}", ["crm"], T0, next_at=due))[1][0])
+    first = await store.claim_deliveries("w", "crm", 2, LEASE, T0 + 60)
+    assert [d.id for d in first] == [ids[1], ids[2]]
+    assert await ids_of(store.claim_deliveries("w", "crm", 2, LEASE, T0 + 60)) == [ids[0]]
+
+
+async def test_a_leased_delivery_is_taken_over_only_after_its_lease(store: Store) -> None:
+    _, (did,) = await routed(store, "a", ["crm"])
+    assert await ids_of(store.claim_deliveries("w1", "crm", 10, LEASE, T0)) == [did]
+    assert await store.claim_deliveries("w2", "crm", 10, LEASE, T0 + LEASE - 1) == []
+    assert await store.next_due("crm") == pytest.approx(T0 + LEASE)
+    again = await store.claim_deliveries("w2", "crm", 10, LEASE, T0 + LEASE + 1)
+    assert [d.id for d in again] == [did]
+    assert again[0].attempts == 0, "a lease takeover is not a counted try"
+
+
+async def test_concurrent_claims_through_two_store_objects_never_share_work(
+    open_store: Opener,
+) -> None:
+    a, b = await open_store(), await open_store()
+    for i in range(10):
+        await one_event(a, f"e{i}", T0)
+    claims = await asyncio.gather(*(s.claim_events(f"r{i}", 3, LEASE, T0)
+                                     for i, s in enumerate([a, b] * 4)))
+    event_ids = [e.id for batch in claims for e in batch]
+    assert len(event_ids) == len(set(event_ids)) == 10
+    for event_id in event_ids:
+        await a.finish_event(event_id, "routed", [delivery(event_id, "crm", T0)], T0)
+    claims = await asyncio.gather(*(s.claim_deliveries(f"w{i}", "crm", 3, LEASE, T0)
+                                     for i, s in enumerate([a, b] * 4)))
+    delivery_ids = [d.id for batch in claims for d in batch]
+    assert len(delivery_ids) == len(set(delivery_ids)) == 10
+
+
+async def test_finish_attempt_records_history_with_increasing_numbers(store: Store) -> None:
+    _, (did,) = await routed(store, "a", ["crm"])
+    await store.claim_deliveries("w", "crm", 1, LEASE, T0)
+    await store.finish_attempt(did, attempt(T0, "retry", 503, "HTTP 503"), "pending",
+                               T0 + 10, True, T0 + 1)
+    record, _ = await store.get_delivery(did)
+    assert (record.state, record.attempts, record.next_attempt_at) == ("pending", 1, T0 + 10)
+    assert (record.last_status, record.last_error) == (503, "HTTP 503")
+    assert record.first_attempt_at == T0
+    assert await store.claim_deliveries("w", "crm", 1, LEASE, T0 + 9) == []
+    assert await ids_of(store.claim_deliveries("w", "crm", 1, LEASE, T0 + 10)) == [did]
+    await store.finish_attempt(did, attempt(T0 + 10, "delivered", 200), "delivered",
+                               None, True, T0 + 11)
+    record, attempts = await store.get_delivery(did)
+    assert (record.state, record.attempts, record.first_attempt_at) == ("delivered", 2, T0)
+    assert record.last_status == 200 and record.last_error is None
+    assert [(a.number, a.outcome, a.status, a.error, a.started_at) for a in attempts] == [
+        (1, "retry", 503, "HTTP 503", T0), (2, "delivered", 200, None, T0 + 10)]
+    assert await store.claim_deliveries("w", "crm", 1, LEASE, T0 + 1000) == []
+
+
+async def test_an_attempt_that_does_not_count_keeps_the_attempt_count(store: Store) -> None:
+    _, (did,) = await routed(store, "a", ["slack"])
+    await store.claim_deliveries("w", "slack", 1, LEASE, T0)
+    await store.finish_attempt(did, attempt(T0, "throttled", 429, "HTTP 429"), "pending",
+                               T0 + 60, False, T0 + 1)
+    record, attempts = await store.get_delivery(did)
+    assert (record.state, record.attempts, record.next_attempt_at) == ("pending", 0, T0 + 60)
+    assert [(a.number, a.outcome) for a in attempts] == [(1, "throttled")]
+    await store.claim_deliveries("w", "slack", 1, LEASE, T0 + 60)
+    await store.finish_attempt(did, attempt(T0 + 60, "retry", 500), "pending", T0 + 70, True,
+                               T0 + 61)
+    record, attempts = await store.get_delivery(did)
+    assert record.attempts == 1
+    assert [a.number for a in attempts] == [1, 2]
+
+
+async def test_a_dead_delivery_stays_visible_and_is_never_claimed(store: Store) -> None:
+    _, (did,) = await routed(store, "a", ["crm"])
+    await store.claim_deliveries("w", "crm", 1, LEASE, T0)
+    await store.finish_attempt(did, attempt(T0, "dead", 404, "HTTP 404 Not Found"), "dead",
+                               None, True, T0 + 1)
+    record, attempts = await store.get_delivery(did)
+    assert (record.state, record.attempts, record.last_error) == ("dead", 1, "HTTP 404 Not Found")
+    assert len(attempts) == 1
+    assert await store.claim_deliveries("w", "crm", 1, LEASE, T0 + 10_000) == []
+    assert await store.next_due("crm") is None
+
+
+async def test_release_gives_leased_deliveries_back_due_now(store: Store) -> None:
+    _, (a, b) = await routed(store, "a", ["crm", "crm"])
+    _, (c,) = await routed(store, "c", ["crm"], T0, next_at=T0 + 500)
+    await store.claim_deliveries("w1", "crm", 10, LEASE, T0)
+    await store.release([a, b, c], T0 + 2)
+    for did in (a, b):
+        record, attempts = await store.get_delivery(did)
+        assert (record.state, record.attempts, attempts) == ("pending", 0, [])
+        assert record.next_attempt_at <= T0 + 2
+    record, _ = await store.get_delivery(c)
+    assert (record.state, record.next_attempt_at) == ("pending", T0 + 500), (
+        "release only touches leased deliveries")
+    assert sorted(await ids_of(store.claim_deliveries("w2", "crm", 10, LEASE, T0 + 2))) == sorted(
+        [a, b])
+
+
+async def test_release_does_not_touch_finished_deliveries(store: Store) -> None:
+    _, (did,) = await routed(store, "a", ["crm"])
+    await store.claim_deliveries("w", "crm", 1, LEASE, T0)
+    await store.finish_attempt(did, attempt(T0, "delivered", 200), "delivered", None, True, T0)
+    await store.release([did], T0 + 1)
+    assert await state_of(store, did) == "delivered"
+
+
+async def test_next_due_is_the_earliest_claimable_time(store: Store) -> None:
+    await routed(store, "a", ["slack"], T0, next_at=T0 + 50)
+    await routed(store, "b", ["email"], T0, next_at=T0 + 20)
+    assert await store.next_due("slack") == pytest.approx(T0 + 50)
+    assert await store.next_due("email") == pytest.approx(T0 + 20)
+    assert await store.next_due() == pytest.approx(T0 + 20)
+    assert await store.next_due("nowhere") is None
+
+
+# -- inspection and replay ---------------------------------------------------------------------
+
+
+async def test_list_deliveries_filters_by_state_destination_message_and_since(store: Store) -> None:
+    _, (s1, e1) = await routed(store, "a", ["slack", "email"], T0)
+    _, (s2,) = await routed(store, "b", ["slack"], T0 + 100)
+    await store.claim_deliveries("w", "email", 1, LEASE, T0 + 100)
+    await store.finish_attempt(e1, attempt(T0, "dead", 550), "dead", None, True, T0 + 101)
+
+    async def listed(**kw: object) -> list[str]:
+        return sorted(d.id for d in await store.list_deliveries(DeliveryFilter(**kw)))
+
+    assert await listed() == sorted([s1, e1, s2])
+    assert await listed(state="dead") == [e1]
+    assert await listed(destination="slack") == sorted([s1, s2])
+    assert await listed(message_uuid="uuid-b") == [s2]
+    assert await listed(since=T0 + 50) == [s2]
+    assert await listed(state="pending", destination="slack", since=T0) == sorted([s1, s2])
+    assert len(await store.list_deliveries(DeliveryFilter(limit=2))) == 2
+    as_dict = (await store.list_deliveries(DeliveryFilter(state="dead")))[0].as_dict()
+    for key in ("id", "event_id", "source", "destination", "route", "state", "attempts",
+                "next_attempt_at", "last_error", "message_uuid"):
+        assert key in as_dict
+
+
+async def dead(store: Store, key: str, destination: str, now: float) -> str:
+    _, (did,) = await routed(store, key, [destination], now)
+    for n in range(2):
+        await store.claim_deliveries("w", destination, 10, LEASE, now + n * 10)
+        await store.finish_attempt(did, attempt(now + n * 10, "retry" if n == 0 else "dead", 500,
+                                                "HTTP 500"), "pending" if n == 0 else "dead",
+                                   now + 10, True, now + n * 10 + 1)
+    assert await state_of(store, did) == "dead"
+    return did
+
+
+async def test_replay_by_id_resets_attempts_keeps_history_and_the_id(store: Store) -> None:
+    did = await dead(store, "a", "crm", T0)
+    assert await store.replay_deliveries([did], None, T0 + 500) == [did]
+    record, attempts = await store.get_delivery(did)
+    assert (record.id, record.state, record.attempts) == (did, "pending", 0)
+    assert record.next_attempt_at <= T0 + 500
+    assert record.first_attempt_at is None, "the retry age starts again"
+    assert [a.number for a in attempts] == [1, 2]
+    assert await ids_of(store.claim_deliveries("w", "crm", 10, LEASE, T0 + 500)) == [did]
+    await store.finish_attempt(did, attempt(T0 + 500, "delivered", 200), "delivered", None, True,
+                               T0 + 501)
+    record, attempts = await store.get_delivery(did)
+    assert (record.state, record.attempts) == ("delivered", 1)
+    assert [a.number for a in attempts] == [1, 2, 3]
+
+
+async def test_replay_by_filter_takes_only_matching_deliveries(store: Store) -> None:
+    old_crm = await dead(store, "a", "crm", T0)
+    new_crm = await dead(store, "b", "crm", T0 + 1000)
+    new_slack = await dead(store, "c", "slack", T0 + 1000)
+    _, (pending_crm,) = await routed(store, "d", ["crm"], T0 + 1000, next_at=T0 + 9000)
+    flt = DeliveryFilter(state="dead", destination="crm", since=T0 + 500)
+    assert await store.replay_deliveries(None, flt, T0 + 2000) == [new_crm]
+    assert await state_of(store, new_crm) == "pending"
+    assert await state_of(store, old_crm) == "dead"
+    assert await state_of(store, new_slack) == "dead"
+    record, _ = await store.get_delivery(pending_crm)
+    assert record.next_attempt_at == T0 + 9000
+    replayed = await store.replay_deliveries(None, DeliveryFilter(state="dead"), T0 + 3000)
+    assert sorted(replayed) == sorted([old_crm, new_slack])
+
+
+async def test_replay_never_resets_a_delivery_in_flight(store: Store) -> None:
+    # Resetting a leased delivery would let a second worker send it while the first still is.
+    _, (did,) = await routed(store, "a", ["crm"])
+    await store.claim_deliveries("w1", "crm", 1, LEASE, T0)
+    assert await store.replay_deliveries([did], None, T0 + 1) == []
+    assert await store.replay_deliveries(None, DeliveryFilter(destination="crm"), T0 + 1) == []
+    assert await state_of(store, did) == "in_flight"
+    assert await store.claim_deliveries("w2", "crm", 1, LEASE, T0 + 1) == []
+
+
+async def test_replay_of_unknown_ids_replays_nothing(store: Store) -> None:
+    assert await store.replay_deliveries(["msg_nope"], None, T0) == []
+    assert await store.replay_deliveries([], None, T0) == []
+
+
+# -- purge, counts -----------------------------------------------------------------------------
+
+
+async def test_purge_forgets_old_dedupe_keys_only(store: Store) -> None:
+    await store.ingest(SOURCE, [item("old")], T0)
+    await store.ingest(SOURCE, [item("new")], T0 + 100)
+    result = await store.purge(dedupe_before=T0 + 50, delivered_before=T0)
+    assert result["dedupe_keys"] == 1
+    again = await store.ingest(SOURCE, [item("old"), item("new")], T0 + 200)
+    assert (again.accepted, again.duplicates) == (1, 1)
+    assert (await store.get_event(again.event_ids[0])).raw == item("old").raw
+
+
+async def test_purge_removes_old_delivered_deliveries_only(store: Store) -> None:
+    _, (old_ok, old_pending) = await routed(store, "a", ["crm", "slack"], T0)
+    await store.claim_deliveries("w", "crm", 10, LEASE, T0)
+    await store.finish_attempt(old_ok, attempt(T0, "delivered", 200), "delivered", None, True, T0)
+    old_dead = await dead(store, "b", "email", T0)
+    _, (new_ok,) = await routed(store, "c", ["crm"], T0 + 1000)
+    await store.claim_deliveries("w", "crm", 10, LEASE, T0 + 1000)
+    await store.finish_attempt(new_ok, attempt(T0 + 1000, "delivered", 200), "delivered", None,
+                               True, T0 + 1000)
+    result = await store.purge(dedupe_before=T0 - 1, delivered_before=T0 + 500)
+    assert result["deliveries"] == 1
+    assert await store.get_delivery(old_ok) is None
+    for kept in (old_pending, old_dead, new_ok):
+        assert await store.get_delivery(kept) is not None
+    _, attempts = await store.get_delivery(old_dead)
+    assert len(attempts) == 2
+
+
+async def test_counts_events_and_deliveries_by_state(store: Store) -> None:
+    await store.ingest(SOURCE, [item("q", "bad"), item("r")], T0)
+    await routed(store, "a", ["crm", "slack"], T0)
+    await store.claim_deliveries("w", "crm", 10, LEASE, T0)
+    assert await nonzero_counts(store, "events") == {"quarantined": 1, "received": 1, "routed": 1}
+    assert await nonzero_counts(store, "deliveries") == {"in_flight": 1, "pending": 1}
+
+
+# -- durability --------------------------------------------------------------------------------
+
+
+async def test_everything_survives_close_and_reopen(open_store: Opener) -> None:
+    first = await open_store()
+    q = (await first.ingest(SOURCE, [item("q", "bad")], T0)).event_ids[0]
+    event_id, (did,) = await routed(first, "a", ["crm"])
+    await first.claim_deliveries("w", "crm", 1, LEASE, T0)
+    await first.finish_attempt(did, attempt(T0, "retry", 502, "HTTP 502"), "pending", T0 + 10,
+                               True, T0 + 1)
+    before = await first.counts()
+    await first.close()
+
+    second = await open_store()
+    assert await second.counts() == before
+    assert (await second.get_event(q)).reason == "bad"
+    assert (await second.get_event(event_id)).state == "routed"
+    record, attempts = await second.get_delivery(did)
+    assert (record.state, record.attempts, record.next_attempt_at) == ("pending", 1, T0 + 10)
+    assert [(a.number, a.status) for a in attempts] == [(1, 502)]
+    assert (await second.ingest(SOURCE, [item("a")], T0 + 60)).duplicates == 1
+    assert await ids_of(second.claim_deliveries("w", "crm", 1, LEASE, T0 + 10)) == [did]
+
+
+async def test_a_lease_taken_before_a_restart_expires_after_it(open_store: Opener) -> None:
+    first = await open_store()
+    _, (did,) = await routed(first, "a", ["crm"])
+    event_id = await one_event(first, "b", T0)
+    await first.claim_deliveries("w-dead", "crm", 1, LEASE, T0)
+    await first.claim_events("r-dead", 10, LEASE, T0)
+    await first.close()
+    second = await open_store()
+    assert await second.claim_deliveries("w", "crm", 1, LEASE, T0 + 1) == []
+    assert await ids_of(second.claim_deliveries("w", "crm", 1, LEASE, T0 + LEASE + 1)) == [did]
+    assert await ids_of(second.claim_events("r", 10, LEASE, T0 + LEASE + 1)) == [event_id]
+
+
+# -- SQLite specifics: atomicity under a failing write -----------------------------------------
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "gw.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def add_trigger(path: Path, table: str, condition: str) -> None:
+    """Make inserts into `table` that match `condition` fail, as a full disk would."""
+    conn = sqlite3.connect(path)
+    conn.execute(
+        f"CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} WHEN {condition}"
+        " BEGIN SELECT RAISE(ABORT, 'simulated failure'); END"
+    )
+    conn.commit()
+    conn.close()
+
+
+async def test_sqlite_a_failed_ingest_stores_nothing_of_that_call(
+    sqlite_store: SQLiteStore,
+) -> None:
+    add_trigger(sqlite_store.path, "events", "NEW.raw LIKE '%boom%'")
+    with pytest.raises(StoreError):
+        await sqlite_store.ingest(SOURCE, [item("fine"), item("boom")], T0)
+    assert sum((await sqlite_store.counts())["events"].values()) == 0
+    result = await sqlite_store.ingest(SOURCE, [item("fine")], T0 + 1)
+    assert result.accepted == 1, "the dedupe key of a failed call must not be kept"
+
+
+async def test_sqlite_a_failed_finish_event_creates_no_delivery(
+    sqlite_store: SQLiteStore,
+) -> None:
+    add_trigger(sqlite_store.path, "deliveries", "NEW.destination = 'boom'")
+    event_id = await one_event(sqlite_store, "a")
+    await sqlite_store.claim_events("r", 10, LEASE, T0)
+    news = [delivery(event_id, "fine", T0), delivery(event_id, "boom", T0)]
+    with pytest.raises(StoreError):
+        await sqlite_store.finish_event(event_id, "routed", news, T0 + 1)
+    assert (await sqlite_store.get_event(event_id)).state == "received"
+    assert await sqlite_store.list_deliveries(DeliveryFilter()) == []
