@@ -27,6 +27,10 @@ def store_from_url(url: str, base: Path | None = None) -> Store:
         if not path.is_absolute():
             path = (base or Path.cwd()) / path
         return SQLiteStore(path)
+    if url.startswith(("redis://", "rediss://")):
+        from gateway.store.redis import RedisStore
+
+        return RedisStore(url)
     raise ConfigError([f"store: unsupported store URL scheme in {url.split('://')[0]!r}"])
 
 

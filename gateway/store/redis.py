@@ -1,0 +1,423 @@
+"""Redis store: several gateway instances share one Redis server and its queue.
+
+``store: redis://[:password@]host:6379/0?prefix=cg:`` (``rediss://`` for TLS). Every key lives
+under the prefix (default ``callback-gateway:``), so one server can hold several gateways and
+tests can clean up exactly what they made. Other query parameters go to redis-py
+(``socket_timeout``, ``max_connections``...).
+
+Work distribution: leases on sorted sets, not Streams. Received events sit in ``ev:due`` and
+each destination's deliveries in ``dl:due:<destination>``, scored by the time they become
+claimable. A claim (one Lua script, atomic) takes members scored at most `now`, marks them
+leased/``in_flight`` and re-scores them to the lease end, so the work of an instance that dies
+becomes due again for the others when its lease runs out, and finishing re-scores it to its next
+try or removes it. Streams with consumer groups and ``XAUTOCLAIM`` were the alternative; they
+were not chosen because retries are scheduled in time, which a stream does not model (it would
+need sorted sets beside it and a mover between the two), because the engine claims per
+destination with a limit and listing/replay need random access, and because one mechanism then
+covers fresh work, retries and takeover after a crash, with the exact semantics of the SQLite
+store's conditional UPDATEs (this is the sorted-set "reliable queue" pattern of Sidekiq or
+BullMQ's delayed jobs).
+
+Dedupe is atomic across instances: `ingest` is one script that checks every key of the body
+(``HEXISTS`` on the ``dedupe`` hash) and then stores the new events, so two instances receiving
+the same resend at the same moment store it once.
+
+Durability is Redis's persistence, checked at `open` (`Persistence`; a WARNING on the
+``gateway.store`` logger names the risk). A reply comes after Redis applied the write; with
+``appendonly yes`` + ``appendfsync always`` Redis fsyncs the AOF before replying, so an
+acknowledged callback survives a crash or power loss (like SQLite ``synchronous=FULL``). With
+``everysec`` up to about a second of acknowledged events is lost if the Redis *host* crashes or
+loses power (a Redis process crash or restart loses nothing); with RDB snapshots only, whatever
+arrived since the last snapshot is lost on a crash; with no persistence everything is lost on a
+restart. Replication is asynchronous: a failover to a replica can lose the last writes.
+
+Key layout (``P`` = prefix)::
+
+    P dedupe / dedupe:age / dedupe:hits    hash (source,key)->event id / zset by first seen / hits
+    P e:<id>                               event hash
+    P ev:due                               zset of 'received' events by due time (lease end)
+    P ev:state:<state>                     zset (score 0, so id order) of events per state
+    P d:<id>  /  P a:<id>                  delivery hash / list of its attempts (JSON)
+    P dl:due:<dest>  /  P dl:dests         zset of pending+in flight by due time / destinations
+    P dl:all, dl:state:<s>, dl:dest:<d>,   zsets by created_at for listing without scans
+      dl:sd:<s>:<d>
+    P dl:msg:<message_uuid>                set of delivery ids
+    P dl:done                              zset of delivered deliveries by finish time (purge)
+    P m:<key>  /  P marks                  mark hash / zset by update time (purge)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from gateway.errors import StoreError
+from gateway.ids import new_id
+from gateway.store.base import (
+    DELIVERY_STATES,
+    EVENT_STATES,
+    AttemptRecord,
+    DeliveryFilter,
+    DeliveryRecord,
+    EventRecord,
+    IncomingEvent,
+    IngestResult,
+    NewDelivery,
+    Store,
+)
+from gateway.store.redis_codec import (
+    Persistence,
+    attempt_record,
+    delivery_record,
+    event_record,
+    num,
+    opt,
+    pairs,
+    split_url,
+)
+from gateway.store.redis_scripts import SCRIPTS
+
+log = logging.getLogger("gateway.store")
+BATCH = 500  # ids per script call for bulk operations (replay, purge): keeps Redis responsive
+
+
+class RedisStore(Store):
+    """See the module docstring. Nothing connects before `open`."""
+
+    def __init__(self, url: str, max_connections: int = 64, timeout: float = 10.0) -> None:
+        self._url, self.prefix = split_url(url)
+        self._max_connections = max_connections
+        self._timeout = timeout
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self.persistence: Persistence | None = None
+
+    def __repr__(self) -> str:  # never show the URL: it may hold a password
+        return f"RedisStore(prefix={self.prefix!r})"
+
+    @property
+    def _r(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StoreError("the Redis store is not open")
+        return self._client
+
+    @contextlib.contextmanager
+    def _mapped(self) -> Iterator[None]:
+        try:
+            yield
+        except RedisError as e:
+            raise StoreError(f"redis: {type(e).__name__}: {e}") from e
+        except OSError as e:  # DNS failures and the like that redis-py does not wrap
+            raise StoreError(f"redis: {e}") from e
+
+    async def _run(self, name: str, *args: Any) -> Any:
+        script = self._scripts.get(name) if self._client is not None else None
+        if script is None:
+            raise StoreError("the Redis store is not open")
+        with self._mapped():
+            return await script(keys=[], args=[self.prefix, *args])
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        with self._mapped():
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self._url, decode_responses=True, max_connections=self._max_connections,
+                timeout=self._timeout, socket_connect_timeout=self._timeout,
+                socket_timeout=self._timeout, health_check_interval=30,
+            )
+            client = aioredis.Redis.from_pool(pool)
+            try:
+                await client.ping()
+                self.persistence = await self._read_persistence(client)
+            except BaseException:
+                await client.aclose()
+                raise
+        self._client = client
+        self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
+        if risk := self.persistence.risk:
+            log.warning("redis store: acknowledged events can be lost: %s", risk)
+
+    @staticmethod
+    async def _read_persistence(client: aioredis.Redis) -> Persistence:
+        try:
+            found = {}
+            for name in ("appendonly", "appendfsync", "save"):
+                found.update(await client.config_get(name))
+        except ResponseError as e:  # CONFIG renamed away, or not allowed by an ACL
+            return Persistence(error=str(e))
+        return Persistence(found.get("appendonly"), found.get("appendfsync"), found.get("save"))
+
+    async def close(self) -> None:
+        client, self._client, self._scripts = self._client, None, {}
+        if client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+    async def ping(self) -> None:
+        with self._mapped():  # a write: a read-only replica or a MISCONF server fails here
+            await self._r.set(self.prefix + "ping", "1", ex=60)
+
+    # -- intake -----------------------------------------------------------------------------
+    async def ingest(self, source: str, items: list[IncomingEvent], now: float) -> IngestResult:
+        if not items:
+            self._r  # noqa: B018 - a closed store still refuses
+            return IngestResult()
+        ids = [new_id("evt", now) for _ in items]
+        args: list[Any] = [source, num(now), len(items)]
+        for event_id, it in zip(ids, items, strict=True):
+            state = "quarantined" if it.problems else "received"
+            reason = "; ".join(it.problems) if it.problems else None
+            args += [it.dedupe_key, event_id, it.raw, state, opt(it.message_uuid),
+                     opt(it.event), opt(reason)]
+        flags = await self._run("ingest", *args)
+        outcomes = tuple(
+            "duplicate" if not int(f) else "quarantined" if it.problems else "accepted"
+            for it, f in zip(items, flags, strict=True)
+        )
+        return IngestResult(
+            outcomes.count("accepted"), outcomes.count("duplicate"), outcomes.count("quarantined"),
+            tuple(i for i, o in zip(ids, outcomes, strict=True) if o != "duplicate"), outcomes)
+
+    # -- router ------------------------------------------------------------------------------
+    async def claim_events(
+        self, owner: str, limit: int, lease: float, now: float
+    ) -> list[EventRecord]:
+        rows = await self._run("claim_events", owner, num(now), num(now + lease), limit)
+        return sorted((event_record(pairs(r)) for r in rows), key=lambda e: e.id)
+
+    async def finish_event(
+        self,
+        event_id: str,
+        state: str,
+        deliveries: list[NewDelivery],
+        now: float,
+        reason: str | None = None,
+    ) -> None:
+        args: list[Any] = [event_id, state, num(now), opt(reason), len(deliveries)]
+        for d in deliveries:
+            args += [d.id, d.route, d.destination, num(d.next_attempt_at),
+                     json.dumps(d.enrichment, separators=(",", ":"))]
+        await self._run("finish_event", *args)
+
+    async def hold_event(self, event_id: str, reason: str, retry_at: float, now: float) -> None:
+        await self._run("hold_event", event_id, reason, num(retry_at), num(now))
+
+    async def quarantine_event(self, event_id: str, reason: str, now: float) -> None:
+        await self._run("quarantine_event", event_id, reason, num(now))
+
+    async def has_due_events(self, now: float) -> float | None:
+        with self._mapped():
+            first = await self._r.zrange(self.prefix + "ev:due", 0, 0, withscores=True)
+        return first[0][1] if first else None
+
+    # -- delivery ----------------------------------------------------------------------------
+    async def claim_deliveries(
+        self, owner: str, destination: str, limit: int, lease: float, now: float
+    ) -> list[DeliveryRecord]:
+        rows = await self._run("claim_deliveries", owner, destination, num(now),
+                               num(now + lease), limit)
+        records = [delivery_record(pairs(r)) for r in rows]
+        return sorted(records, key=lambda d: (d.next_attempt_at, d.id))
+
+    async def finish_attempt(
+        self,
+        delivery_id: str,
+        attempt: AttemptRecord,
+        state: str,
+        next_attempt_at: float | None,
+        counts: bool,
+        now: float,
+    ) -> None:
+        text = json.dumps({"started_at": attempt.started_at, "finished_at": attempt.finished_at,
+                           "outcome": attempt.outcome, "status": attempt.status,
+                           "error": attempt.error})
+        await self._run(
+            "finish_attempt", delivery_id, text, state,
+            opt(None if next_attempt_at is None else num(next_attempt_at)),
+            1 if counts else 0, num(now), num(attempt.started_at), opt(attempt.error),
+            opt(attempt.status),
+        )
+
+    async def release(self, delivery_ids: list[str], now: float) -> None:
+        for i in range(0, len(delivery_ids), BATCH):
+            await self._run("release", num(now), *delivery_ids[i : i + BATCH])
+
+    async def next_due(self, destination: str | None = None) -> float | None:
+        p = self.prefix
+        with self._mapped():
+            if destination is not None:
+                dests = [destination]
+            else:
+                dests = sorted(await self._r.smembers(p + "dl:dests"))
+            async with self._r.pipeline(transaction=False) as pipe:
+                for d in dests:
+                    pipe.zrange(p + "dl:due:" + d, 0, 0, withscores=True)
+                firsts = await pipe.execute()
+        times = [f[0][1] for f in firsts if f]
+        return min(times) if times else None
+
+    # -- inspection and repair -----------------------------------------------------------------
+    async def _fetch(self, ids: list[str]) -> list[DeliveryRecord]:
+        out: list[DeliveryRecord] = []
+        for i in range(0, len(ids), BATCH):
+            rows = await self._run("fetch_deliveries", *ids[i : i + BATCH])
+            out += [delivery_record(pairs(r)) for r in rows]
+        return out
+
+    async def _select(self, flt: DeliveryFilter, limit: int | None) -> list[DeliveryRecord]:
+        """Deliveries matching `flt` in (created_at, id) order, read through the narrowest
+        index: a message's set, or the zset of its state and/or destination."""
+        p = self.prefix
+        with self._mapped():
+            if flt.message_uuid is not None:
+                ids = sorted(await self._r.smembers(p + "dl:msg:" + flt.message_uuid))
+            else:
+                if flt.state and flt.destination:
+                    key = f"{p}dl:sd:{flt.state}:{flt.destination}"
+                elif flt.state:
+                    key = f"{p}dl:state:{flt.state}"
+                elif flt.destination:
+                    key = f"{p}dl:dest:{flt.destination}"
+                else:
+                    key = f"{p}dl:all"
+                low = "-inf" if flt.since is None else num(flt.since)
+                extra = {} if limit is None else {"start": 0, "num": limit}
+                ids = await self._r.zrangebyscore(key, low, "+inf", **extra)
+        records = [
+            d for d in await self._fetch(ids)
+            if (flt.state is None or d.state == flt.state)
+            and (flt.destination is None or d.destination == flt.destination)
+            and (flt.message_uuid is None or d.message_uuid == flt.message_uuid)
+            and (flt.since is None or d.created_at >= flt.since)
+        ]
+        records.sort(key=lambda d: (d.created_at, d.id))
+        return records if limit is None else records[:limit]
+
+    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRecord]:
+        return await self._select(flt, flt.limit)
+
+    async def get_delivery(
+        self, delivery_id: str
+    ) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
+        found = await self._fetch([delivery_id])
+        if not found:
+            return None
+        with self._mapped():
+            texts = await self._r.lrange(self.prefix + "a:" + delivery_id, 0, -1)
+        return found[0], [attempt_record(n, t) for n, t in enumerate(texts, 1)]
+
+    async def replay_deliveries(
+        self, ids: list[str] | None, flt: DeliveryFilter | None, now: float
+    ) -> list[str]:
+        want = ""
+        if ids is None:
+            flt = flt or DeliveryFilter()
+            want = flt.state or ""
+            ids = [d.id for d in await self._select(flt, None) if d.state != "in_flight"]
+        replayed: list[str] = []
+        for i in range(0, len(ids), BATCH):
+            replayed += await self._run("replay_deliveries", num(now), want,
+                                        *ids[i : i + BATCH])
+        return replayed
+
+    async def list_events(self, state: str, limit: int = 1000) -> list[EventRecord]:
+        with self._mapped():
+            ids = await self._r.zrange(self.prefix + "ev:state:" + state, 0, limit - 1)
+            return [e for e in await self._events(ids) if e is not None]
+
+    async def _events(self, ids: list[str]) -> list[EventRecord | None]:
+        async with self._r.pipeline(transaction=False) as pipe:
+            for event_id in ids:
+                pipe.hgetall(self.prefix + "e:" + event_id)
+            hashes = await pipe.execute()
+        pairs_ = zip(ids, hashes, strict=True)
+        return [event_record({**h, "id": i}) if h else None for i, h in pairs_]
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        with self._mapped():
+            return (await self._events([event_id]))[0]
+
+    async def replay_quarantined(self, ids: list[str] | None, now: float) -> list[str]:
+        if ids is None:
+            return await self._run("replay_quarantined", num(now), "1")
+        replayed: list[str] = []
+        for i in range(0, len(ids), BATCH):
+            replayed += await self._run("replay_quarantined", num(now), "0",
+                                        *ids[i : i + BATCH])
+        return replayed
+
+    async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
+        total = [0, 0, 0]
+        while True:
+            counts = await self._run("purge", num(dedupe_before), num(delivered_before), BATCH)
+            total = [t + int(c) for t, c in zip(total, counts, strict=True)]
+            if max(int(c) for c in counts) < BATCH:
+                break
+        return {"dedupe_keys": total[0], "deliveries": total[1], "marks": total[2]}
+
+    # -- marks ----------------------------------------------------------------------------------
+    async def advance_mark(
+        self, key: str, rank: str, value: str, now: float
+    ) -> tuple[bool, str | None]:
+        advanced, previous = await self._run("advance_mark", key, rank, value, num(now))
+        return bool(int(advanced)), previous
+
+    async def get_mark(self, key: str) -> tuple[str, str] | None:
+        with self._mapped():
+            rank, value = await self._r.hmget(self.prefix + "m:" + key, ["rank", "value"])
+        return None if rank is None else (rank, value)
+
+    async def set_mark(self, key: str, value: str | None, now: float, rank: str = "") -> None:
+        p = self.prefix
+        with self._mapped():
+            async with self._r.pipeline(transaction=True) as pipe:
+                if value is None:
+                    pipe.delete(p + "m:" + key)
+                    pipe.zrem(p + "marks", key)
+                else:
+                    pipe.hset(p + "m:" + key,
+                              mapping={"rank": rank, "value": value, "updated_at": num(now)})
+                    pipe.zadd(p + "marks", {key: now})
+                await pipe.execute()
+
+    async def queue_stats(self, now: float) -> list[dict[str, Any]]:
+        p, states = self.prefix, ("pending", "in_flight", "dead")
+        with self._mapped():
+            dests = sorted(await self._r.smembers(p + "dl:dests"))
+            async with self._r.pipeline(transaction=False) as pipe:
+                for d in dests:
+                    for s in states:
+                        pipe.zcard(f"{p}dl:sd:{s}:{d}")
+                        pipe.zrange(f"{p}dl:sd:{s}:{d}", 0, 0, withscores=True)
+                found = iter(await pipe.execute())
+        rows = []
+        for d in dests:
+            for s in states:
+                count, first = next(found), next(found)
+                if count:
+                    rows.append({"destination": d, "state": s, "count": count,
+                                 "oldest": first[0][1] if first else None})
+        return rows
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        p = self.prefix
+        with self._mapped():
+            async with self._r.pipeline(transaction=True) as pipe:
+                for s in EVENT_STATES:
+                    pipe.zcard(p + "ev:state:" + s)
+                for s in DELIVERY_STATES:
+                    pipe.zcard(p + "dl:state:" + s)
+                sizes = await pipe.execute()
+        events = dict(zip(EVENT_STATES, sizes[: len(EVENT_STATES)], strict=True))
+        deliveries = dict(zip(DELIVERY_STATES, sizes[len(EVENT_STATES) :], strict=True))
+        return {
+            "events": {s: n for s, n in events.items() if n},
+            "deliveries": {s: n for s, n in deliveries.items() if n},
+        }

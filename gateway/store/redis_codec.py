@@ -1,0 +1,97 @@
+"""Encoding for the Redis store: how values travel to the Lua scripts and come back as
+records, the store URL, and the server's persistence settings (`Persistence`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from gateway.store.base import AttemptRecord, DeliveryRecord, EventRecord
+
+DEFAULT_PREFIX = "callback-gateway:"
+
+
+@dataclass(frozen=True)
+class Persistence:
+    """The server's persistence settings as read at `open` (None: could not be read)."""
+
+    appendonly: str | None = None
+    appendfsync: str | None = None
+    save: str | None = None
+    error: str | None = None
+
+    @property
+    def risk(self) -> str | None:
+        """How acknowledged events could be lost, or None when every write is fsynced."""
+        if self.error is not None or self.appendonly is None:
+            return (f"could not read the Redis persistence settings ({self.error}); make sure"
+                    " the server runs with appendonly yes and appendfsync always")
+        if self.appendonly == "yes":
+            if self.appendfsync == "always":
+                return None
+            if self.appendfsync == "everysec":
+                return ("appendfsync everysec: up to about 1s of acknowledged events is lost if"
+                        " the Redis host crashes or loses power; use appendfsync always")
+            return (f"appendfsync {self.appendfsync}: the OS decides when the AOF reaches disk;"
+                    " recent acknowledged events are lost if the Redis host crashes")
+        if self.save:
+            return (f"no AOF, RDB snapshots only (save {self.save!r}): events acknowledged since"
+                    " the last snapshot are lost if Redis crashes; use appendonly yes")
+        return ("no persistence (appendonly no, save ''): every stored event and delivery is"
+                " lost when Redis restarts; use appendonly yes with appendfsync always")
+
+
+def opt(value: Any) -> str:
+    return "" if value is None else f"={value}"
+
+
+def num(value: float) -> str:
+    return repr(float(value))  # exact round trip, unlike Lua's 14-digit tostring
+
+
+def pairs(flat: list[Any]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def opt_float(value: str | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def event_record(h: dict[str, str]) -> EventRecord:
+    return EventRecord(
+        id=h["id"], source=h["source"], received_at=float(h["received_at"]), raw=h["raw"],
+        state=h["state"], message_uuid=h.get("message_uuid"), event=h.get("event"),
+        reason=h.get("reason"), route_attempts=int(h.get("route_attempts", 0)),
+        next_route_at=float(h.get("next_route_at", 0)), recheck=h.get("recheck") == "1",
+    )
+
+
+def delivery_record(h: dict[str, str]) -> DeliveryRecord:
+    status = h.get("last_status")
+    return DeliveryRecord(
+        id=h["id"], event_id=h["event_id"], source=h["source"], route=h["route"],
+        destination=h["destination"], state=h["state"], attempts=int(h["attempts"]),
+        next_attempt_at=float(h["next_attempt_at"]), created_at=float(h["created_at"]),
+        updated_at=float(h["updated_at"]), first_attempt_at=opt_float(h.get("first_attempt_at")),
+        last_error=h.get("last_error"), last_status=None if status is None else int(status),
+        message_uuid=h.get("message_uuid"), enrichment=json.loads(h.get("enrichment") or "{}"),
+        raw=h.get("raw", ""), received_at=float(h.get("received_at", 0)),
+        lease_until=opt_float(h.get("lease_until")),
+    )
+
+
+def attempt_record(number: int, text: str) -> AttemptRecord:
+    a = json.loads(text)
+    return AttemptRecord(a["started_at"], a["finished_at"], a["outcome"], a["status"],
+                         a["error"], number)
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(URL for redis-py, key prefix): the ``prefix`` query parameter is ours."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix

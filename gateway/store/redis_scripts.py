@@ -1,0 +1,370 @@
+"""Lua scripts of the Redis store: every multi-key change is one script, so it is atomic
+(Redis runs a script to the end before serving any other client) and costs one round trip.
+
+Conventions (shared by all scripts):
+
+- ``ARGV[1]`` is the key prefix; keys are built inside the script (see the layout in
+  `gateway.store.redis`). That is fine on a single Redis server (with or without replicas and
+  Sentinel), not on Redis Cluster.
+- Numbers travel as strings and are stored as given: Lua's ``tostring`` keeps only 14
+  significant digits, which would round epoch times, so scripts compare with ``tonumber`` but
+  never format a computed number.
+- Optional values are ``""`` for None and ``"=" .. value`` otherwise (`opt` below), so an empty
+  string stays distinguishable from None.
+- Scripts read and check everything before their first write, so a script that fails (a wrong
+  argument, a key of the wrong type) fails before changing anything.
+"""
+
+from __future__ import annotations
+
+_COMMON = r"""
+local P = ARGV[1]
+local function opt(s) if s == nil or s == '' then return nil end return string.sub(s, 2) end
+local function set_opt(key, field, s)
+  local v = opt(s)
+  if v == nil then redis.call('HDEL', key, field) else redis.call('HSET', key, field, v) end
+end
+local function ev_move(id, old, new)
+  if old == new then return end
+  if old then redis.call('ZREM', P .. 'ev:state:' .. old, id) end
+  redis.call('ZADD', P .. 'ev:state:' .. new, 0, id)
+end
+local function dl_move(id, dest, old, new, created)
+  if old == new then return end
+  if old then
+    redis.call('ZREM', P .. 'dl:state:' .. old, id)
+    redis.call('ZREM', P .. 'dl:sd:' .. old .. ':' .. dest, id)
+  end
+  redis.call('ZADD', P .. 'dl:state:' .. new, created, id)
+  redis.call('ZADD', P .. 'dl:sd:' .. new .. ':' .. dest, created, id)
+end
+local function with_id(id, flat) table.insert(flat, 'id'); table.insert(flat, id); return flat end
+local function delivery_record(id)
+  local flat = redis.call('HGETALL', P .. 'd:' .. id)
+  if #flat == 0 then return nil end
+  local eid = redis.call('HGET', P .. 'd:' .. id, 'event_id')
+  local ev = redis.call('HMGET', P .. 'e:' .. eid, 'raw', 'received_at')
+  table.insert(flat, 'raw'); table.insert(flat, ev[1] or '')
+  table.insert(flat, 'received_at'); table.insert(flat, ev[2] or '0')
+  return with_id(id, flat)
+end
+"""
+
+# ARGV: P, source, now, n, then per item: dedupe key, event id, raw, state, message_uuid (opt),
+# event (opt), reason (opt). Returns one flag per item: 1 stored, 0 duplicate.
+INGEST = _COMMON + r"""
+local source, now, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local scope = #source .. ':' .. source .. ':'
+local flags, seen = {}, {}
+for i = 0, n - 1 do
+  local field = scope .. ARGV[5 + i * 7]
+  if seen[field] or redis.call('HEXISTS', P .. 'dedupe', field) == 1 then
+    flags[i + 1] = 0
+  else
+    flags[i + 1] = 1
+    seen[field] = true
+  end
+end
+for i = 0, n - 1 do
+  local b = 5 + i * 7
+  local field, id, state = scope .. ARGV[b], ARGV[b + 1], ARGV[b + 3]
+  if flags[i + 1] == 0 then
+    redis.call('HINCRBY', P .. 'dedupe:hits', field, 1)
+  else
+    redis.call('HSET', P .. 'dedupe', field, id)
+    redis.call('ZADD', P .. 'dedupe:age', now, field)
+    local k = P .. 'e:' .. id
+    redis.call('HSET', k, 'source', source, 'received_at', now, 'raw', ARGV[b + 2],
+      'state', state, 'updated_at', now, 'route_attempts', 0, 'next_route_at', 0, 'recheck', 0)
+    set_opt(k, 'message_uuid', ARGV[b + 4])
+    set_opt(k, 'event', ARGV[b + 5])
+    set_opt(k, 'reason', ARGV[b + 6])
+    ev_move(id, nil, state)
+    -- Fresh events are due from their arrival, so the router takes them oldest first and
+    -- held or expired events wait behind no more than what arrived before them.
+    if state == 'received' then redis.call('ZADD', P .. 'ev:due', now, id) end
+  end
+end
+return flags
+"""
+
+# ARGV: P, owner, now, lease until, limit. Returns flat hashes (with 'id') of the claimed events.
+CLAIM_EVENTS = _COMMON + r"""
+local owner, now, untl = ARGV[2], ARGV[3], ARGV[4]
+local nnow = tonumber(now)
+local out = {}
+local ids = redis.call('ZRANGEBYSCORE', P .. 'ev:due', '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+for _, id in ipairs(ids) do
+  local k = P .. 'e:' .. id
+  local cur = redis.call('HMGET', k, 'state', 'lease_until')
+  if cur[1] ~= 'received' then
+    redis.call('ZREM', P .. 'ev:due', id)
+  elseif not cur[2] or tonumber(cur[2]) < nnow then
+    redis.call('HSET', k, 'lease_until', untl, 'leased_by', owner)
+    redis.call('ZADD', P .. 'ev:due', untl, id)
+    table.insert(out, with_id(id, redis.call('HGETALL', k)))
+  end
+end
+return out
+"""
+
+# ARGV: P, event id, state, now, reason (opt), n, then per delivery: id, route, destination,
+# next_attempt_at, enrichment JSON. Returns 1, or 0 when the event was no longer 'received'.
+FINISH_EVENT = _COMMON + r"""
+local eid, state, now, n = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[6])
+local k = P .. 'e:' .. eid
+local cur = redis.call('HMGET', k, 'state', 'source', 'message_uuid')
+if cur[1] ~= 'received' then return 0 end
+local fresh = {}
+for i = 0, n - 1 do fresh[i + 1] = redis.call('EXISTS', P .. 'd:' .. ARGV[7 + i * 5]) == 0 end
+redis.call('HSET', k, 'state', state, 'recheck', 0, 'updated_at', now)
+redis.call('HDEL', k, 'lease_until', 'leased_by')
+set_opt(k, 'reason', ARGV[5])
+redis.call('ZREM', P .. 'ev:due', eid)
+ev_move(eid, 'received', state)
+for i = 0, n - 1 do
+  local b = 7 + i * 5
+  local id, dest, due = ARGV[b], ARGV[b + 2], ARGV[b + 3]
+  if fresh[i + 1] then
+    local d = P .. 'd:' .. id
+    redis.call('HSET', d, 'event_id', eid, 'source', cur[2], 'route', ARGV[b + 1],
+      'destination', dest, 'state', 'pending', 'attempts', 0, 'next_attempt_at', due,
+      'created_at', now, 'updated_at', now, 'enrichment', ARGV[b + 4])
+    if cur[3] then
+      redis.call('HSET', d, 'message_uuid', cur[3])
+      redis.call('SADD', P .. 'dl:msg:' .. cur[3], id)
+    end
+    redis.call('ZADD', P .. 'dl:all', now, id)
+    redis.call('ZADD', P .. 'dl:dest:' .. dest, now, id)
+    dl_move(id, dest, nil, 'pending', now)
+    redis.call('ZADD', P .. 'dl:due:' .. dest, due, id)
+    redis.call('SADD', P .. 'dl:dests', dest)
+  end
+end
+return 1
+"""
+
+# ARGV: P, event id, reason, retry at, now.
+HOLD_EVENT = _COMMON + r"""
+local eid, retry_at, now = ARGV[2], ARGV[4], ARGV[5]
+local k = P .. 'e:' .. eid
+local state = redis.call('HGET', k, 'state')
+if not state then return 0 end
+redis.call('HSET', k, 'reason', ARGV[3], 'next_route_at', retry_at, 'updated_at', now)
+redis.call('HINCRBY', k, 'route_attempts', 1)
+redis.call('HDEL', k, 'lease_until', 'leased_by')
+if state == 'received' then redis.call('ZADD', P .. 'ev:due', retry_at, eid) end
+return 1
+"""
+
+# ARGV: P, event id, reason, now.
+QUARANTINE_EVENT = _COMMON + r"""
+local eid = ARGV[2]
+local k = P .. 'e:' .. eid
+local state = redis.call('HGET', k, 'state')
+if not state then return 0 end
+redis.call('HSET', k, 'state', 'quarantined', 'reason', ARGV[3], 'recheck', 0,
+  'updated_at', ARGV[4])
+redis.call('HDEL', k, 'lease_until', 'leased_by')
+redis.call('ZREM', P .. 'ev:due', eid)
+ev_move(eid, state, 'quarantined')
+return 1
+"""
+
+# ARGV: P, now, all ('1' = every quarantined event, else only the ids that follow), ids...
+REPLAY_QUARANTINED = _COMMON + r"""
+local now = ARGV[2]
+local ids = {}
+if ARGV[3] == '1' then
+  ids = redis.call('ZRANGE', P .. 'ev:state:quarantined', 0, -1)
+else
+  for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+end
+local out = {}
+for _, id in ipairs(ids) do
+  local k = P .. 'e:' .. id
+  if redis.call('HGET', k, 'state') == 'quarantined' then
+    redis.call('HSET', k, 'state', 'received', 'recheck', 1, 'next_route_at', now,
+      'updated_at', now)
+    redis.call('ZADD', P .. 'ev:due', now, id)
+    ev_move(id, 'quarantined', 'received')
+    out[#out + 1] = id
+  end
+end
+return out
+"""
+
+# ARGV: P, owner, destination, now, lease until, limit. Returns delivery records (flat hashes
+# with 'id', 'raw' and 'received_at'). The due set scores a pending delivery by its
+# next_attempt_at and one in flight by its lease end, so an expired lease makes it due again.
+CLAIM_DELIVERIES = _COMMON + r"""
+local owner, dest, now, untl = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local nnow = tonumber(now)
+local due = P .. 'dl:due:' .. dest
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))) do
+  local k = P .. 'd:' .. id
+  local c = redis.call('HMGET', k, 'state', 'next_attempt_at', 'lease_until', 'created_at')
+  if c[1] == 'pending' and tonumber(c[2]) <= nnow
+      or c[1] == 'in_flight' and c[3] and tonumber(c[3]) < nnow then
+    redis.call('HSET', k, 'state', 'in_flight', 'lease_until', untl, 'leased_by', owner,
+      'updated_at', now)
+    redis.call('ZADD', due, untl, id)
+    dl_move(id, dest, c[1], 'in_flight', c[4])
+    table.insert(out, delivery_record(id))
+  elseif c[1] ~= 'pending' and c[1] ~= 'in_flight' then
+    redis.call('ZREM', due, id)
+  end
+end
+return out
+"""
+
+# ARGV: P, delivery id, attempt JSON, state, next_attempt_at (opt), counts (0/1), now,
+# started_at, error (opt), status (opt).
+FINISH_ATTEMPT = _COMMON + r"""
+local id, state, now = ARGV[2], ARGV[4], ARGV[7]
+local k = P .. 'd:' .. id
+local c = redis.call('HMGET', k, 'state', 'destination', 'created_at', 'next_attempt_at',
+  'first_attempt_at')
+if not c[1] then return 0 end
+local nat = opt(ARGV[5]) or c[4]
+redis.call('RPUSH', P .. 'a:' .. id, ARGV[3])
+redis.call('HSET', k, 'state', state, 'next_attempt_at', nat, 'updated_at', now)
+redis.call('HINCRBY', k, 'attempts', tonumber(ARGV[6]))
+if not c[5] then redis.call('HSET', k, 'first_attempt_at', ARGV[8]) end
+set_opt(k, 'last_error', ARGV[9])
+set_opt(k, 'last_status', ARGV[10])
+redis.call('HDEL', k, 'lease_until', 'leased_by')
+dl_move(id, c[2], c[1], state, c[3])
+if state == 'pending' then
+  redis.call('ZADD', P .. 'dl:due:' .. c[2], nat, id)
+else
+  redis.call('ZREM', P .. 'dl:due:' .. c[2], id)
+end
+if state == 'delivered' then
+  redis.call('ZADD', P .. 'dl:done', now, id)
+else
+  redis.call('ZREM', P .. 'dl:done', id)
+end
+return 1
+"""
+
+# ARGV: P, now, ids... Only deliveries in flight go back (pending, due no later than now).
+RELEASE = _COMMON + r"""
+local now = ARGV[2]
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local k = P .. 'd:' .. id
+  local c = redis.call('HMGET', k, 'state', 'destination', 'created_at', 'next_attempt_at')
+  if c[1] == 'in_flight' then
+    local nat = c[4]
+    if tonumber(now) < tonumber(nat) then nat = now end
+    redis.call('HSET', k, 'state', 'pending', 'next_attempt_at', nat, 'updated_at', now)
+    redis.call('HDEL', k, 'lease_until', 'leased_by')
+    dl_move(id, c[2], 'in_flight', 'pending', c[3])
+    redis.call('ZADD', P .. 'dl:due:' .. c[2], nat, id)
+  end
+end
+return 1
+"""
+
+# ARGV: P, now, required state ('' = any but in_flight), ids... Returns the ids replayed.
+REPLAY_DELIVERIES = _COMMON + r"""
+local now, want = ARGV[2], ARGV[3]
+local out = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local k = P .. 'd:' .. id
+  local c = redis.call('HMGET', k, 'state', 'destination', 'created_at')
+  if c[1] and c[1] ~= 'in_flight' and (want == '' or c[1] == want) then
+    redis.call('HSET', k, 'state', 'pending', 'attempts', 0, 'next_attempt_at', now,
+      'updated_at', now)
+    redis.call('HDEL', k, 'first_attempt_at')
+    dl_move(id, c[2], c[1], 'pending', c[3])
+    redis.call('ZADD', P .. 'dl:due:' .. c[2], now, id)
+    redis.call('ZREM', P .. 'dl:done', id)
+    out[#out + 1] = id
+  end
+end
+return out
+"""
+
+# ARGV: P, ids... Returns delivery records (missing ids are left out).
+FETCH_DELIVERIES = _COMMON + r"""
+local out = {}
+for i = 2, #ARGV do
+  local rec = delivery_record(ARGV[i])
+  if rec then out[#out + 1] = rec end
+end
+return out
+"""
+
+# ARGV: P, key, rank, value, now. Returns {advanced (0/1), previous value or nil}.
+# Ranks compare byte by byte (like SQLite's BINARY collation); Lua's `<` would use the
+# server's locale.
+ADVANCE_MARK = _COMMON + r"""
+local key, rank = ARGV[2], ARGV[3]
+local function below(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local k = P .. 'm:' .. key
+local cur = redis.call('HMGET', k, 'rank', 'value')
+if cur[1] and not below(cur[1], rank) then return {0, cur[2]} end
+redis.call('HSET', k, 'rank', rank, 'value', ARGV[4], 'updated_at', ARGV[5])
+redis.call('ZADD', P .. 'marks', ARGV[5], key)
+return {1, cur[2]}
+"""
+
+# ARGV: P, dedupe_before, delivered_before, batch size. Removes at most one batch of each
+# kind; returns {dedupe keys, deliveries, marks} removed. Callers loop until a count is short.
+PURGE = _COMMON + r"""
+local batch = tonumber(ARGV[4])
+local fields = redis.call('ZRANGEBYSCORE', P .. 'dedupe:age', '-inf', '(' .. ARGV[2],
+  'LIMIT', 0, batch)
+for _, f in ipairs(fields) do
+  redis.call('HDEL', P .. 'dedupe', f)
+  redis.call('HDEL', P .. 'dedupe:hits', f)
+  redis.call('ZREM', P .. 'dedupe:age', f)
+end
+local ids = redis.call('ZRANGEBYSCORE', P .. 'dl:done', '-inf', '(' .. ARGV[3], 'LIMIT', 0, batch)
+for _, id in ipairs(ids) do
+  local c = redis.call('HMGET', P .. 'd:' .. id, 'state', 'destination', 'message_uuid')
+  if c[1] then
+    redis.call('ZREM', P .. 'dl:state:' .. c[1], id)
+    redis.call('ZREM', P .. 'dl:sd:' .. c[1] .. ':' .. c[2], id)
+    redis.call('ZREM', P .. 'dl:dest:' .. c[2], id)
+    redis.call('ZREM', P .. 'dl:due:' .. c[2], id)
+    if c[3] then redis.call('SREM', P .. 'dl:msg:' .. c[3], id) end
+  end
+  redis.call('ZREM', P .. 'dl:all', id)
+  redis.call('ZREM', P .. 'dl:done', id)
+  redis.call('DEL', P .. 'd:' .. id, P .. 'a:' .. id)
+end
+local marks = redis.call('ZRANGEBYSCORE', P .. 'marks', '-inf', '(' .. ARGV[3], 'LIMIT', 0, batch)
+for _, m in ipairs(marks) do
+  redis.call('DEL', P .. 'm:' .. m)
+  redis.call('ZREM', P .. 'marks', m)
+end
+return {#fields, #ids, #marks}
+"""
+
+SCRIPTS = {
+    "ingest": INGEST,
+    "claim_events": CLAIM_EVENTS,
+    "finish_event": FINISH_EVENT,
+    "hold_event": HOLD_EVENT,
+    "quarantine_event": QUARANTINE_EVENT,
+    "replay_quarantined": REPLAY_QUARANTINED,
+    "claim_deliveries": CLAIM_DELIVERIES,
+    "finish_attempt": FINISH_ATTEMPT,
+    "release": RELEASE,
+    "replay_deliveries": REPLAY_DELIVERIES,
+    "fetch_deliveries": FETCH_DELIVERIES,
+    "advance_mark": ADVANCE_MARK,
+    "purge": PURGE,
+}
