@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from redis_support import redis_backend
 
 from gateway.errors import StoreError
 from gateway.ids import new_id
@@ -41,6 +42,7 @@ async def sqlite_backend(tmp_path: Path) -> AsyncIterator[StoreFactory]:
 
 BACKENDS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[StoreFactory]]] = {
     "sqlite": sqlite_backend,
+    "redis": redis_backend,
 }
 
 T0 = 1_700_000_000.0
