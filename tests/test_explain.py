@@ -144,7 +144,8 @@ async def test_explain_says_when_nothing_matches():
 
 async def test_explain_reports_elements_that_would_be_quarantined():
     out = await run(elements({"message_uuid": "m", "callback_event": "sent"}))
-    assert "format: would be QUARANTINED (not routed): channel_type: required field is missing" in out
+    assert ("format: would be QUARANTINED (not routed):"
+            " channel_type: required field is missing") in out
 
 
 async def test_explain_shows_hooks_and_a_plugin_that_raises():

@@ -4,6 +4,7 @@ driven end to end through a running gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -270,7 +271,7 @@ destinations:
   ops-chat:
     type: chat
     url: RECEIVER/chat
-    text: "{{ event.message_uuid }} {{ event.status }} team={{ event.team }} final={{ event.final }}"
+    text: "{{ event.message_uuid }} {{ event.status }} {{ event.team }} final={{ event.final }}"
 routes:
   - name: apps
     filter: [apps-only]
@@ -299,7 +300,7 @@ async def test_the_example_plugin_works_end_to_end(example_site, gateway_factory
         assert resp.status_code == 200, resp.text
         (req,) = await rx.wait_for(1, timeout=15)
         assert req.path == "/chat"
-        assert json.loads(req.body) == {"text": "wa-1 delivered team=messaging-apps final=True"}
+        assert json.loads(req.body) == {"text": "wa-1 delivered messaging-apps final=True"}
         assert req.headers["webhook-id"]
         await _eventually(lambda: audit.exists() and audit.read_text().strip())
         line = json.loads(audit.read_text().splitlines()[0])
@@ -312,17 +313,13 @@ async def test_the_example_plugin_works_end_to_end(example_site, gateway_factory
 
 
 async def _sleep(seconds: float) -> None:
-    import asyncio
-
     await asyncio.sleep(seconds)
 
 
-async def _eventually(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await _sleep(0.05)
+async def _eventually(predicate: Any, within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
+        while not predicate():
+            await _sleep(0.05)
 
 
 def test_example_package_source_is_self_contained():
