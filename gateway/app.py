@@ -1,16 +1,21 @@
 """The Sanic application factory and the per-process runtime it manages.
 
 Nothing happens at import. `create_app(loaded)` builds routes; resources (store, shared HTTP
-client, router, delivery engine, plugin startup hooks) are created in the ``before_server_start``
-listener of each worker process and released in ``after_server_stop``. Background loops run in
-every worker process; leases in the store make that safe.
+client, router, delivery engine, housekeeping, silence alarm, plugin startup hooks) are created
+in the ``before_server_start`` listener of each worker process and released when it stops.
+Background loops run in every worker process; leases in the store make that safe.
+
+Source paths are dispatched from a table rather than registered as routes, so a configuration
+reload can add, remove or change sources without restarting the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
+import signal
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +24,7 @@ from sanic import Request, Sanic, response
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
+from gateway.admin_api import admin_blueprint
 from gateway.clock import Clock, SystemClock
 from gateway.config.load import Loaded
 from gateway.errors import StoreError
@@ -34,6 +40,7 @@ _names = itertools.count()
 
 #: Seconds SIGTERM waits for in-flight delivery attempts before releasing them.
 SHUTDOWN_GRACE = 10.0
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 @dataclass
@@ -49,17 +56,44 @@ class GatewayContext:
     router: Any = None
     engine: Any = None
     housekeeper: Any = None
+    silence: Any = None
     metrics: Metrics = field(default_factory=Metrics)
-    endpoints: dict[str, SourceEndpoint] = field(default_factory=dict)
+    #: Source path -> endpoint; replaced as a whole on reload.
+    paths: dict[str, SourceEndpoint] = field(default_factory=dict)
 
     @property
     def config(self) -> Any:
         return self.loaded.config
 
     def committed(self, source: str, result: IngestResult) -> None:
-        """Intake calls this after a commit: wake the router when there is work."""
+        """Intake calls this after a commit: wake the router, note the source is alive."""
         if result.accepted and self.router is not None:
             self.router.wake()
+        if self.silence is not None:
+            self.silence.seen(source, self.clock.now())
+
+    def build_endpoints(self) -> None:
+        """(Re)build the source table from the current configuration."""
+        loaded, config = self.loaded, self.loaded.config
+        paths = {}
+        for name, source in config.sources.items():
+            fmt_cls = loaded.registry.get("source_formats", source.format)
+            paths[source.path] = SourceEndpoint(
+                name,
+                source,
+                fmt_cls(loaded.source_options.get(name)),
+                self._store,
+                self.clock,
+                config.server.trusted_proxies,
+                self.committed,
+                self.metrics,
+            )
+        self.paths = paths
+
+    def _store(self) -> Store:
+        if self.store is None:
+            raise StoreError("the store is not open yet")
+        return self.store
 
 
 def create_app(loaded: Loaded, *, clock: Clock | None = None, background: bool = True) -> Sanic:
@@ -73,26 +107,14 @@ def create_app(loaded: Loaded, *, clock: Clock | None = None, background: bool =
     app.config.KEEP_ALIVE_TIMEOUT = 75
     owner = f"{socket.gethostname()}:{os.getpid()}"
     ctx = GatewayContext(loaded, clock or SystemClock(), owner, background)
+    ctx.build_endpoints()
     app.ctx.gateway = ctx
-
-    for name, source in config.sources.items():
-        fmt_cls = loaded.registry.get("source_formats", source.format)
-        endpoint = SourceEndpoint(
-            name,
-            source,
-            fmt_cls(loaded.source_options.get(name)),
-            lambda: _store(ctx),
-            ctx.clock,
-            config.server.trusted_proxies,
-            ctx.committed,
-            ctx.metrics,
-        )
-        ctx.endpoints[name] = endpoint
-        app.add_route(endpoint.handle, source.path, methods=["POST"], name=f"source_{name}")
 
     app.add_route(_healthz, "/healthz", methods=["GET"], name="healthz")
     app.add_route(_readyz, "/readyz", methods=["GET"], name="readyz")
     app.add_route(_metrics, "/metrics", methods=["GET"], name="metrics")
+    app.blueprint(admin_blueprint())
+    app.add_route(_dispatch, "/<path:path>", methods=ALL_METHODS, name="sources")
     app.error_handler.add(SanicException, _sanic_error)
     app.register_listener(_start, "before_server_start")
     app.register_listener(_drain, "before_server_stop")
@@ -100,10 +122,16 @@ def create_app(loaded: Loaded, *, clock: Clock | None = None, background: bool =
     return app
 
 
-def _store(ctx: GatewayContext) -> Store:
-    if ctx.store is None:
-        raise StoreError("the store is not open yet")
-    return ctx.store
+async def _dispatch(request: Request, path: str) -> HTTPResponse:
+    ctx: GatewayContext = request.app.ctx.gateway
+    endpoint = ctx.paths.get(request.path)
+    if endpoint is None:
+        return error(404, "not_found", f"no source at {request.path}")
+    if request.method != "POST":
+        return error(
+            405, "method_not_allowed", f"{request.path} accepts POST only", {"Allow": "POST"}
+        )
+    return await endpoint.handle(request)
 
 
 async def _healthz(request: Request) -> HTTPResponse:
@@ -113,10 +141,10 @@ async def _healthz(request: Request) -> HTTPResponse:
 async def _readyz(request: Request) -> HTTPResponse:
     ctx: GatewayContext = request.app.ctx.gateway
     try:
-        await _store(ctx).ping()
+        await ctx._store().ping()
     except StoreError as e:
         return error(503, "not_ready", f"store unavailable: {e}")
-    return response.json({"status": "ready", "sources": sorted(ctx.endpoints)})
+    return response.json({"status": "ready", "sources": sorted(e.name for e in ctx.paths.values())})
 
 
 async def _metrics(request: Request) -> HTTPResponse:
@@ -142,36 +170,49 @@ async def _sanic_error(request: Request, exception: SanicException) -> HTTPRespo
 
 async def _start(app: Sanic) -> None:
     ctx: GatewayContext = app.ctx.gateway
-    loaded = ctx.loaded
-    ctx.store = store_from_url(loaded.config.store)  # relative to the working directory
+    ctx.store = store_from_url(ctx.config.store)  # relative to the working directory
     await ctx.store.open()
     ctx.metrics.watch_store(ctx.store, ctx.clock)
     if ctx.background:
-        await _start_background(ctx)
-    await call_each(loaded.pm.hook.startup, gateway=ctx)
+        await start_background(ctx)
+    await call_each(ctx.loaded.pm.hook.startup, gateway=ctx)
+    if ctx.background and app.state.workers == 1:
+        from gateway.reload import reload_logged
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload_logged(app)))
 
 
-async def _start_background(ctx: GatewayContext) -> None:
-    from gateway.delivery.engine import DeliveryEngine
+async def start_background(ctx: GatewayContext) -> None:
+    """Start the router, delivery engine, housekeeping and silence alarm for `ctx.loaded`."""
     from gateway.delivery.http import make_http_client
-    from gateway.destination import Services
     from gateway.router import Router
     from gateway.routing.chain import Chain
+    from gateway.silence import SilenceWatcher
 
     assert ctx.store is not None
     ctx.http = make_http_client()
-    services = Services(ctx.http, ctx.clock, ctx.store, ctx.loaded.secrets)
-    ctx.engine = DeliveryEngine(
-        ctx.loaded, ctx.store, services, ctx.clock, ctx.owner, ctx.loaded.pm
-    )
+    ctx.engine = make_engine(ctx)
     chain = Chain(ctx.loaded, ctx.store, ctx.clock)
     ctx.router = Router(
         ctx.loaded, ctx.store, chain, ctx.clock, ctx.owner, _wake_engine(ctx), ctx.metrics
     )
-    ctx.housekeeper = Housekeeper(ctx.store, ctx.loaded.config.retention, ctx.clock)
+    ctx.housekeeper = Housekeeper(ctx.store, ctx.config.retention, ctx.clock)
+    expect = {n: s.expect_within for n, s in ctx.config.sources.items() if s.expect_within}
+    ctx.silence = SilenceWatcher(ctx.store, ctx.clock, expect)
     await ctx.engine.start()
     await ctx.router.start()
     await ctx.housekeeper.start()
+    await ctx.silence.start()
+
+
+def make_engine(ctx: GatewayContext) -> Any:
+    from gateway.delivery.engine import DeliveryEngine
+    from gateway.destination import Services
+
+    assert ctx.store is not None
+    services = Services(ctx.http, ctx.clock, ctx.store, ctx.loaded.secrets)
+    return DeliveryEngine(ctx.loaded, ctx.store, services, ctx.clock, ctx.owner, ctx.loaded.pm)
 
 
 def _wake_engine(ctx: GatewayContext) -> Any:
@@ -185,10 +226,9 @@ def _wake_engine(ctx: GatewayContext) -> Any:
 async def _drain(app: Sanic) -> None:
     """Before the server stops: stop routing, let in-flight deliveries finish or release them."""
     ctx: GatewayContext = app.ctx.gateway
-    if ctx.housekeeper is not None:
-        await ctx.housekeeper.stop()
-    if ctx.router is not None:
-        await ctx.router.stop()
+    for part in (ctx.silence, ctx.housekeeper, ctx.router):
+        if part is not None:
+            await part.stop()
     if ctx.engine is not None:
         await ctx.engine.stop(SHUTDOWN_GRACE)
 

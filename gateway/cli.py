@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="override server.host")
     run.add_argument("--port", type=int, help="override server.port")
     verb("check", "validate the configuration; exit 0 when valid, 2 with every problem")
+    verb("reload", "validate, then make the running gateway load the file (as SIGHUP does)")
 
     send = verb("send", "post sample callbacks (or a file) to a gateway URL", config=False)
     send.add_argument("url", help="for example http://user:pass@127.0.0.1:8080/callbacks/revicom")
@@ -91,6 +92,7 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     return {
         "run": cli_run.run,
         "check": cli_run.check,
+        "reload": cli_run.reload,
         "send": cli_send.run_send,
         "deliveries": cli_inspect.deliveries,
         "replay": cli_inspect.replay,

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
+import os
+import signal
 import sys
+from pathlib import Path
 
 from sanic import Sanic
 
 from gateway.config import load_config
 from gateway.config.load import Loaded
+from gateway.errors import GatewayError
 from gateway.logs import setup_logging
 
 log = logging.getLogger("gateway")
@@ -42,7 +47,8 @@ def _multiprocess_metrics() -> None:
     import tempfile
 
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="callback-gateway-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="callback-gateway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,16 +66,55 @@ def run(args: argparse.Namespace) -> int:
         len(cfg.sources),
         cfg.store.split("://")[0],
     )
-    if cfg.server.workers == 1:
-        # One process: SIGKILL takes down everything at once and nothing is left orphaned.
-        app = create_app(loaded)
-        app.run(host=host, port=port, single_process=True, access_log=False, motd=False)
-        return 0
-    from sanic.worker.loader import AppLoader
+    with PidFile(Path(cfg.server.pid_file)):
+        if cfg.server.workers == 1:
+            # One process: SIGKILL takes down everything at once and nothing is left orphaned.
+            app = create_app(loaded)
+            app.run(host=host, port=port, single_process=True, access_log=False, motd=False)
+            return 0
+        from sanic.worker.loader import AppLoader
 
-    _multiprocess_metrics()
-    loader = AppLoader(factory=functools.partial(_app_from_file, args.config))
-    app = loader.load()
-    app.prepare(host=host, port=port, workers=cfg.server.workers, access_log=False, motd=False)
-    Sanic.serve(primary=app, app_loader=loader)
+        from gateway.reload import restart_workers_on_sighup
+
+        _multiprocess_metrics()
+        loader = AppLoader(factory=functools.partial(_app_from_file, args.config))
+        app = loader.load()
+        app.prepare(host=host, port=port, workers=cfg.server.workers, access_log=False, motd=False)
+        restart_workers_on_sighup(app, args.config)
+        Sanic.serve(primary=app, app_loader=loader)
+        return 0
+
+
+class PidFile:
+    """Writes this process's id to `path` while the gateway runs (for `reload`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> PidFile:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(f"{os.getpid()}\n")
+        except OSError as e:
+            raise GatewayError(f"server.pid_file: cannot write {self.path}: {e.strerror}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            if self.path.read_text().strip() == str(os.getpid()):
+                self.path.unlink()
+
+
+def reload(args: argparse.Namespace) -> int:
+    """Validate the file, then signal the running gateway (its pid file) to load it."""
+    loaded = load_config(args.config)
+    pid_file = Path(loaded.config.server.pid_file)
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        raise GatewayError(
+            f"no running gateway found through {pid_file} (is it running from this directory?)"
+        ) from None
+    print(f"{args.config}: valid; asked the gateway (pid {pid}) to reload it", file=sys.stderr)
     return 0

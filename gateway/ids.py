@@ -1,21 +1,31 @@
 """Identifiers: time-ordered, URL-safe, unique across processes and restarts.
 
 `new_id("evt")` gives `evt_01JD...` (a ULID: 48-bit millisecond time + 80 random bits, Crockford
-base32), so ids sort by creation time in the store and in listings.
+base32), so ids sort by creation time in the store and in listings. Within one process, ids made
+in the same millisecond keep their creation order (the random part is incremented, as the ULID
+spec's monotonic mode does), so the events of one request body list in body order.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_lock = threading.Lock()
+_last = 0
 
 
 def new_id(prefix: str, now: float | None = None) -> str:
     """A new id `prefix_<26 chars>`; `now` (epoch seconds) fixes the time part for tests."""
+    global _last
     millis = int((time.time() if now is None else now) * 1000)
     value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    with _lock:
+        if value <= _last and (_last >> 80) == millis:
+            value = _last + 1
+        _last = value
     chars = []
     for _ in range(26):
         chars.append(_ALPHABET[value & 31])

@@ -7,6 +7,7 @@ what was expected; the config layer adds the key path.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -32,8 +33,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like 5s, 10m or 24h")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
+        if math.isnan(value) or value < 0:
+            raise ValueError("a duration cannot be negative or NaN")
         return float(value)
     if isinstance(value, str) and (m := _DURATION.match(value)):
         return float(m.group(1)) * _DURATION_UNITS[m.group(2)]

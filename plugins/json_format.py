@@ -28,7 +28,7 @@ def resolve_pointer(doc: Any, pointer: str) -> Any:
     """The value at RFC 6901 `pointer` in `doc`, or a sentinel when absent."""
     if pointer == "":
         return doc
-    for token in pointer.lstrip("/").split("/"):
+    for token in pointer[1:].split("/"):
         token = token.replace("~1", "/").replace("~0", "~")
         if isinstance(doc, dict) and token in doc:
             doc = doc[token]

@@ -61,7 +61,9 @@ def _type_ok(value: Any, kind: str) -> bool:
 
 
 def _expect(kind: str) -> str:
-    return "an ISO 8601 time like 2020-10-16T18:51:13Z" if kind == TIME else f"a {kind}"
+    if kind == TIME:
+        return "an ISO 8601 time like 2020-10-16T18:51:13Z"
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 def _found(value: Any) -> str:

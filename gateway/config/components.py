@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from gateway.components import Registry
-from gateway.config.models import DestinationConfig
+from gateway.config.models import DeliveryConfig, DestinationConfig
 
 if TYPE_CHECKING:
     from gateway.config.load import Loaded
@@ -54,6 +54,7 @@ def check_components(
             loaded.source_options[name] = opts
 
     destinations = tree.get("destinations") if isinstance(tree.get("destinations"), dict) else {}
+    lease = _lease(tree, config)
     for name, dest in destinations.items():
         if not isinstance(dest, dict) or "type" not in dest:
             continue
@@ -70,16 +71,12 @@ def check_components(
         if opts is not None:
             loaded.destination_options[name] = opts
             timeout = getattr(opts, "timeout", None)
-            if (
-                config is not None
-                and isinstance(timeout, int | float)
-                and timeout >= config.delivery.lease
-            ):
-                    problems.append(
-                        f"destinations.{name}.timeout: {timeout:g}s must be shorter than"
-                        f" delivery.lease ({config.delivery.lease:g}s), or another worker could"
-                        " take the delivery over while it is still being sent"
-                    )
+            if lease is not None and isinstance(timeout, int | float) and timeout >= lease:
+                problems.append(
+                    f"destinations.{name}.timeout: {timeout:g}s must be shorter than"
+                    f" delivery.lease ({lease:g}s), or another worker could"
+                    " take the delivery over while it is still being sent"
+                )
 
     for kind in ("filters", "enrichers"):
         loaded.instances[kind] = {}
@@ -131,3 +128,13 @@ def check_components(
                 opts = validate(registry.get(kind, ref).Options, {}, f"{kind}.{ref}")
                 if opts is not None:
                     loaded.instances[kind][ref] = (ref, opts)
+
+
+def _lease(tree: dict[str, Any], config: Config | None) -> float | None:
+    """The configured lease, also when an unrelated part of the file failed validation."""
+    if config is not None:
+        return config.delivery.lease
+    try:
+        return DeliveryConfig.model_validate(tree.get("delivery") or {}).lease
+    except ValidationError:
+        return None

@@ -44,6 +44,8 @@ class ServerConfig(Strict):
     max_body_size: Size = 1024 * 1024
     #: Proxies whose `X-Forwarded-For` is believed; without them the header is ignored.
     trusted_proxies: Networks = []
+    #: Where `run` writes its process id, so `callback-gateway reload` can signal it.
+    pid_file: str = "var/gateway.pid"
 
 
 class BasicAuthConfig(Strict):
@@ -64,6 +66,9 @@ class SourceConfig(Strict):
     on_invalid: Literal["quarantine", "reject"] = "quarantine"
     #: Options for the source format (for `json`: how to derive the dedupe key).
     options: dict[str, Any] = {}
+    #: Raise a ``source_silent`` event when nothing arrived for this long (and
+    #: ``source_resumed`` when traffic returns).
+    expect_within: Duration | None = None
 
     @field_validator("path")
     @classmethod
@@ -104,6 +109,19 @@ class PartialRetry(Strict):
 class DeliveryConfig(Strict):
     concurrency: int = Field(8, ge=1, le=1024)
     lease: Duration = 30.0
+
+
+class AdminConfig(Strict):
+    """The admin HTTP API under /admin: off unless `token` is set (sent as a bearer token)."""
+
+    token: str | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: str | None) -> str | None:
+        if v is not None and 0 < len(v) < 16:
+            raise ValueError("use at least 16 characters (or leave it empty to disable /admin)")
+        return v or None
 
 
 class RetentionConfig(Strict):
@@ -182,6 +200,7 @@ class Config(Strict):
     retry: RetryConfig = RetryConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     retention: RetentionConfig = RetentionConfig()
+    admin: AdminConfig = AdminConfig()
     #: Named filter / enricher instances: ``name: {type: component, ...options}``; ``type``
     #: defaults to the name, so ``error_text: {codes: {...}}`` configures the built-in.
     filters: dict[str, dict[str, Any]] = {}

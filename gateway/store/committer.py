@@ -120,7 +120,7 @@ class Committer:
                 value = op.fn(conn)
                 conn.execute("RELEASE op")
                 results.append((op, value))
-            except Exception as e:
+            except BaseException as e:  # even SystemExit must not strand the group's callers
                 try:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")

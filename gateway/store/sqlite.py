@@ -369,6 +369,8 @@ class SQLiteStore(Store):
                 where, args = f"WHERE d.id IN ({marks}) AND d.state != 'in_flight'", list(ids)
             else:
                 where, args = _delivery_where(flt or DeliveryFilter())
+                # A delivery in flight belongs to its worker; resetting it would send it twice.
+                where = (where + " AND" if where else "WHERE") + " d.state != 'in_flight'"
             targets = [
                 r[0] for r in c.execute(f"SELECT d.id FROM deliveries d {where}", args).fetchall()
             ]

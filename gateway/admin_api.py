@@ -1,0 +1,189 @@
+"""The admin HTTP API under ``/admin``: inspect and repair without a shell on the box.
+
+Off unless ``admin.token`` is set; every request needs ``Authorization: Bearer <token>``
+(compared in constant time). The handlers call the same functions as the CLI verbs
+(`gateway.delivery.admin`), so both behave identically.
+
+    GET  /admin/deliveries?state=&destination=&message_uuid=&since=&limit=
+    GET  /admin/deliveries/<id>
+    POST /admin/replay              {"ids": [...]} | {"state": "dead", "destination", "since"}
+                                    | {"quarantined": true, "ids": [...] (optional)}
+    GET  /admin/quarantine?limit=
+    GET  /admin/destinations
+    POST /admin/destinations/<name>/pause   {"reason": "..."} (optional)
+    POST /admin/destinations/<name>/resume
+    POST /admin/reload              validate the config file and load it
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sanic import Blueprint, Request, response
+from sanic.response import HTTPResponse
+
+from gateway.delivery import admin
+from gateway.errors import ConfigError, StoreError
+from gateway.http_errors import error
+
+Handler = Callable[..., Awaitable[HTTPResponse]]
+
+
+def admin_blueprint() -> Blueprint:
+    """The /admin routes; the token is read from the live config, so a reload can set, change
+    or remove it (without a token every /admin path answers 404)."""
+    bp = Blueprint("admin", url_prefix="/admin")
+
+    @bp.on_request
+    async def authorize(request: Request) -> HTTPResponse | None:
+        token = request.app.ctx.gateway.config.admin.token
+        if token is None:
+            return error(404, "not_found", "the admin API is off (set admin.token to enable it)")
+        given = (request.headers.get("authorization") or "").encode()
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            return error(
+                401,
+                "unauthorized",
+                "a valid bearer token is required",
+                {"WWW-Authenticate": 'Bearer realm="callback-gateway admin"'},
+            )
+        return None
+
+    def ctx(request: Request) -> Any:
+        return request.app.ctx.gateway
+
+    def guarded(fn: Handler) -> Handler:
+        async def wrapper(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
+            try:
+                return await fn(request, *args, **kwargs)
+            except ValueError as e:
+                return error(400, "bad_request", str(e))
+            except StoreError as e:
+                return error(503, "store_unavailable", str(e))
+
+        wrapper.__name__ = fn.__name__
+        return wrapper
+
+    @bp.get("/deliveries")
+    @guarded
+    async def deliveries(request: Request) -> HTTPResponse:
+        q = request.args
+        since = q.get("since")
+        records = await admin.list_deliveries(
+            ctx(request).store,
+            q.get("state"),
+            q.get("destination"),
+            q.get("message_uuid"),
+            float(since) if since else None,
+            int(q.get("limit", 1000)),
+        )
+        return response.json([r.as_dict() for r in records])
+
+    @bp.get("/deliveries/<delivery_id>")
+    @guarded
+    async def delivery(request: Request, delivery_id: str) -> HTTPResponse:
+        found = await admin.show_delivery(ctx(request).store, delivery_id)
+        if found is None:
+            return error(404, "not_found", f"no delivery with id {delivery_id!r}")
+        return response.json(admin.delivery_detail(*found))
+
+    @bp.post("/replay")
+    @guarded
+    async def replay(request: Request) -> HTTPResponse:
+        body = request.json if request.body else {}
+        if not isinstance(body, dict):
+            raise ValueError("expected a JSON object")
+        c = ctx(request)
+        now = c.clock.now()
+        if body.get("quarantined"):
+            ids = await c.store.replay_quarantined(body.get("ids") or None, now)
+            if c.router is not None:
+                c.router.wake()
+            return response.json({"replayed": ids})
+        since = body.get("since")
+        ids = await admin.replay(
+            c.store,
+            now,
+            body.get("ids") or None,
+            body.get("state"),
+            body.get("destination"),
+            float(since) if since is not None else None,
+        )
+        if c.engine is not None:
+            c.engine.wake()
+        return response.json({"replayed": ids})
+
+    @bp.get("/quarantine")
+    @guarded
+    async def quarantine(request: Request) -> HTTPResponse:
+        events = await ctx(request).store.list_events(
+            "quarantined", int(request.args.get("limit", 1000))
+        )
+        return response.json(
+            [
+                {
+                    "id": e.id,
+                    "source": e.source,
+                    "received_at": e.received_at,
+                    "reason": e.reason,
+                    "message_uuid": e.message_uuid,
+                    "event": e.payload,
+                }
+                for e in events
+            ]
+        )
+
+    @bp.get("/destinations")
+    @guarded
+    async def destinations(request: Request) -> HTTPResponse:
+        c = ctx(request)
+        names = list(c.config.destinations)
+        paused = await admin.paused_destinations(c.store, names)
+        local = c.engine.status() if c.engine is not None else {}
+        return response.json(
+            [
+                {
+                    "name": n,
+                    "type": d.type,
+                    "enabled": d.enabled,
+                    "paused": paused.get(n),
+                    "in_flight_here": local.get(n, {}).get("in_flight", 0),
+                }
+                for n, d in c.config.destinations.items()
+            ]
+        )
+
+    @bp.post("/destinations/<name>/<action:pause|resume>")
+    @guarded
+    async def pause_resume(request: Request, name: str, action: str) -> HTTPResponse:
+        c = ctx(request)
+        if name not in c.config.destinations:
+            return error(404, "not_found", f"no destination named {name!r}")
+        now = c.clock.now()
+        if action == "pause":
+            body = request.json if request.body else {}
+            reason = (body or {}).get("reason") or "paused by an operator"
+            if c.engine is not None:
+                await c.engine.pause(name, reason)
+            else:
+                await admin.pause_destination(c.store, name, reason, now)
+        elif c.engine is not None:
+            await c.engine.resume(name)
+        else:
+            await admin.resume_destination(c.store, name, now)
+        return response.json({"name": name, "paused": action == "pause"})
+
+    @bp.post("/reload")
+    @guarded
+    async def reload(request: Request) -> HTTPResponse:
+        from gateway.reload import reload_gateway
+
+        try:
+            await reload_gateway(request.app)
+        except ConfigError as e:
+            return error(422, "invalid_config", e.problems)
+        return response.json({"reloaded": True})
+
+    return bp
