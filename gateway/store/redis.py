@@ -55,6 +55,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.errors import StoreError
@@ -131,6 +134,10 @@ class RedisStore(Store):
                 self._url, decode_responses=True, max_connections=self._max_connections,
                 timeout=self._timeout, socket_connect_timeout=self._timeout,
                 socket_timeout=self._timeout, health_check_interval=30,
+                # One quick retry when a pooled connection turns out dead (Redis restarted).
+                # Not on timeouts: the script may have run, and a retried claim or attempt
+                # record would then count twice.
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, (RedisConnectionError,)),
             )
             client = aioredis.Redis.from_pool(pool)
             try:
