@@ -76,6 +76,27 @@ def _parser() -> argparse.ArgumentParser:
         help="run quarantined events (all, or the given ids) through today's chain",
     )
 
+    ex = verb("explain", "dry run: matching routes, enrichments, filter decisions, payloads")
+    exw = ex.add_mutually_exclusive_group(required=True)
+    exw.add_argument("--sample", help="a sample name (see send --list-samples)")
+    exw.add_argument("--file", help="a JSON file holding a callback body")
+    ex.add_argument("--source", help="the source the body arrives at (default: the first one)")
+    verb("plugins", "loaded plugins: name, version, origin, hooks and components")
+
+    ds = sub.add_parser("destinations", help="list, pause or resume destinations")
+    dsa = ds.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, text in (
+        ("list", "each destination with its queue and pause state"),
+        ("pause", "stop sending to a destination (durably) until resumed"),
+        ("resume", "send to a paused destination again"),
+    ):
+        a = dsa.add_parser(action, help=text)
+        a.add_argument("-c", "--config", required=True, metavar="FILE")
+        if action != "list":
+            a.add_argument("name")
+        if action == "pause":
+            a.add_argument("--reason", default="paused by an operator")
+
     q = sub.add_parser("quarantine", help="events held at intake as invalid").add_subparsers(
         dest="action", metavar="ACTION", required=True
     )
@@ -97,6 +118,9 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
         "deliveries": cli_inspect.deliveries,
         "replay": cli_inspect.replay,
         "quarantine": cli_inspect.quarantine,
+        "destinations": cli_inspect.destinations,
+        "explain": cli_run.explain,
+        "plugins": cli_run.plugins,
     }
 
 

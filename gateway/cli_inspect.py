@@ -1,7 +1,8 @@
-"""`deliveries list|show`, `replay` and `quarantine list`: read and repair the store directly.
+"""`deliveries list|show`, `replay`, `quarantine list` and `destinations list|pause|resume`.
 
-These work whether or not the gateway is running; a running gateway picks replayed work up on
-its next poll (within a few seconds).
+They open the store directly, so they work whether or not the gateway is running, and they call
+the same functions as the admin HTTP API (`gateway.delivery.admin`). A running gateway picks up
+replayed work and pause changes on its next poll (within a few seconds).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from gateway.config import load_config
+from gateway.delivery import admin
 from gateway.errors import UsageError
-from gateway.store import DeliveryFilter, Store, store_from_url
+from gateway.store import Store, store_from_url
 from gateway.units import parse_duration
 
 T = TypeVar("T")
@@ -46,6 +48,8 @@ def with_store(args: argparse.Namespace, fn: Callable[[Store], Awaitable[T]]) ->
         await store.open()
         try:
             return await fn(store)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         finally:
             await store.close()
 
@@ -70,14 +74,13 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def deliveries(args: argparse.Namespace) -> int:
     if args.action == "show":
         return _show(args)
-    flt = DeliveryFilter(
-        args.state,
-        args.destination,
-        args.message_uuid,
-        parse_since(args.since, time.time()),
-        args.limit,
+    since = parse_since(args.since, time.time())
+    records = with_store(
+        args,
+        lambda s: admin.list_deliveries(
+            s, args.state, args.destination, args.message_uuid, since, args.limit
+        ),
     )
-    records = with_store(args, lambda s: s.list_deliveries(flt))
     if args.json:
         print(json.dumps([r.as_dict() for r in records], indent=2))
         return 0
@@ -101,24 +104,25 @@ def deliveries(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    found = with_store(args, lambda s: s.get_delivery(args.id))
+    found = with_store(args, lambda s: admin.show_delivery(s, args.id))
     if found is None:
         raise UsageError(f"no delivery with id {args.id!r}")
-    record, attempts = found
+    detail = admin.delivery_detail(*found)
     if args.json:
-        out: dict[str, Any] = record.as_dict()
-        out["event"] = record.event
-        out["enrichment"] = record.enrichment
-        out["attempts_history"] = [a.__dict__ for a in attempts]
-        print(json.dumps(out, indent=2))
+        print(json.dumps(detail, indent=2))
         return 0
-    for key, value in record.as_dict().items():
-        print(f"{key:>16}: {value}")
-    print(f"{'event':>16}: {record.raw}")
+    history = detail.pop("attempt_history")
+    for key, value in detail.items():
+        if key == "event":
+            value = found[0].raw
+        print(f"{key:>17}: {value}")
     print("attempts:")
-    for a in attempts:
-        status = a.status if a.status is not None else "-"
-        print(f"  #{a.number} {_when(a.started_at)} {a.outcome:<9} {status} {a.error or ''}")
+    for a in history:
+        status = a["status"] if a["status"] is not None else "-"
+        print(
+            f"  #{a['number']} {_when(a['started_at'])} {a['outcome']:<9} {status}"
+            f" {a['error'] or ''}"
+        )
     return 0
 
 
@@ -130,16 +134,11 @@ def replay(args: argparse.Namespace) -> int:
         return 0
     if args.ids and (args.state or args.destination or args.since):
         raise UsageError("give delivery ids or --state/--destination/--since, not both")
-    if not args.ids and not args.state:
-        raise UsageError("give delivery ids, --state dead, or --quarantined")
-    flt = (
-        None
-        if args.ids
-        else DeliveryFilter(
-            args.state, args.destination, None, parse_since(args.since, now), limit=1_000_000
-        )
+    since = parse_since(args.since, now)
+    ids = with_store(
+        args,
+        lambda s: admin.replay(s, now, args.ids or None, args.state, args.destination, since),
     )
-    ids = with_store(args, lambda s: s.replay_deliveries(args.ids or None, flt, now))
     missing = set(args.ids) - set(ids) if args.ids else set()
     print(f"{len(ids)} deliver{'y' if len(ids) == 1 else 'ies'} queued again")
     if missing:
@@ -174,4 +173,41 @@ def quarantine(args: argparse.Namespace) -> int:
     for e in events:
         print(f"{e.id}  {e.source}  {_when(e.received_at)}  {e.reason}")
         print(f"    {e.raw[:200]}")
+    return 0
+
+
+def destinations(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    names = list(loaded.config.destinations)
+    if args.action != "list" and args.name not in names:
+        raise UsageError(f"no destination named {args.name!r} (destinations: {', '.join(names)})")
+    now = time.time()
+    if args.action == "pause":
+        with_store(args, lambda s: admin.pause_destination(s, args.name, args.reason, now))
+        print(f"{args.name}: paused ({args.reason})")
+        return 0
+    if args.action == "resume":
+        with_store(args, lambda s: admin.resume_destination(s, args.name, now))
+        print(f"{args.name}: resumed")
+        return 0
+
+    async def gather(store: Store) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        return await admin.paused_destinations(store, names), await store.queue_stats(now)
+
+    paused, stats = with_store(args, gather)
+    queued: dict[str, dict[str, int]] = {}
+    for row in stats:
+        queued.setdefault(row["destination"], {})[row["state"]] = row["count"]
+    rows = [
+        [
+            n,
+            d.type,
+            "yes" if d.enabled else "no",
+            str(queued.get(n, {}).get("pending", 0)),
+            str(queued.get(n, {}).get("dead", 0)),
+            paused.get(n, "-"),
+        ]
+        for n, d in loaded.config.destinations.items()
+    ]
+    print(_table(rows, ["NAME", "TYPE", "ENABLED", "PENDING", "DEAD", "PAUSED"]))
     return 0

@@ -32,6 +32,34 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
+def explain(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.body import BodyError, split_elements
+    from gateway.cli_send import body_from
+    from gateway.errors import UsageError
+    from gateway.explain import explain as render
+
+    loaded = load_config(args.config)
+    sources = list(loaded.config.sources)
+    source = args.source or (sources[0] if sources else None)
+    if source not in loaded.config.sources:
+        raise UsageError(f"--source: no source named {source!r} (sources: {', '.join(sources)})")
+    try:
+        elements = split_elements(body_from(args.sample, args.file))
+    except BodyError as e:
+        raise UsageError(f"the body would be refused with 400: {e}") from None
+    print(asyncio.run(render(loaded, elements, source)), end="")
+    return 0
+
+
+def plugins(args: argparse.Namespace) -> int:
+    from gateway.plugins_report import plugins_report
+
+    print(plugins_report(load_config(args.config)), end="")
+    return 0
+
+
 def _app_from_file(path: str) -> Sanic:
     """Factory for Sanic worker processes (workers > 1): each loads the config itself."""
     from gateway.app import create_app
