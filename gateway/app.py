@@ -212,7 +212,9 @@ def make_engine(ctx: GatewayContext) -> Any:
 
     assert ctx.store is not None
     services = Services(ctx.http, ctx.clock, ctx.store, ctx.loaded.secrets)
-    return DeliveryEngine(ctx.loaded, ctx.store, services, ctx.clock, ctx.owner, ctx.loaded.pm)
+    engine = DeliveryEngine(ctx.loaded, ctx.store, services, ctx.clock, ctx.owner, ctx.loaded.pm)
+    engine.metrics = ctx.metrics
+    return engine
 
 
 def _wake_engine(ctx: GatewayContext) -> Any:

@@ -85,6 +85,8 @@ class DeliveryEngine:
         self.dispatchers: dict[str, _Dispatcher] = {}
         #: ``(destination, outcome) -> n`` tries finished by this process, for metrics.
         self.counters: Counter[tuple[str, str]] = Counter()
+        #: Prometheus metrics (`gateway.metrics.Metrics`), set by the app; None in unit tests.
+        self.metrics: Any = None
         self._stopping = False
 
     async def start(self) -> None:
@@ -298,8 +300,15 @@ class _Dispatcher:
             return
         t.recorded = True
         engine.counters[(self.name, decision.attempt_outcome)] += 1
+        if engine.metrics is not None:
+            engine.metrics.deliveries.labels(self.name, decision.attempt_outcome).inc()
+            engine.metrics.attempt_seconds.labels(self.name).observe(max(0.0, finished - started))
         if decision.state == "dead":
             log.warning("delivery %s to %r is dead: %s", d.id, self.name, error)
+        elif log.isEnabledFor(logging.INFO):
+            log.info("delivery=%s destination=%s outcome=%s status=%s%s", d.id, self.name,
+                     decision.attempt_outcome, outcome.status if outcome.status is not None
+                     else "-", f" error={error}" if error else "")
         if outcome.pause_destination and self.paused is None:
             log.error(
                 "DESTINATION %r PAUSED: %s. Nothing more is sent to it until an operator"
