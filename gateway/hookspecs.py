@@ -4,6 +4,8 @@ Plugins implement these with `@gateway.hookimpl`; the docstrings here are the re
 documentation (``docs/plugins.md`` repeats them with examples, and a test keeps the two in step).
 Any hook may be written as ``async def``: the gateway awaits whatever a hook returns.
 Hook implementations must not give parameters default values (pluggy would not pass them).
+Implementations of one hook run in pluggy's order (the plugin registered last runs first);
+``@hookimpl(tryfirst=True)`` / ``trylast=True`` move one to the front or the back.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ def register_filters(register: Any) -> None:
 
     :param register: ``register(name, component)``; the component is a class with an
         ``Options`` model and a ``keep(event, meta)`` method (see ``gateway.components.Filter``).
+        ``keep`` returns ``True`` (or ``None``) to keep the event for the route, ``False`` or a
+        reason string to drop it for that route; it may be ``async``. It sees the provider's
+        fields plus enrichments, and ``meta`` with ``route``, ``dry_run`` (true under
+        ``explain``) and ``marks`` (durable per-key state: ``await marks.get(key)``,
+        ``advance(key, rank, value)``, ``set(key, value)``; not written in a dry run).
+        The class is instantiated once per configured instance with its validated options.
     """
 
 
@@ -38,7 +46,9 @@ def register_enrichers(register: Any) -> None:
     """Make enrichers available to routes (``enrich: [name]``) and to ``enrichers:``.
 
     :param register: ``register(name, component)``; the component is a class with an
-        ``Options`` model and an ``enrich(event, meta)`` method returning a dict to merge.
+        ``Options`` model and an ``enrich(event, meta)`` method (may be ``async``) returning a
+        JSON-serializable dict merged into that route's enrichment, or ``None``. ``meta`` is
+        as for filters. Raising holds the event for a later retry, naming the enricher.
     """
 
 
@@ -56,10 +66,15 @@ def register_destinations(register: Any) -> None:
 def enrich_event(event: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any] | None:
     """Add fields to every event before routing.
 
-    :param event: the provider's fields plus enrichments so far (do not mutate it).
-    :param meta: gateway metadata: ``event_id``, ``source``, ``received_at``.
-    :return: a dict merged into the event's enrichment, or ``None`` to add nothing.
-        Raising holds the event for a later retry with this plugin's name and error visible.
+    Runs in the router (never on the request path), after ``filter_event`` and before routes
+    are matched, so ``match`` and ``when`` see what it adds.
+
+    :param event: the provider's fields plus what earlier ``enrich_event`` implementations
+        added (a copy: changing it changes nothing).
+    :param meta: gateway metadata: ``event_id``, ``source``, ``received_at`` (epoch seconds).
+    :return: a JSON-serializable dict merged into the event's enrichment (every destination
+        sees it), or ``None`` to add nothing. Raising holds the event for a later retry with
+        this plugin's name and error visible.
     """
 
 
@@ -67,8 +82,11 @@ def enrich_event(event: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any] 
 def filter_event(event: dict[str, Any], meta: dict[str, Any]) -> bool | None:
     """Drop an event before routing.
 
+    :param event: the provider's fields (a copy).
+    :param meta: ``event_id``, ``source``, ``received_at``.
     :return: ``False`` to drop the event (recorded as filtered, with this plugin's name),
         ``True`` or ``None`` to let it through. Any plugin returning ``False`` drops it.
+        Raising holds the event for a later retry.
     """
 
 

@@ -325,3 +325,15 @@ async def _eventually(predicate: Any, within: float = 10.0) -> None:
 def test_example_package_source_is_self_contained():
     text = textwrap.dedent((EXAMPLE / "pyproject.toml").read_text())
     assert '[project.entry-points.callback_gateway]\nexample = "gateway_plugin_example"' in text
+
+
+async def test_tracing_prints_the_calls_the_chain_makes(monkeypatch, capsys):
+    monkeypatch.setenv("CALLBACK_GATEWAY_TRACE_PLUGINS", "1")
+    tagger = named("tagger", enrich_event=lambda self, event, meta: {"team": "ops"})
+    loaded = load_config_text(BASE.replace("{to: a}", "{name: r, to: a, enrich: status_text}"),
+                              env={}, extra_plugins=[tagger])
+    await Chain(loaded, None, _Clock()).evaluate({"status": "sent"}, META)
+    err = capsys.readouterr().err
+    assert "[plugins] enrich_event -> tagger\n" in err
+    assert "[plugins] route r: enrich -> status_text (enrichers)\n" in err
+    assert "[plugins] route r: filter -> ordering (ordering)\n" in err

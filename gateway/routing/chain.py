@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +135,7 @@ class Chain:
         self.clock = clock
         #: Dry-run mark writes, kept across calls so `explain` of a batch shows ordering.
         self._overlay: dict[str, tuple[str, str] | None] = {}
+        self._tracing = bool(os.environ.get("CALLBACK_GATEWAY_TRACE_PLUGINS"))
         problems: list[str] = []
         self.components: dict[str, dict[str, Component]] = {
             kind: self._build(kind, problems) for kind in ("filters", "enrichers")
@@ -195,6 +198,11 @@ class Chain:
         return CompiledRoute(name, matcher, when, route.when, enrichers, filters, to, route.stop)
 
     # -- evaluation -----------------------------------------------------------------------
+    def _trace(self, what: str, who: str) -> None:
+        """``CALLBACK_GATEWAY_TRACE_PLUGINS``: the calls this chain makes, on stderr."""
+        if self._tracing:
+            print(f"[plugins] {what} -> {who}", file=sys.stderr)
+
     async def evaluate(
         self, event: dict[str, Any], meta: dict[str, Any], *, dry_run: bool = False
     ) -> Decision:
@@ -252,6 +260,7 @@ class Chain:
         # ones added, and a failure names its plugin.
         for impl in reversed(self.pm.hook.enrich_event.get_hookimpls()):
             args = {"event": {**event, **enrichment}, "meta": dict(meta)}
+            self._trace("enrich_event", impl.plugin_name)
             try:
                 added = await await_me_maybe(impl.function(*[args[a] for a in impl.argnames]))
                 if added is not None and not isinstance(added, dict):
@@ -292,6 +301,7 @@ class Chain:
     ) -> dict[str, Any]:
         added_all: dict[str, Any] = {}
         for comp in route.enrichers:
+            self._trace(f"route {route.name}: enrich", comp.label)
             try:
                 added = await await_me_maybe(comp.instance.enrich({**view, **added_all}, cmeta))
                 if added is not None and not isinstance(added, dict):
@@ -308,6 +318,7 @@ class Chain:
     ) -> str | None:
         """None when every filter keeps the event, else why one dropped it."""
         for comp in route.filters:
+            self._trace(f"route {route.name}: filter", comp.label)
             try:
                 result = await await_me_maybe(comp.instance.keep(view, cmeta))
             except Exception as e:
