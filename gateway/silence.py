@@ -76,7 +76,7 @@ class SilenceWatcher:
             await self.clock.sleep(self.interval())
 
     async def check(self) -> list[str]:
-        """One pass over every watched source; returns the events raised (for tests)."""
+        """One pass over every watched source; returns the events this call raised (for tests)."""
         now = self.clock.now()
         raised = []
         for source, within in self.expect.items():
@@ -92,16 +92,16 @@ class SilenceWatcher:
                 advanced, _ = await self.store.advance_mark(
                     f"silence:{source}", _rank(last), str(last), now
                 )
-                if advanced:
-                    await self._raise(source, SILENT, last, now, within)
+                if advanced and await self._raise(source, SILENT, last, now, within):
                     raised.append(SILENT)
             elif silent_since is not None and last > silent_since:
                 await self.store.set_mark(f"silence:{source}", "", now, rank=_rank(silent_since))
-                await self._raise(source, RESUMED, silent_since, now, within)
-                raised.append(RESUMED)
+                if await self._raise(source, RESUMED, silent_since, now, within):
+                    raised.append(RESUMED)
         return raised
 
-    async def _raise(self, source: str, kind: str, last: float, now: float, within: float) -> None:
+    async def _raise(self, source: str, kind: str, last: float, now: float, within: float) -> bool:
+        """Ingest one alarm event; False when another process already raised it (a duplicate)."""
         body = {
             "callback_event": kind,
             "source": source,
@@ -117,3 +117,4 @@ class SilenceWatcher:
             log.info(
                 "source=%s %s: traffic is back after silence since %s", source, kind, _iso(last)
             )
+        return bool(result.accepted)
