@@ -161,3 +161,24 @@ def test_run_exits_0_after_a_clean_shutdown_signal(
     assert code == 0, gw.logs()
     assert "Traceback" not in gw.logs()
     assert stored_uuids(gw) == [ev["message_uuid"]]
+
+
+def test_a_store_that_cannot_commit_gets_503_and_no_acknowledgement(
+    gateway_factory: Factory,
+) -> None:
+    gw = gateway_factory(CONFIG)
+    ev = event()
+    # Another process holds the write lock longer than the gateway's busy timeout (5 s).
+    with closing(
+        sqlite3.connect(gw.workdir / "var" / "gateway.db", timeout=1, isolation_level=None)
+    ) as blocker:
+        blocker.execute("BEGIN IMMEDIATE")
+        answer = httpx.post(gw.url(PATH), content=body(ev), headers=JSON, auth=AUTH, timeout=30)
+        blocker.execute("ROLLBACK")
+    assert answer.status_code == 503, answer.text
+    assert set(answer.json()) == {"error", "detail"}
+    assert ev["message_uuid"] not in stored_uuids(gw)
+    # The provider resends later; now it is stored and acknowledged.
+    again = httpx.post(gw.url(PATH), content=body(ev), headers=JSON, auth=AUTH, timeout=30)
+    assert again.json() == {"accepted": 1, "duplicates": 0, "quarantined": 0}
+    assert stored_uuids(gw) == [ev["message_uuid"]]
