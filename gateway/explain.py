@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.clock import Clock, SystemClock
 from gateway.config.redact import scrub
-from gateway.errors import PluginError
+from gateway.errors import PluginError, UsageError
 from gateway.routing.chain import Chain, Decision, Step, Target
 
 if TYPE_CHECKING:
@@ -67,6 +67,27 @@ async def explain(
         out.extend(render_decision(chain, decision))
         out.extend(previews.render(decision.targets, element, raw, meta))
     return scrub("\n".join(out), loaded.secrets) + "\n"
+
+
+async def explain_body(
+    loaded: Loaded, body: bytes, source: str | None = None, *, clock: Clock | None = None
+) -> str:
+    """`explain` for a request body (a JSON array, or one object), as the CLI reads it from
+    ``--sample`` or ``--file``. `source` defaults to the first configured source. Raises
+    `UsageError` for a body that is not JSON or a source that is not configured."""
+    from gateway.body import BodyError, split_elements
+
+    sources = list(loaded.config.sources)
+    if source is None:
+        source = sources[0] if sources else "explain"
+    elif source not in loaded.config.sources:
+        raise UsageError(f"--source: no source named {source!r}"
+                         f" (configured: {', '.join(sources) or 'none'})")
+    try:
+        elements = split_elements(body)
+    except BodyError as e:
+        raise UsageError(f"cannot explain this body: {e}") from None
+    return await explain(loaded, elements, source, clock=clock)
 
 
 def _format_problems(loaded: Loaded, source: str, element: Any) -> list[str]:
@@ -210,11 +231,47 @@ class Previews:
 
 
 def _readable(payload: str) -> str:
-    """JSON payloads indented (same keys, order and values; only whitespace differs)."""
+    """A JSON payload indented token by token: every key, number and string exactly as it
+    will be sent (``1.50`` stays ``1.50``); only whitespace between tokens differs."""
     try:
-        return json.dumps(json.loads(payload), ensure_ascii=False, indent=2)
+        json.loads(payload)
     except ValueError:
         return payload
+    out: list[str] = []
+    depth, i, n = 0, 0, len(payload)
+    while i < n:
+        c = payload[i]
+        if c == '"':
+            j = i + 1
+            while payload[j] != '"':
+                j += 2 if payload[j] == "\\" else 1
+            out.append(payload[i:j + 1])
+            i = j + 1
+            continue
+        if c in " \t\r\n":
+            i += 1
+            continue
+        if c in "{[":
+            k = i + 1
+            while k < n and payload[k] in " \t\r\n":
+                k += 1
+            if k < n and payload[k] in "}]":  # empty: keep {} / [] together
+                out.append(c + payload[k])
+                i = k + 1
+                continue
+            depth += 1
+            out.append(c + "\n" + "  " * depth)
+        elif c in "}]":
+            depth -= 1
+            out.append("\n" + "  " * depth + c)
+        elif c == ",":
+            out.append(",\n" + "  " * depth)
+        elif c == ":":
+            out.append(": ")
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _payload_note(options: Any) -> str:

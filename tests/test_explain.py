@@ -179,3 +179,29 @@ async def test_explain_never_prints_secrets():
                               "status_time": "2020-10-16T18:51:13Z"}), config=config)
     assert SECRET not in out
     assert "***" in out
+
+
+async def test_explain_body_splits_a_request_body_and_picks_the_first_source(sample):
+    from gateway.explain import explain_body
+    from gateway.samples import load
+
+    loaded = load_config_text(textwrap.dedent(CONFIG), env={})
+    out = await explain_body(loaded, load("batch-mixed"), clock=Clock())
+    assert out.startswith("source 'revicom': 4 element(s).")
+    assert "=== element 4 of 4: callback_event=read status=read" in out
+    # The exact element text goes into payload: original.
+    single = b'{"message_uuid": "u", "channel_type": "SMS", "callback_event": "inbound_sent",' \
+             b' "status": "inbound_sent", "status_time": "2020-10-16T18:51:13Z", "n": 1.50}'
+    out = await explain_body(loaded, single, "revicom", clock=Clock())
+    assert '"n": 1.50' in out  # exactly as received, not re-serialised
+
+
+async def test_explain_body_refuses_bad_input_with_one_line():
+    from gateway.errors import UsageError
+    from gateway.explain import explain_body
+
+    loaded = load_config_text(textwrap.dedent(CONFIG), env={})
+    with pytest.raises(UsageError, match="cannot explain this body: body is empty"):
+        await explain_body(loaded, b"  ")
+    with pytest.raises(UsageError, match=r"no source named 'nope' \(configured: revicom\)"):
+        await explain_body(loaded, b"[]", "nope")
