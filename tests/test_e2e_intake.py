@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -75,22 +76,31 @@ sources:
 """
 
 
-def _start(tmp_path_factory: pytest.TempPathFactory, name: str, text: str) -> GatewayProcess:
-    return GatewayProcess(text, tmp_path_factory.mktemp(name)).start()
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GatewayProcess]]:
+    """Both servers of this module, started side by side (start-up dominates the run time)."""
+    procs = {
+        "intake": GatewayProcess(CONFIG, tmp_path_factory.mktemp("intake")),
+        "proxied": GatewayProcess(PROXY_CONFIG, tmp_path_factory.mktemp("proxied")),
+    }
+    try:
+        with ThreadPoolExecutor(len(procs)) as pool:
+            for started in [pool.submit(p.start) for p in procs.values()]:
+                started.result()
+        yield procs
+    finally:
+        for p in procs.values():
+            p.kill()
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    proc = _start(tmp_path_factory, "intake", CONFIG)
-    yield proc
-    proc.kill()
+def gw(servers: dict[str, GatewayProcess]) -> GatewayProcess:
+    return servers["intake"]
 
 
 @pytest.fixture(scope="module")
-def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    proc = _start(tmp_path_factory, "proxied", PROXY_CONFIG)
-    yield proc
-    proc.kill()
+def proxied(servers: dict[str, GatewayProcess]) -> GatewayProcess:
+    return servers["proxied"]
 
 
 @pytest.fixture(scope="module")
@@ -522,3 +532,66 @@ def test_with_on_invalid_reject_valid_bodies_are_accepted(
     answer = client.post(gw.url("/callbacks/strict"), content=body(ev), headers=JSON, auth=AUTH)
     assert answer.json() == {"accepted": 1, "duplicates": 0, "quarantined": 0}
     assert [r[0] for r in events_for(gw, ev["message_uuid"])] == ["strict"]
+
+
+def test_the_same_event_twice_in_one_body_is_stored_once(
+    gw: GatewayProcess, client: httpx.Client
+) -> None:
+    ev = event()
+    answer = client.post(
+        gw.url("/callbacks/revicom"), content=body(ev, ev), headers=JSON, auth=AUTH
+    )
+    assert answer.json() == {"accepted": 1, "duplicates": 1, "quarantined": 0}
+    assert len(events_for(gw, ev["message_uuid"])) == 1
+
+
+def test_a_resent_invalid_element_is_a_duplicate_not_a_second_quarantine(
+    gw: GatewayProcess, client: httpx.Client
+) -> None:
+    bad = event(status=None)
+    url = gw.url("/callbacks/revicom")
+    first = client.post(url, content=body(bad), headers=JSON, auth=AUTH)
+    second = client.post(url, content=body(bad), headers=JSON, auth=AUTH)
+    assert first.json() == {"accepted": 0, "duplicates": 0, "quarantined": 1}
+    assert second.json() == {"accepted": 0, "duplicates": 1, "quarantined": 0}
+    assert [r[1] for r in events_for(gw, bad["message_uuid"])] == ["quarantined"]
+
+
+def test_an_element_that_is_not_an_object_is_quarantined_verbatim(
+    gw: GatewayProcess, client: httpx.Client
+) -> None:
+    marker = str(uuid.uuid4())
+    raw = f'"not an event {marker}"'
+    answer = client.post(gw.url("/callbacks/revicom"), content=f"[{raw}]", headers=JSON, auth=AUTH)
+    assert answer.json() == {"accepted": 0, "duplicates": 0, "quarantined": 1}
+    rows = stored(gw, "SELECT state, reason FROM events WHERE raw = ?", raw)
+    assert rows == [("quarantined", "expected an object, found str")]
+
+
+def test_a_client_that_waits_for_100_continue_gets_it_then_the_answer(
+    gw: GatewayProcess,
+) -> None:
+    # Java and .NET HTTP clients send `Expect: 100-continue` before a POST body by default.
+    ev = event()
+    data = body(ev)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    head = (
+        "POST /callbacks/revicom HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{gw.port}\r\n"
+        f"Authorization: Basic {token}\r\n"
+        "Content-Type: application/json\r\n"
+        "Expect: 100-continue\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(head.encode())
+        interim = sock.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        sock.sendall(data)
+        final = b""
+        while b'"quarantined"' not in final:
+            chunk = sock.recv(4096)
+            assert chunk, final
+            final += chunk
+    assert final.startswith(b"HTTP/1.1 200 ")
+    assert len(events_for(gw, ev["message_uuid"])) == 1
