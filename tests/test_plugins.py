@@ -337,3 +337,13 @@ async def test_tracing_prints_the_calls_the_chain_makes(monkeypatch, capsys):
     assert "[plugins] enrich_event -> tagger\n" in err
     assert "[plugins] route r: enrich -> status_text (enrichers)\n" in err
     assert "[plugins] route r: filter -> ordering (ordering)\n" in err
+
+
+def test_the_example_readme_configuration_is_valid(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    readme = (EXAMPLE / "README.md").read_text()
+    (block,) = readme.split("```yaml\n")[1:]
+    config = "plugins: [gateway_plugin_example]\n" + block.split("```")[0]
+    loaded = load_config_text(config, env={})
+    assert loaded.instances["filters"]["chat-only-apps"][0] == "only_channels"
+    assert loaded.config.destinations["ops-chat"].type == "chat"
