@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     verb("reload", "validate, then make the running gateway load the file (as SIGHUP does)")
 
     send = verb("send", "post sample callbacks (or a file) to a gateway URL", config=False)
-    send.add_argument("url", help="for example http://user:pass@127.0.0.1:8080/callbacks/revicom")
+    send.add_argument(
+        "url", nargs="?", help="for example http://user:pass@127.0.0.1:8080/callbacks/revicom"
+    )
     what = send.add_mutually_exclusive_group()
     what.add_argument("--sample", help="a sample name (see --list-samples); default: delivered")
     what.add_argument("--file", help="a JSON file to post as the body")

@@ -60,6 +60,8 @@ def send(url: str, body: bytes, timeout: float = 10.0) -> int:
 
 
 def run_send(args: object) -> int:
+    if not getattr(args, "url", None):
+        raise UsageError("send needs a URL, for example http://user:pass@127.0.0.1:8080/cb")
     body = body_from(getattr(args, "sample", None), getattr(args, "file", None))
     code = send(args.url, body)  # type: ignore[attr-defined]
     sys.stdout.flush()

@@ -239,10 +239,6 @@ def test_send_list_samples_with_a_url_lists_the_sample_names() -> None:
     assert lines(done.stdout) == samples.names()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: gateway/cli.py makes `url` a required positional even with --list-samples",
-)
 def test_send_list_samples_needs_no_url() -> None:
     done = cli("send", "--list-samples")
     assert done.returncode == 0, done.stderr

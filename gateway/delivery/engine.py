@@ -42,6 +42,7 @@ from gateway.delivery.retry import RetryPolicy
 from gateway.destination import Outcome, Services
 from gateway.pluginmanager import await_me_maybe
 from gateway.store import AttemptRecord, DeliveryRecord, Store
+from gateway.units import Rate, parse_rate
 
 if TYPE_CHECKING:
     from gateway.config.load import Loaded
@@ -64,6 +65,12 @@ class _Try:
     task: asyncio.Task[None] | None = None
     sending: bool = True
     recorded: bool = False
+
+
+def _default_rate(component: Any) -> Rate | None:
+    """The ``default_rate_limit`` a destination type declares (``"1/s"``), if any."""
+    declared = getattr(component, "default_rate_limit", None)
+    return parse_rate(declared) if declared else None
 
 
 class DeliveryEngine:
@@ -96,7 +103,9 @@ class DeliveryEngine:
                 continue
             component = self.loaded.registry.get("destinations", cfg.type)
             instance = component(name, self.loaded.destination_options[name], self.services)
-            bucket = TokenBucket(cfg.rate_limit, self.clock) if cfg.rate_limit else None
+            # A type may declare a default (Slack takes about one message per second).
+            rate = cfg.rate_limit or _default_rate(component)
+            bucket = TokenBucket(rate, self.clock) if rate else None
             d = _Dispatcher(
                 self, name, instance, RetryPolicy(self.config.retry_for(name)),
                 self.config.concurrency_for(name), bucket,
