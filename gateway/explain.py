@@ -162,7 +162,8 @@ def _result(decision: Decision) -> str:
 
 class Previews:
     """The payload each destination would receive, from the destination plugin itself when it
-    can say (a ``preview(delivery)`` or ``body(delivery)`` method), else the envelope."""
+    can say (a ``preview``, ``body`` or ``message`` method taking the delivery), else the
+    envelope."""
 
     def __init__(self, loaded: Loaded, clock: Clock) -> None:
         self.loaded = loaded
@@ -215,7 +216,7 @@ class Previews:
     def _payload(self, name: str, delivery: Any) -> tuple[str, str]:
         instance = self._instance(name)
         options = self.loaded.destination_options.get(name)
-        for method in ("preview", "body"):
+        for method in ("preview", "body", "message"):
             fn = getattr(instance, method, None)
             if callable(fn):
                 try:
@@ -280,6 +281,8 @@ def _payload_note(options: Any) -> str:
 
 
 def _as_text(value: Any) -> str:
+    if hasattr(value, "as_string"):  # an email.message.Message
+        return str(value.as_string())
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, str):

@@ -205,3 +205,31 @@ async def test_explain_body_refuses_bad_input_with_one_line():
         await explain_body(loaded, b"  ")
     with pytest.raises(UsageError, match=r"no source named 'nope' \(configured: revicom\)"):
         await explain_body(loaded, b"[]", "nope")
+
+
+async def test_explain_shows_slack_and_email_payloads_as_their_plugins_render_them(sample):
+    config = """
+        destinations:
+          ops-slack:
+            type: slack
+            webhook_url: "https://hooks.slack.com/services/T0/B0/XXXXSECRET"
+            text: "{{ event.message_uuid }} {{ event.status }}: {{ event.status_text }}"
+          support:
+            type: email
+            host: smtp.example.com
+            from: gw@example.com
+            to: [support@example.com]
+            subject: "{{ event.status }}"
+            body: "{{ event.status_text }}"
+        routes:
+          - {name: failures, enrich: [status_text], to: [ops-slack, support]}
+    """
+    (unsent,) = sample("unsent")
+    out = await run(elements(unsent), config=config)
+    slack = out.split("payload for ops-slack (slack, route failures):\n")[1]
+    assert json.loads(slack.split("payload for")[0]) == {
+        "text": f"{unsent['message_uuid']} unsent: Could not be sent"}
+    email = out.split("payload for support (email, route failures):\n")[1]
+    assert "  Subject: unsent\n" in email and "  To: support@example.com\n" in email
+    assert email.rstrip().endswith("Could not be sent")
+    assert "XXXXSECRET" not in out
