@@ -83,7 +83,9 @@ class RetryPolicy:
         `started_at` is when this try began, `now` when it ended (both epoch seconds).
         """
         if outcome.kind == "delivered":
-            return Decision("delivered", "delivered", None, True, None)
+            # A delivered try can still carry a note (for example email recipients refused
+            # while others accepted); it is kept in the attempt record.
+            return Decision("delivered", "delivered", None, True, outcome.error)
         error = outcome.error or f"{outcome.kind} (status {outcome.status})"
         if outcome.kind == "permanent":
             return Decision("dead", "dead", None, True, error)
