@@ -21,8 +21,19 @@ from gateway.logs import setup_logging
 log = logging.getLogger("gateway")
 
 
+def load_runnable(path: str) -> Loaded:
+    """`load_config`, then build the plugin chain once so that components whose constructors
+    reject their options are reported as configuration problems too."""
+    from gateway.clock import SystemClock
+    from gateway.routing.chain import Chain
+
+    loaded = load_config(path)
+    Chain(loaded, None, SystemClock())
+    return loaded
+
+
 def check(args: argparse.Namespace) -> int:
-    loaded = load_config(args.config)
+    loaded = load_runnable(args.config)
     cfg = loaded.config
     print(
         f"{args.config}: OK ({len(cfg.sources)} sources, {len(cfg.destinations)} destinations,"
@@ -82,7 +93,7 @@ def _multiprocess_metrics() -> None:
 def run(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
-    loaded: Loaded = load_config(args.config)
+    loaded: Loaded = load_runnable(args.config)
     cfg = loaded.config
     setup_logging(cfg.log_format, loaded.secrets)
     host = args.host or cfg.server.host

@@ -106,7 +106,10 @@ async def call_each(hook: Any, **kwargs: Any) -> list[tuple[str, Any]]:
     from gateway.errors import PluginError
 
     results = []
+    tracing = bool(os.environ.get("CALLBACK_GATEWAY_TRACE_PLUGINS"))
     for impl in reversed(hook.get_hookimpls()):  # pluggy order: last registered first
+        if tracing:
+            print(f"[plugins] {hook.name} -> {impl.plugin_name}", file=sys.stderr)
         try:
             value = await await_me_maybe(impl.function(*[kwargs[a] for a in impl.argnames]))
         except Exception as e:

@@ -36,6 +36,7 @@ async def reload_gateway(app: Sanic) -> None:
     if ctx.loaded.path is None:
         raise ConfigError(["reload: this gateway was not started from a file"])
     new = load_config(ctx.loaded.path)
+    chain = Chain(new, ctx.store, ctx.clock)  # components that reject options fail here
     old = ctx.loaded.config
     for key in ("store", "server"):
         if getattr(new.config, key) != getattr(old, key):
@@ -45,7 +46,7 @@ async def reload_gateway(app: Sanic) -> None:
     ctx.build_endpoints()
     if ctx.background and ctx.store is not None:
         ctx.router.loaded = new
-        ctx.router.chain = Chain(new, ctx.store, ctx.clock)
+        ctx.router.chain = chain
         previous = ctx.engine
         ctx.engine = make_engine(ctx)
         await ctx.engine.start()
