@@ -55,6 +55,8 @@ POLL = 1.0
 POLL_PAUSE = 5.0
 #: Back-off after the store failed a claim.
 STORE_RETRY = 1.0
+#: Tries recording their result, as a multiple of `concurrency`, before claiming pauses.
+RECORDING_BACKLOG = 4
 #: Share of the lease a single try may take before it is abandoned as a timeout.
 TRY_SHARE_OF_LEASE = 0.9
 
@@ -140,7 +142,7 @@ class DeliveryEngine:
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per destination: tries in flight in this process, and the pause reason or None."""
-        return {n: {"in_flight": len(d.tries), "paused": d.paused}
+        return {n: {"in_flight": d.sending, "paused": d.paused}
                 for n, d in self.dispatchers.items()}
 
     async def stop(self, grace: float) -> None:
@@ -198,6 +200,8 @@ class _Dispatcher:
         self.min_batch = max(1, concurrency // 4)
         self.try_timeout = engine.lease * TRY_SHARE_OF_LEASE
         self.tries: dict[str, _Try] = {}
+        #: Tries whose request is in progress (the rest of `tries` are recording a result).
+        self.sending = 0
         self.wakeup = asyncio.Event()
         self.stopping = False
         self.paused: str | None = None
@@ -244,8 +248,13 @@ class _Dispatcher:
             await self.refresh_pause()
         if self.paused is not None:
             return POLL_PAUSE
-        free = self.concurrency - len(self.tries)
-        if free < (self.min_batch if self.tries else 1):
+        # `concurrency` bounds requests to the destination; a try that is only recording its
+        # result frees its slot, so sending overlaps the store's commit. The recording backlog
+        # is bounded too, so a slow store slows claiming instead of piling up results.
+        if len(self.tries) >= self.concurrency * RECORDING_BACKLOG:
+            return None
+        free = self.concurrency - self.sending
+        if free < (self.min_batch if self.sending else 1):
             return None  # a finishing try wakes us
         limit = free
         if self.bucket is not None:
@@ -264,6 +273,7 @@ class _Dispatcher:
         for delivery in batch:
             t = _Try(delivery)
             self.tries[delivery.id] = t
+            self.sending += 1
             t.task = asyncio.create_task(self.attempt(t), name=f"deliver:{delivery.id}")
         if len(batch) == limit:
             return 0.0  # there may be more due
@@ -287,10 +297,17 @@ class _Dispatcher:
                 outcome = Outcome.retry(f"no result within {self.try_timeout:g}s")
             except Exception as e:  # a destination bug or an unclassified failure: retry
                 outcome = Outcome.retry(f"{type(e).__name__}: {e}")
-            t.sending = False
+            self._sent(t)
             await self.record(t, outcome, started)
         finally:
+            self._sent(t)
             self.tries.pop(d.id, None)
+            self.wakeup.set()
+
+    def _sent(self, t: _Try) -> None:
+        if t.sending:
+            t.sending = False
+            self.sending -= 1
             self.wakeup.set()
 
     async def record(self, t: _Try, outcome: Outcome, started: float) -> None:

@@ -35,9 +35,21 @@ _DELIVERY_COLS = (
     " d.created_at, d.updated_at, d.first_attempt_at, d.last_error, d.last_status,"
     " d.message_uuid, d.enrichment, e.raw, e.received_at, d.lease_until"
 )
-_DUE = (
-    "((state = 'pending' AND next_attempt_at <= :now)"
-    " OR (state = 'in_flight' AND lease_until < :now))"
+# Claim and next_due walk the partial index ``deliveries_due (destination, next_attempt_at)
+# WHERE state IN ('pending', 'in_flight')`` in time order, so their cost does not grow with the
+# backlog. Repeating the index's WHERE term verbatim is what lets SQLite use a partial index.
+_QUEUED = "destination = :dest AND state IN ('pending', 'in_flight')"
+_PENDING_DUE = (
+    f"SELECT id FROM deliveries WHERE {_QUEUED} AND state = 'pending'"
+    " AND next_attempt_at <= :now ORDER BY next_attempt_at LIMIT :limit"
+)
+_EXPIRED = (
+    "SELECT id FROM deliveries WHERE state = 'in_flight' AND destination = :dest"
+    " AND lease_until < :now LIMIT :limit"
+)
+_FIRST_PENDING = (
+    f"SELECT next_attempt_at FROM deliveries WHERE {_QUEUED} AND state = 'pending'"
+    " ORDER BY next_attempt_at LIMIT 1"
 )
 
 
@@ -236,8 +248,8 @@ class SQLiteStore(Store):
                 for r in c.execute(
                     "UPDATE deliveries SET state = 'in_flight', lease_until = :until,"
                     " leased_by = :owner, updated_at = :now WHERE id IN ("
-                    f" SELECT id FROM deliveries WHERE destination = :dest AND {_DUE}"
-                    " ORDER BY next_attempt_at LIMIT :limit) RETURNING id",
+                    f" SELECT id FROM ({_EXPIRED}) UNION ALL SELECT id FROM ({_PENDING_DUE})"
+                    " LIMIT :limit) RETURNING id",
                     {
                         "until": now + lease,
                         "owner": owner,
@@ -313,6 +325,17 @@ class SQLiteStore(Store):
         )
 
     async def next_due(self, destination: str | None = None) -> float | None:
+        if destination is not None:
+            # Two index lookups instead of visiting every queued row of the destination.
+            row = await self._read(
+                lambda c: c.execute(
+                    f"SELECT ({_FIRST_PENDING}), (SELECT MIN(lease_until) FROM deliveries"
+                    " WHERE state = 'in_flight' AND destination = :dest)",
+                    {"dest": destination},
+                ).fetchone()
+            )
+            times = [t for t in row if t is not None]
+            return min(times) if times else None
         where, args = ("AND destination = ?", (destination,)) if destination else ("", ())
         row = await self._read(
             lambda c: c.execute(

@@ -1,0 +1,67 @@
+"""A minimal HTTP/1.1 keep-alive receiver for benchmarks: answers every request 200, counts them.
+
+    python bench/loopback_receiver.py [PORT]     # prints "listening PORT", then serves
+
+Deliberately cheap (raw asyncio protocol, uvloop when installed) so that a benchmark measures
+the sender, not the receiver. Not a test helper: tests use tests/receiver.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+
+
+class Counter:
+    requests = 0
+
+
+class Http(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.buffer = b""
+        self.need: int | None = None  # body bytes still to come
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if self.need is None:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head, self.buffer = self.buffer[:end].lower(), self.buffer[end + 4:]
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                self.need = length
+            if len(self.buffer) < self.need:
+                return
+            self.buffer = self.buffer[self.need:]
+            self.need = None
+            Counter.requests += 1
+            self.transport.write(RESPONSE)  # type: ignore[attr-defined]
+
+
+async def main(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Http, "127.0.0.1", port, backlog=1024)
+    print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    print(f"requests {Counter.requests}", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
