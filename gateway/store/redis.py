@@ -335,6 +335,8 @@ class RedisStore(Store):
         return replayed
 
     async def list_events(self, state: str, limit: int = 1000) -> list[EventRecord]:
+        if limit <= 0:
+            return []
         with self._mapped():
             ids = await self._r.zrange(self.prefix + "ev:state:" + state, 0, limit - 1)
             return [e for e in await self._events(ids) if e is not None]
