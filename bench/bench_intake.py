@@ -55,8 +55,11 @@ def free_port() -> int:
 class Server:
     """A server subprocess this script started; stopped by its PID only."""
 
-    def __init__(self, name: str, argv: list[str], cwd: Path, port: int) -> None:
+    def __init__(
+        self, name: str, argv: list[str], cwd: Path, port: int, ready_path: str = "/readyz"
+    ) -> None:
         self.name, self.argv, self.cwd, self.port = name, argv, cwd, port
+        self.ready_path = ready_path
         self.log_path = cwd / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -77,13 +80,26 @@ class Server:
                     f"{self.name} exited with {self.proc.returncode}; see {self.log_path}"
                 )
             try:
-                if httpx.get(self.url("/readyz"), timeout=1.0).status_code == 200:
+                if httpx.get(self.url(self.ready_path), timeout=1.0).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
         self.stop()
         raise SystemExit(f"{self.name} did not become ready in {timeout}s; see {self.log_path}")
+
+    def rss_mib(self) -> float:
+        """Resident memory of the server process (VmRSS from /proc/PID/status), in MiB."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return 0.0
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

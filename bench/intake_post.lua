@@ -1,7 +1,23 @@
--- wrk script for bench/bench_intake.py: POST distinct contract-shaped callbacks with Basic auth.
+-- wrk script for bench/run.py and bench/bench_intake.py: POST distinct contract-shaped
+-- callbacks with Basic auth.
 --   wrk -t1 -c32 -d10s -s bench/intake_post.lua URL -- PREFIX BASE64_USER_COLON_PASSWORD
--- Each request carries a new message_uuid (PREFIX-thread-counter) so none is a duplicate.
--- done() prints one line "WRK_JSON {...}" that bench_intake.py parses.
+-- Each request carries a new message_uuid (PREFIX-thread-counter) so none is a duplicate, and a
+-- "sent_at" field (epoch seconds, microsecond resolution, taken just before the request is
+-- written) that the bench receiver subtracts from its arrival time for end-to-end latency.
+-- The contract keeps unknown fields, and payload "original" forwards them byte for byte.
+-- done() prints one line "WRK_JSON {...}" that the Python side parses.
+
+local ffi = require("ffi")
+ffi.cdef[[
+  typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+  int clock_gettime(int clock_id, bench_timespec *tp);
+]]
+local ts = ffi.new("bench_timespec")
+
+local function now()
+  ffi.C.clock_gettime(0, ts) -- CLOCK_REALTIME, the clock Python's time.time() reads
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) / 1e9
+end
 
 local threads = {}
 local counter = 0
@@ -25,8 +41,8 @@ function request()
   counter = counter + 1
   local body = string.format(
     '[{"message_uuid":"%s-%d-%d","channel_type":"SMS","callback_event":"delivered",'
-      .. '"status":"delivered","status_time":"2020-10-16T18:51:13Z"}]',
-    prefix, thread_id or 0, counter)
+      .. '"status":"delivered","status_time":"2020-10-16T18:51:13Z","sent_at":%.6f}]',
+    prefix, thread_id or 0, counter, now())
   return wrk.format(nil, nil, nil, body)
 end
 
