@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -118,3 +119,42 @@ class Receiver:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class ReceiverThread:
+    """A `Receiver` on its own event loop in a thread, for tests that block (subprocesses).
+
+        with ReceiverThread(Reply(200, stall=0.3)) as rx:
+            ... rx.url, rx.requests, rx.set_default(Reply(200)), rx.wait_for(n, timeout) ...
+    """
+
+    def __init__(self, default: Reply | None = None) -> None:
+        self.receiver = Receiver(default)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ReceiverThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.receiver.start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.receiver.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    @property
+    def url(self) -> str:
+        return self.receiver.url
+
+    @property
+    def requests(self) -> list[Received]:
+        return list(self.receiver.requests)
+
+    def set_default(self, reply: Reply) -> None:
+        self._loop.call_soon_threadsafe(setattr, self.receiver, "default", reply)
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> list[Received]:
+        future = asyncio.run_coroutine_threadsafe(self.receiver.wait_for(n, timeout), self._loop)
+        return list(future.result(timeout + 1))
