@@ -60,6 +60,7 @@ class GatewayContext:
     metrics: Metrics = field(default_factory=Metrics)
     #: Source path -> endpoint; replaced as a whole on reload.
     paths: dict[str, SourceEndpoint] = field(default_factory=dict)
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def config(self) -> Any:

@@ -22,17 +22,25 @@ from gateway.errors import ConfigError
 if TYPE_CHECKING:
     from sanic import Sanic
 
+    from gateway.app import GatewayContext
+
 log = logging.getLogger("gateway.reload")
 
 
 async def reload_gateway(app: Sanic) -> None:
     """Validate and apply the configuration file; raise `ConfigError` (nothing changed) when
     it has problems."""
-    from gateway.app import GatewayContext, make_engine
+    ctx: GatewayContext = app.ctx.gateway
+    # Two SIGHUPs close together must not interleave (one would leave an old engine running).
+    async with ctx.reload_lock:
+        await _reload(ctx)
+
+
+async def _reload(ctx: GatewayContext) -> None:
+    from gateway.app import make_engine
     from gateway.routing.chain import Chain
     from gateway.silence import SilenceWatcher
 
-    ctx: GatewayContext = app.ctx.gateway
     if ctx.loaded.path is None:
         raise ConfigError(["reload: this gateway was not started from a file"])
     new = load_config(ctx.loaded.path)

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.router")
 
 BATCH = 256
-ROUTE_LEASE = 60.0
 MAX_HOLD = 300.0
 
 
@@ -102,7 +101,9 @@ class Router:
 
     async def route_due(self) -> bool:
         """Route one batch of due events; True when a full batch was taken (more may wait)."""
-        events = await self.store.claim_events(self.owner, BATCH, ROUTE_LEASE, self.clock.now())
+        # The same lease as deliveries: how long a crashed process's work waits for another.
+        lease = self.loaded.config.delivery.lease
+        events = await self.store.claim_events(self.owner, BATCH, lease, self.clock.now())
         # Concurrently, so that the batch's store writes share group commits instead of
         # paying one commit each. The store's marks are atomic, so plugins keeping state
         # (the ordering filter) stay correct.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -493,7 +494,13 @@ def test_collect_secrets_finds_every_secret_value() -> None:
                                "token": "", "webhook_url": None}},
         "others": [{"Password": "pw-2"}],
     }
-    assert collect_secrets(tree) == {"pw-1", "Bearer abc", "whsec_x", "pw-2"}
+    basic = base64.b64encode(b"gw:pw-1").decode()  # what HTTP Basic sends; peers echo it
+    assert collect_secrets(tree) == {"pw-1", basic, "Bearer abc", "whsec_x", "pw-2"}
+
+
+def test_collect_secrets_finds_url_passwords_and_their_basic_form() -> None:
+    tree = {"destinations": {"w": {"url": "https://crm:p%40ss@crm.example.com/hooks"}}}
+    assert collect_secrets(tree) == {"p@ss", base64.b64encode(b"crm:p@ss").decode()}
 
 
 def test_a_loaded_config_knows_its_interpolated_secrets() -> None:

@@ -241,8 +241,6 @@ def test_no_secret_or_credential_appears_in_logs_even_on_error_paths(servers, fm
         assert not leaked, f"secrets in the {where} output: {leaked}"
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: Basic credentials derived from a"
-                   " destination URL's userinfo are not scrubbed (gateway/config/redact.py)")
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_basic_credentials_derived_from_a_url_password_are_scrubbed(servers, fmt):
     gw = servers[fmt]
