@@ -16,6 +16,10 @@ Options (``destinations.<name>``)::
     body: "..."                   # the text part
     html: "..."                   # optional HTML part (autoescaped)
     timeout: 20s                  # the whole send: connect, TLS, AUTH, MAIL, RCPT, DATA
+    digest:                       # optional: one email per window instead of one per event
+      window: 5m                  # how long the oldest waiting event waits for company
+      max_events: 100             # send at once when this many are waiting
+      subject: "{{ count }} callbacks for {{ destination }}"   # sees count, events, destination
 
 A plaintext relay needs ``starttls: false`` written out; ``tls`` and ``starttls`` exclude each
 other. Templates are sandboxed Jinja2 over ``event`` and ``meta``, as for every destination.
@@ -33,6 +37,13 @@ Classification (the engine owns retries; https://www.rfc-editor.org/rfc/rfc5321#
   the others a copy again); the refused ones and their replies are in the outcome's error text
   and ``details["refused"]``. When every recipient is refused, retry if any refusal was 4xx,
   else permanent.
+
+Digest: the engine holds this destination's deliveries until the oldest has waited ``window`` or
+``max_events`` are waiting, then hands them over as one batch (`deliver_batch`): one email whose
+body is the ``body`` template rendered for each event, separated by a rule (and the ``html``
+parts likewise). The outcome applies to every delivery of the batch, and each delivery keeps its
+own record and attempt history; a digest that fails is retried like any delivery, so nothing
+waits in memory and a crash loses nothing.
 """
 
 from __future__ import annotations
@@ -77,6 +88,16 @@ source {{ meta.source }}, route {{ meta.route }}, received {{ meta.received_at }
 delivery {{ meta.id }}
 """
 MAX_SUBJECT = 200
+DEFAULT_DIGEST_SUBJECT = "{{ count }} callback events for {{ destination }}"
+DIGEST_RULE = "\n" + "-" * 60 + "\n\n"
+
+
+class DigestOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: Annotated[float, BeforeValidator(parse_duration)] = Field(gt=0)
+    max_events: int = Field(100, ge=1, le=1000)
+    subject: str = DEFAULT_DIGEST_SUBJECT
 
 
 def _none_empty(value: Any) -> Any:
@@ -99,8 +120,12 @@ def _compile(source: str, env: Any) -> Template:
 def _address(value: str) -> str:
     """`value` if it is one mail address (``a@b`` or ``Name <a@b>``)."""
     name, addr = email.utils.parseaddr(value)
-    if not addr or "@" not in addr or addr.startswith("@") or addr.endswith("@") or (
-        "," in value and not name
+    if (
+        not addr
+        or "@" not in addr
+        or addr.startswith("@")
+        or addr.endswith("@")
+        or ("," in value and not name)
     ):
         raise ValueError(f"not a mail address: {value!r}")
     return value
@@ -127,6 +152,7 @@ class Options(BaseModel):
     body: str = DEFAULT_BODY
     html: str | None = None
     timeout: Duration = Field(20.0, gt=0)
+    digest: DigestOptions | None = None
 
     @field_validator("from_")
     @classmethod
@@ -191,6 +217,10 @@ class Email:
         self.subject = _compile(options.subject, TEXT_ENV)
         self.body = _compile(options.body, TEXT_ENV)
         self.html = _compile(options.html, HTML_ENV) if options.html else None
+        digest = options.digest
+        self.digest_subject = _compile(digest.subject, TEXT_ENV) if digest else None
+        #: ``(window seconds, max events)`` when the engine should hand over batches.
+        self.batch = (digest.window, digest.max_events) if digest else None
         self.secrets = set(services.secrets) | ({options.password} if options.password else set())
         self.sender = email.utils.parseaddr(options.from_)[1]
         self.recipients = [email.utils.parseaddr(a)[1] for a in [*options.to, *options.cc]]
@@ -208,6 +238,30 @@ class Email:
             html = self.html.render(context) if self.html else None
         except Exception as e:  # sandbox violations, filter errors
             raise ValueError(f"template failed: {type(e).__name__}: {e}") from None
+        return self._compose(subject, text, html, delivery.id)
+
+    def digest_message(self, deliveries: list[DeliveryRecord]) -> EmailMessage:
+        """One email listing `deliveries` (``body`` rendered per event); `ValueError` when a
+        template fails."""
+        contexts = [template_context(d) for d in deliveries]
+        assert self.digest_subject is not None
+        try:
+            subject = self.digest_subject.render(
+                count=len(deliveries),
+                events=[c["event"] for c in contexts],
+                destination=self.name,
+            )
+            texts = [self.body.render(c) for c in contexts]
+            htmls = [self.html.render(c) for c in contexts] if self.html else None
+        except Exception as e:
+            raise ValueError(f"template failed: {type(e).__name__}: {e}") from None
+        count = f"{len(deliveries)} event{'s' if len(deliveries) != 1 else ''}"
+        text = f"{count}:\n\n" + DIGEST_RULE.join(texts)
+        html = f"<p>{count}:</p>" + "<hr>".join(htmls) if htmls is not None else None
+        # Stable for the same batch: its first delivery names it.
+        return self._compose(subject, text, html, f"{deliveries[0].id}.digest")
+
+    def _compose(self, subject: str, text: str, html: str | None, ident: str) -> EmailMessage:
         subject = " ".join(subject.split())
         if len(subject) > MAX_SUBJECT:
             subject = subject[: MAX_SUBJECT - 1] + "…"
@@ -218,7 +272,7 @@ class Email:
             msg["Cc"] = ", ".join(self.options.cc)
         msg["Subject"] = subject
         msg["Date"] = email.utils.formatdate(self.services.clock.now(), usegmt=True)
-        msg["Message-ID"] = f"<{delivery.id}@{self.domain}>"
+        msg["Message-ID"] = f"<{ident}@{self.domain}>"
         msg.set_content(text)
         if html is not None:
             msg.add_alternative(html, subtype="html")
@@ -232,6 +286,17 @@ class Email:
             msg = self.message(delivery)
         except ValueError as e:
             return Outcome.permanent(self._scrub(str(e)))
+        return await self._deliver(msg)
+
+    async def deliver_batch(self, deliveries: list[DeliveryRecord]) -> Outcome:
+        """The digest of `deliveries` as one email; the outcome applies to each of them."""
+        try:
+            msg = self.digest_message(deliveries)
+        except ValueError as e:
+            return Outcome.permanent(self._scrub(str(e)))
+        return await self._deliver(msg)
+
+    async def _deliver(self, msg: EmailMessage) -> Outcome:
         timeout = self.options.timeout
         try:
             async with asyncio.timeout(timeout):
@@ -251,28 +316,39 @@ class Email:
     async def _send(self, msg: EmailMessage) -> Outcome:
         opts = self.options
         smtp = aiosmtplib.SMTP(
-            hostname=opts.host, port=opts.effective_port, use_tls=opts.tls, start_tls=False,
-            timeout=opts.timeout, tls_context=self.tls_context,
+            hostname=opts.host,
+            port=opts.effective_port,
+            use_tls=opts.tls,
+            start_tls=False,
+            timeout=opts.timeout,
+            tls_context=self.tls_context,
         )
         await smtp.connect()
         try:
             await smtp.ehlo()  # the extensions the server offers (connect() does not ask)
             if opts.use_starttls:
                 if not smtp.supports_extension("starttls"):
-                    raise SendFailed(Outcome.permanent(
-                        f"SMTP server {opts.host}:{opts.effective_port} does not offer STARTTLS,"
-                        " which is required (set 'tls: true' for implicit TLS, or"
-                        " 'starttls: false' only for a trusted plaintext relay)"))
+                    raise SendFailed(
+                        Outcome.permanent(
+                            f"SMTP server {opts.host}:{opts.effective_port} does not offer"
+                            " STARTTLS, which is required (set 'tls: true' for implicit TLS, or"
+                            " 'starttls: false' only for a trusted plaintext relay)"
+                        )
+                    )
                 await smtp.starttls()
                 await smtp.ehlo()  # RFC 3207: forget what was offered before TLS, ask again
             if opts.username is not None:
                 if not smtp.supports_extension("auth"):
-                    raise SendFailed(Outcome.permanent(
-                        f"SMTP server {opts.host}:{opts.effective_port} does not offer AUTH"
-                        " but 'username' is set"))
+                    raise SendFailed(
+                        Outcome.permanent(
+                            f"SMTP server {opts.host}:{opts.effective_port} does not offer AUTH"
+                            " but 'username' is set"
+                        )
+                    )
                 await smtp.login(opts.username, opts.password or "")
             refused, _ = await smtp.send_message(
-                msg, sender=self.sender, recipients=self.recipients)
+                msg, sender=self.sender, recipients=self.recipients
+            )
         finally:
             try:
                 await smtp.quit()
@@ -283,9 +359,15 @@ class Email:
             return Outcome.delivered(status)
         listed = {addr: f"{r.code} {r.message}" for addr, r in refused.items()}
         text = "; ".join(f"{a}: {why}" for a, why in listed.items())
-        return Outcome("delivered", status, self._scrub(
-            f"accepted for {len(self.recipients) - len(refused)} of {len(self.recipients)}"
-            f" recipients; refused {text}"), details={"refused": listed})
+        return Outcome(
+            "delivered",
+            status,
+            self._scrub(
+                f"accepted for {len(self.recipients) - len(refused)} of {len(self.recipients)}"
+                f" recipients; refused {text}"
+            ),
+            details={"refused": listed},
+        )
 
     def _reply(self, code: int, message: str, what: str) -> Outcome:
         text = self._scrub(f"SMTP {code} {message}".strip() + f" ({what})")
@@ -296,8 +378,10 @@ class Email:
         return Outcome.retry(text, code or None)
 
     def _all_refused(self, refusals: list[aiosmtplib.SMTPRecipientRefused]) -> Outcome:
-        text = self._scrub("SMTP refused every recipient: " + "; ".join(
-            f"{r.recipient}: {r.code} {r.message}" for r in refusals))
+        text = self._scrub(
+            "SMTP refused every recipient: "
+            + "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in refusals)
+        )
         codes = [r.code for r in refusals]
         if any(400 <= c < 500 for c in codes):
             return Outcome.retry(text, min(codes))

@@ -248,7 +248,8 @@ def test_starttls_is_the_default_and_ports_follow_the_mode() -> None:
     ({"to": ["not-an-address"]}, "not a mail address"),
     ({"to": []}, "at least 1 item"),
     ({"subject": "{{ oops"}, "template syntax error"),
-    ({"digest": {"window": "5m"}}, "Extra inputs"),
+    ({"digest": {"window": 0}}, "greater than 0"),
+    ({"digest": {"window": "5m", "max_events": 0}}, "greater than or equal to 1"),
 ])
 def test_options_are_checked(opts: dict[str, Any], says: str) -> None:
     base = {"host": "h", "from": "a@b.c", "to": ["x@y.z"]}

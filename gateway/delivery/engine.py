@@ -37,6 +37,7 @@ import pluggy
 from gateway.clock import Clock
 from gateway.config.redact import scrub
 from gateway.delivery import admin
+from gateway.delivery.batch import batch_step
 from gateway.delivery.ratelimit import TokenBucket
 from gateway.delivery.retry import RetryPolicy
 from gateway.destination import Outcome, Services
@@ -248,6 +249,8 @@ class _Dispatcher:
             await self.refresh_pause()
         if self.paused is not None:
             return POLL_PAUSE
+        if getattr(self.instance, "batch", None):
+            return await batch_step(self, now)
         # `concurrency` bounds requests to the destination; a try that is only recording its
         # result frees its slot, so sending overlaps the store's commit. The recording backlog
         # is bounded too, so a slow store slows claiming instead of piling up results.
