@@ -349,3 +349,86 @@ async def test_queue_stats_count_per_destination_and_state_with_the_oldest(
         {"destination": "crm", "state": "pending", "count": 1, "oldest": T0 + 1},
         {"destination": "slack", "state": "pending", "count": 2, "oldest": T0},
     ]
+
+
+# -- grouped calls (redis_batch) ---------------------------------------------------------------
+
+
+async def test_concurrent_ingests_share_script_calls_and_keep_their_own_results(
+    open_store: Opener,
+) -> None:
+    store = await open_store()
+    batcher = store.batchers["ingest"]
+    bodies = [[item(f"k{i}"), item(f"k{i + 1}")] for i in range(0, 100, 2)] + [[item("k0")]]
+    results = await asyncio.gather(*(store.ingest("s", body, T0) for body in bodies))
+    assert batcher.calls == len(bodies) and batcher.groups < len(bodies) // 4
+    assert [r.outcomes for r in results] == [("accepted", "accepted")] * 50 + [("duplicate",)]
+    assert len({i for r in results for i in r.event_ids}) == 100
+    first = await store.get_event(results[0].event_ids[1])
+    assert first.message_uuid == "u-k1" and first.received_at == T0
+
+
+async def test_a_failing_call_in_a_group_fails_alone_and_keeps_nothing(
+    open_store: Opener, prefix: str, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = await open_store()
+    await raw.set(prefix + "e:evt_TAKEN", "not an event")
+    made = iter(["evt_A", "evt_TAKEN", "evt_C"])
+    monkeypatch.setattr(redis_module, "new_id", lambda kind, now=None: next(made))
+    groups = store.batchers["ingest"].groups
+    results = await asyncio.gather(
+        *(store.ingest("s", [item(k)], T0) for k in ("a", "b", "c")), return_exceptions=True)
+    assert store.batchers["ingest"].groups == groups + 1, "one script call for the three"
+    assert [r.event_ids for r in (results[0], results[2])] == [("evt_A",), ("evt_C",)]
+    assert isinstance(results[1], StoreError) and "evt_TAKEN is taken" in str(results[1])
+    assert await raw.get(prefix + "e:evt_TAKEN") == "not an event"
+    monkeypatch.undo()
+    again = await store.ingest("s", [item("b"), item("a")], T0 + 1)
+    assert again.outcomes == ("accepted", "duplicate"), "the failed call kept no dedupe key"
+    assert await store.counts() == {"events": {"received": 3}, "deliveries": {}}
+
+
+async def test_a_key_of_the_wrong_type_fails_every_call_before_any_write(
+    open_store: Opener, prefix: str, raw: aioredis.Redis,
+) -> None:
+    store = await open_store()
+    await raw.set(prefix + "ev:due", "oops")
+    with pytest.raises(StoreError, match="ev:due holds a string"):
+        await store.ingest("s", [item("a")], T0)
+    assert not await raw.exists(prefix + "dedupe")
+
+
+async def test_grouped_finish_event_and_finish_attempt_fail_only_the_broken_call(
+    open_store: Opener, prefix: str, raw: aioredis.Redis,
+) -> None:
+    store = await open_store()
+    ids = (await store.ingest("s", [item(f"k{i}") for i in range(20)], T0)).event_ids
+    await store.claim_events("r", 100, LEASE, T0)
+    await raw.delete(prefix + "e:" + ids[3])
+    await raw.set(prefix + "e:" + ids[3], "broken")
+    news = {e: NewDelivery(new_id("msg"), e, "all", "crm", T0) for e in ids}
+    done = await asyncio.gather(
+        *(store.finish_event(e, "routed", [news[e]], T0) for e in ids), return_exceptions=True)
+    assert [i for i, r in enumerate(done) if r is not None] == [3]
+    assert isinstance(done[3], StoreError) and "WRONGTYPE" in str(done[3])
+    assert store.batchers["finish_event"].groups < 5
+    claimed = await store.claim_deliveries("w", "crm", 100, LEASE, T0)
+    assert sorted(d.id for d in claimed) == sorted(news[e].id for e in ids if e != ids[3])
+    await raw.set(prefix + "a:" + claimed[0].id, "broken")  # its attempt list
+    done = await asyncio.gather(
+        *(store.finish_attempt(d.id, _ok(T0 + 1), "delivered", None, True, T0 + 1)
+          for d in claimed), return_exceptions=True)
+    assert [i for i, r in enumerate(done) if r is not None] == [0]
+    assert store.batchers["finish_attempt"].groups < 5
+    counts = (await store.counts())["deliveries"]
+    assert counts == {"in_flight": 1, "delivered": len(claimed) - 1}
+
+
+async def test_close_answers_the_calls_still_queued(open_store: Opener) -> None:
+    store = await open_store()
+    calls = [asyncio.create_task(store.ingest("s", [item(f"k{i}")], T0)) for i in range(30)]
+    await asyncio.sleep(0)
+    await store.close()
+    assert sum(r.accepted for r in await asyncio.gather(*calls)) == 30
+    with pytest.raises(StoreError):
+        await store.ingest("s", [item("late")], T0)

@@ -49,7 +49,7 @@ Key layout (``P`` = prefix)::
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -74,13 +74,16 @@ from gateway.store.base import (
     NewDelivery,
     Store,
 )
+from gateway.store.redis_batch import Batcher
 from gateway.store.redis_codec import (
     Persistence,
+    attempt_args,
     attempt_record,
     delivery_record,
     event_record,
+    finish_event_args,
+    ingest_args,
     num,
-    opt,
     pairs,
     split_url,
 )
@@ -88,6 +91,7 @@ from gateway.store.redis_scripts import SCRIPTS
 
 log = logging.getLogger("gateway.store")
 BATCH = 500  # ids per script call for bulk operations (replay, purge): keeps Redis responsive
+BATCHED = ("ingest", "finish_event", "finish_attempt")  # concurrent calls share one script call
 
 
 class RedisStore(Store):
@@ -99,6 +103,7 @@ class RedisStore(Store):
         self._timeout = timeout
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        self.batchers: dict[str, Batcher] = {}
         self.persistence: Persistence | None = None
 
     def __repr__(self) -> str:  # never show the URL: it may hold a password
@@ -126,6 +131,16 @@ class RedisStore(Store):
         with self._mapped():
             return await script(keys=[], args=[self.prefix, *args])
 
+    async def _run_group(self, name: str, flat: list[Any]) -> Any:
+        return await self._run(name, *flat)
+
+    async def _batch(self, name: str, args: list[Any]) -> Any:
+        """Run one call of a batched script, grouped with the concurrent ones (redis_batch)."""
+        batcher = self.batchers.get(name) if self._client is not None else None
+        if batcher is None:
+            raise StoreError("the Redis store is not open")
+        return await batcher.call(args)
+
     async def open(self) -> None:
         if self._client is not None:
             return
@@ -148,6 +163,8 @@ class RedisStore(Store):
                 raise
         self._client = client
         self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
+        self.batchers = {name: Batcher(name, functools.partial(self._run_group, name))
+                         for name in BATCHED}
         if risk := self.persistence.risk:
             log.warning("redis store: acknowledged events can be lost: %s", risk)
 
@@ -162,7 +179,9 @@ class RedisStore(Store):
         return Persistence(found.get("appendonly"), found.get("appendfsync"), found.get("save"))
 
     async def close(self) -> None:
-        client, self._client, self._scripts = self._client, None, {}
+        for batcher in self.batchers.values():  # answer what is queued before letting go
+            await batcher.wait_idle()
+        client, self._client, self._scripts, self.batchers = self._client, None, {}, {}
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
@@ -177,16 +196,10 @@ class RedisStore(Store):
             self._r  # noqa: B018 - a closed store still refuses
             return IngestResult()
         ids = [new_id("evt", now) for _ in items]
-        args: list[Any] = [source, num(now), len(items)]
-        for event_id, it in zip(ids, items, strict=True):
-            state = "quarantined" if it.problems else "received"
-            reason = "; ".join(it.problems) if it.problems else None
-            args += [it.dedupe_key, event_id, it.raw, state, opt(it.message_uuid),
-                     opt(it.event), opt(reason)]
-        flags = await self._run("ingest", *args)
+        flags = await self._batch("ingest", ingest_args(source, items, ids, now))
         outcomes = tuple(
-            "duplicate" if not int(f) else "quarantined" if it.problems else "accepted"
-            for it, f in zip(items, flags, strict=True)
+            "duplicate" if f == "0" else "quarantined" if it.problems else "accepted"
+            for it, f in zip(items, flags, strict=True)  # flags: a '1' or '0' per item
         )
         return IngestResult(
             outcomes.count("accepted"), outcomes.count("duplicate"), outcomes.count("quarantined"),
@@ -207,11 +220,8 @@ class RedisStore(Store):
         now: float,
         reason: str | None = None,
     ) -> None:
-        args: list[Any] = [event_id, state, num(now), opt(reason), len(deliveries)]
-        for d in deliveries:
-            args += [d.id, d.route, d.destination, num(d.next_attempt_at),
-                     json.dumps(d.enrichment, separators=(",", ":"))]
-        await self._run("finish_event", *args)
+        await self._batch("finish_event",
+                          finish_event_args(event_id, state, deliveries, now, reason))
 
     async def hold_event(self, event_id: str, reason: str, retry_at: float, now: float) -> None:
         await self._run("hold_event", event_id, reason, num(retry_at), num(now))
@@ -242,15 +252,8 @@ class RedisStore(Store):
         counts: bool,
         now: float,
     ) -> None:
-        text = json.dumps({"started_at": attempt.started_at, "finished_at": attempt.finished_at,
-                           "outcome": attempt.outcome, "status": attempt.status,
-                           "error": attempt.error})
-        await self._run(
-            "finish_attempt", delivery_id, text, state,
-            opt(None if next_attempt_at is None else num(next_attempt_at)),
-            1 if counts else 0, num(now), num(attempt.started_at), opt(attempt.error),
-            opt(attempt.status),
-        )
+        await self._batch("finish_attempt", attempt_args(
+            delivery_id, attempt, state, next_attempt_at, counts, now))
 
     async def release(self, delivery_ids: list[str], now: float) -> None:
         for i in range(0, len(delivery_ids), BATCH):

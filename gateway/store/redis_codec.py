@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from gateway.store.base import AttemptRecord, DeliveryRecord, EventRecord
+from gateway.store.base import (
+    AttemptRecord,
+    DeliveryRecord,
+    EventRecord,
+    IncomingEvent,
+    NewDelivery,
+)
 
 DEFAULT_PREFIX = "callback-gateway:"
 
@@ -49,6 +55,40 @@ def opt(value: Any) -> str:
 
 def num(value: float) -> str:
     return repr(float(value))  # exact round trip, unlike Lua's 14-digit tostring
+
+
+def ingest_args(source: str, items: list[IncomingEvent], ids: list[str], now: float) -> list[Any]:
+    """One call's arguments for the INGEST script."""
+    args: list[Any] = [source, num(now), len(items)]
+    for event_id, it in zip(ids, items, strict=True):
+        if it.problems:
+            args += [it.dedupe_key, event_id, it.raw, "quarantined", opt(it.message_uuid),
+                     opt(it.event), "=" + "; ".join(it.problems)]
+        else:
+            args += [it.dedupe_key, event_id, it.raw, "received", opt(it.message_uuid),
+                     opt(it.event), ""]
+    return args
+
+
+def finish_event_args(event_id: str, state: str, deliveries: list[NewDelivery], now: float,
+                      reason: str | None) -> list[Any]:
+    """One call's arguments for the FINISH_EVENT script."""
+    args: list[Any] = [event_id, state, num(now), opt(reason), len(deliveries)]
+    for d in deliveries:
+        args += [d.id, d.route, d.destination, num(d.next_attempt_at),
+                 json.dumps(d.enrichment, separators=(",", ":"))]
+    return args
+
+
+def attempt_args(delivery_id: str, attempt: AttemptRecord, state: str,
+                 next_attempt_at: float | None, counts: bool, now: float) -> list[Any]:
+    """One call's arguments for the FINISH_ATTEMPT script."""
+    text = json.dumps({"started_at": attempt.started_at, "finished_at": attempt.finished_at,
+                       "outcome": attempt.outcome, "status": attempt.status,
+                       "error": attempt.error})
+    due = None if next_attempt_at is None else num(next_attempt_at)
+    return [delivery_id, text, state, opt(due), 1 if counts else 0, num(now),
+            num(attempt.started_at), opt(attempt.error), opt(attempt.status)]
 
 
 def pairs(flat: list[Any]) -> dict[str, str]:

@@ -13,6 +13,9 @@ Conventions (shared by all scripts):
   string stays distinguishable from None.
 - Scripts read and check everything before their first write, so a script that fails (a wrong
   argument, a key of the wrong type) fails before changing anything.
+- `INGEST`, `FINISH_EVENT` and `FINISH_ATTEMPT` take a group of calls (``batch`` below, and
+  `gateway.store.redis_batch`): each call is checked and written on its own, and one that fails
+  is reported in its own result slot without stopping the others.
 """
 
 from __future__ import annotations
@@ -38,6 +41,30 @@ local function dl_move(id, dest, old, new, created)
   redis.call('ZADD', P .. 'dl:state:' .. new, created, id)
   redis.call('ZADD', P .. 'dl:sd:' .. new .. ':' .. dest, created, id)
 end
+-- Batched scripts: ARGV[2] calls follow from ARGV[3]; `size(b)` is the number of arguments of
+-- the call starting at ARGV[b] and `one(b)` handles it (checks first, then writes) and returns
+-- its result string. A call that raises is reported as '!' .. message and the next one runs.
+local function batch(size, one)
+  local out, b = {}, 3
+  for c = 1, tonumber(ARGV[2]) do
+    local ok, res = pcall(one, b)
+    if ok then
+      out[c] = res
+    elseif type(res) == 'table' then
+      out[c] = '!' .. tostring(res.err or res)
+    else
+      out[c] = '!' .. tostring(res)
+    end
+    b = b + size(b)
+  end
+  return out
+end
+local function want_type(key, t)
+  local found = redis.call('TYPE', P .. key)['ok']
+  if found ~= 'none' and found ~= t then
+    error(P .. key .. ' holds a ' .. found .. ', not a ' .. t)
+  end
+end
 local function with_id(id, flat) table.insert(flat, 'id'); table.insert(flat, id); return flat end
 local function delivery_record(id)
   local flat = redis.call('HGETALL', P .. 'd:' .. id)
@@ -50,42 +77,55 @@ local function delivery_record(id)
 end
 """
 
-# ARGV: P, source, now, n, then per item: dedupe key, event id, raw, state, message_uuid (opt),
-# event (opt), reason (opt). Returns one flag per item: 1 stored, 0 duplicate.
+# Batched (see `gateway.store.redis_batch`): ARGV: P, number of calls, then per call: source,
+# now, n, then per item: dedupe key, event id, raw, state, message_uuid (opt), event (opt),
+# reason (opt). Returns per call a string with one flag per item ('1' stored, '0' duplicate),
+# or '!' and the error when the call failed (then it wrote nothing).
 INGEST = _COMMON + r"""
-local source, now, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local scope = #source .. ':' .. source .. ':'
-local flags, seen = {}, {}
-for i = 0, n - 1 do
-  local field = scope .. ARGV[5 + i * 7]
-  if seen[field] or redis.call('HEXISTS', P .. 'dedupe', field) == 1 then
-    flags[i + 1] = 0
-  else
-    flags[i + 1] = 1
-    seen[field] = true
+local function ingest_one(b)
+  local source, now, n = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2])
+  local scope = #source .. ':' .. source .. ':'
+  for _, k in ipairs({'dedupe', 'dedupe:hits'}) do want_type(k, 'hash') end
+  for _, k in ipairs({'dedupe:age', 'ev:due', 'ev:state:received', 'ev:state:quarantined'}) do
+    want_type(k, 'zset')
   end
-end
-for i = 0, n - 1 do
-  local b = 5 + i * 7
-  local field, id, state = scope .. ARGV[b], ARGV[b + 1], ARGV[b + 3]
-  if flags[i + 1] == 0 then
-    redis.call('HINCRBY', P .. 'dedupe:hits', field, 1)
-  else
-    redis.call('HSET', P .. 'dedupe', field, id)
-    redis.call('ZADD', P .. 'dedupe:age', now, field)
-    local k = P .. 'e:' .. id
-    redis.call('HSET', k, 'source', source, 'received_at', now, 'raw', ARGV[b + 2],
-      'state', state, 'updated_at', now, 'route_attempts', 0, 'next_route_at', 0, 'recheck', 0)
-    set_opt(k, 'message_uuid', ARGV[b + 4])
-    set_opt(k, 'event', ARGV[b + 5])
-    set_opt(k, 'reason', ARGV[b + 6])
-    ev_move(id, nil, state)
-    -- Fresh events are due from their arrival, so the router takes them oldest first and
-    -- held or expired events wait behind no more than what arrived before them.
-    if state == 'received' then redis.call('ZADD', P .. 'ev:due', now, id) end
+  local flags, seen = {}, {}
+  for i = 0, n - 1 do
+    local j = b + 3 + i * 7
+    local field = scope .. ARGV[j]
+    if seen[field] or redis.call('HEXISTS', P .. 'dedupe', field) == 1 then
+      flags[i + 1] = '0'
+    else
+      if redis.call('EXISTS', P .. 'e:' .. ARGV[j + 1]) == 1 then
+        error('event id ' .. ARGV[j + 1] .. ' is taken')
+      end
+      flags[i + 1] = '1'
+      seen[field] = true
+    end
   end
+  for i = 0, n - 1 do
+    local j = b + 3 + i * 7
+    local field, id, state = scope .. ARGV[j], ARGV[j + 1], ARGV[j + 3]
+    if flags[i + 1] == '0' then
+      redis.call('HINCRBY', P .. 'dedupe:hits', field, 1)
+    else
+      redis.call('HSET', P .. 'dedupe', field, id)
+      redis.call('ZADD', P .. 'dedupe:age', now, field)
+      local k = P .. 'e:' .. id
+      redis.call('HSET', k, 'source', source, 'received_at', now, 'raw', ARGV[j + 2],
+        'state', state, 'updated_at', now, 'route_attempts', 0, 'next_route_at', 0, 'recheck', 0)
+      set_opt(k, 'message_uuid', ARGV[j + 4])
+      set_opt(k, 'event', ARGV[j + 5])
+      set_opt(k, 'reason', ARGV[j + 6])
+      ev_move(id, nil, state)
+      -- Fresh events are due from their arrival, so the router takes them oldest first and
+      -- held or expired events wait behind no more than what arrived before them.
+      if state == 'received' then redis.call('ZADD', P .. 'ev:due', now, id) end
+    end
+  end
+  return table.concat(flags)
 end
-return flags
+return batch(function(b) return 3 + tonumber(ARGV[b + 2]) * 7 end, ingest_one)
 """
 
 # ARGV: P, owner, now, lease until, limit. Returns flat hashes (with 'id') of the claimed events.
@@ -108,40 +148,44 @@ end
 return out
 """
 
-# ARGV: P, event id, state, now, reason (opt), n, then per delivery: id, route, destination,
-# next_attempt_at, enrichment JSON. Returns 1, or 0 when the event was no longer 'received'.
+# Batched: ARGV: P, number of calls, then per call: event id, state, now, reason (opt), n, then
+# per delivery: id, route, destination, next_attempt_at, enrichment JSON. Returns per call '1',
+# '0' when the event was no longer 'received' (nothing written), or '!' and the error.
 FINISH_EVENT = _COMMON + r"""
-local eid, state, now, n = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[6])
-local k = P .. 'e:' .. eid
-local cur = redis.call('HMGET', k, 'state', 'source', 'message_uuid')
-if cur[1] ~= 'received' then return 0 end
-local fresh = {}
-for i = 0, n - 1 do fresh[i + 1] = redis.call('EXISTS', P .. 'd:' .. ARGV[7 + i * 5]) == 0 end
-redis.call('HSET', k, 'state', state, 'recheck', 0, 'updated_at', now)
-redis.call('HDEL', k, 'lease_until', 'leased_by')
-set_opt(k, 'reason', ARGV[5])
-redis.call('ZREM', P .. 'ev:due', eid)
-ev_move(eid, 'received', state)
-for i = 0, n - 1 do
-  local b = 7 + i * 5
-  local id, dest, due = ARGV[b], ARGV[b + 2], ARGV[b + 3]
-  if fresh[i + 1] then
-    local d = P .. 'd:' .. id
-    redis.call('HSET', d, 'event_id', eid, 'source', cur[2], 'route', ARGV[b + 1],
-      'destination', dest, 'state', 'pending', 'attempts', 0, 'next_attempt_at', due,
-      'created_at', now, 'updated_at', now, 'enrichment', ARGV[b + 4])
-    if cur[3] then
-      redis.call('HSET', d, 'message_uuid', cur[3])
-      redis.call('SADD', P .. 'dl:msg:' .. cur[3], id)
+local function finish_one(b)
+  local eid, state, now, n = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 4])
+  local k = P .. 'e:' .. eid
+  local cur = redis.call('HMGET', k, 'state', 'source', 'message_uuid')
+  if cur[1] ~= 'received' then return '0' end
+  local fresh = {}
+  for i = 0, n - 1 do fresh[i + 1] = redis.call('EXISTS', P .. 'd:' .. ARGV[b + 5 + i * 5]) == 0 end
+  redis.call('HSET', k, 'state', state, 'recheck', 0, 'updated_at', now)
+  redis.call('HDEL', k, 'lease_until', 'leased_by')
+  set_opt(k, 'reason', ARGV[b + 3])
+  redis.call('ZREM', P .. 'ev:due', eid)
+  ev_move(eid, 'received', state)
+  for i = 0, n - 1 do
+    local j = b + 5 + i * 5
+    local id, dest, due = ARGV[j], ARGV[j + 2], ARGV[j + 3]
+    if fresh[i + 1] then
+      local d = P .. 'd:' .. id
+      redis.call('HSET', d, 'event_id', eid, 'source', cur[2], 'route', ARGV[j + 1],
+        'destination', dest, 'state', 'pending', 'attempts', 0, 'next_attempt_at', due,
+        'created_at', now, 'updated_at', now, 'enrichment', ARGV[j + 4])
+      if cur[3] then
+        redis.call('HSET', d, 'message_uuid', cur[3])
+        redis.call('SADD', P .. 'dl:msg:' .. cur[3], id)
+      end
+      redis.call('ZADD', P .. 'dl:all', now, id)
+      redis.call('ZADD', P .. 'dl:dest:' .. dest, now, id)
+      dl_move(id, dest, nil, 'pending', now)
+      redis.call('ZADD', P .. 'dl:due:' .. dest, due, id)
+      redis.call('SADD', P .. 'dl:dests', dest)
     end
-    redis.call('ZADD', P .. 'dl:all', now, id)
-    redis.call('ZADD', P .. 'dl:dest:' .. dest, now, id)
-    dl_move(id, dest, nil, 'pending', now)
-    redis.call('ZADD', P .. 'dl:due:' .. dest, due, id)
-    redis.call('SADD', P .. 'dl:dests', dest)
   end
+  return '1'
 end
-return 1
+return batch(function(b) return 5 + tonumber(ARGV[b + 4]) * 5 end, finish_one)
 """
 
 # ARGV: P, event id, reason, retry at, now.
@@ -219,34 +263,38 @@ end
 return out
 """
 
-# ARGV: P, delivery id, attempt JSON, state, next_attempt_at (opt), counts (0/1), now,
-# started_at, error (opt), status (opt).
+# Batched: ARGV: P, number of calls, then per call: delivery id, attempt JSON, state,
+# next_attempt_at (opt), counts (0/1), now, started_at, error (opt), status (opt). Returns per
+# call '1', '0' for an unknown delivery, or '!' and the error.
 FINISH_ATTEMPT = _COMMON + r"""
-local id, state, now = ARGV[2], ARGV[4], ARGV[7]
-local k = P .. 'd:' .. id
-local c = redis.call('HMGET', k, 'state', 'destination', 'created_at', 'next_attempt_at',
-  'first_attempt_at')
-if not c[1] then return 0 end
-local nat = opt(ARGV[5]) or c[4]
-redis.call('RPUSH', P .. 'a:' .. id, ARGV[3])
-redis.call('HSET', k, 'state', state, 'next_attempt_at', nat, 'updated_at', now)
-redis.call('HINCRBY', k, 'attempts', tonumber(ARGV[6]))
-if not c[5] then redis.call('HSET', k, 'first_attempt_at', ARGV[8]) end
-set_opt(k, 'last_error', ARGV[9])
-set_opt(k, 'last_status', ARGV[10])
-redis.call('HDEL', k, 'lease_until', 'leased_by')
-dl_move(id, c[2], c[1], state, c[3])
-if state == 'pending' then
-  redis.call('ZADD', P .. 'dl:due:' .. c[2], nat, id)
-else
-  redis.call('ZREM', P .. 'dl:due:' .. c[2], id)
+local function finish_one(b)
+  local id, state, now = ARGV[b], ARGV[b + 2], ARGV[b + 5]
+  local k = P .. 'd:' .. id
+  local c = redis.call('HMGET', k, 'state', 'destination', 'created_at', 'next_attempt_at',
+    'first_attempt_at')
+  if not c[1] then return '0' end
+  local nat = opt(ARGV[b + 3]) or c[4]
+  redis.call('RPUSH', P .. 'a:' .. id, ARGV[b + 1])
+  redis.call('HSET', k, 'state', state, 'next_attempt_at', nat, 'updated_at', now)
+  redis.call('HINCRBY', k, 'attempts', tonumber(ARGV[b + 4]))
+  if not c[5] then redis.call('HSET', k, 'first_attempt_at', ARGV[b + 6]) end
+  set_opt(k, 'last_error', ARGV[b + 7])
+  set_opt(k, 'last_status', ARGV[b + 8])
+  redis.call('HDEL', k, 'lease_until', 'leased_by')
+  dl_move(id, c[2], c[1], state, c[3])
+  if state == 'pending' then
+    redis.call('ZADD', P .. 'dl:due:' .. c[2], nat, id)
+  else
+    redis.call('ZREM', P .. 'dl:due:' .. c[2], id)
+  end
+  if state == 'delivered' then
+    redis.call('ZADD', P .. 'dl:done', now, id)
+  else
+    redis.call('ZREM', P .. 'dl:done', id)
+  end
+  return '1'
 end
-if state == 'delivered' then
-  redis.call('ZADD', P .. 'dl:done', now, id)
-else
-  redis.call('ZREM', P .. 'dl:done', id)
-end
-return 1
+return batch(function() return 9 end, finish_one)
 """
 
 # ARGV: P, now, ids... Only deliveries in flight go back (pending, due no later than now).
