@@ -43,6 +43,8 @@ import node_red  # noqa: E402
 from bench_intake import PASSWORD, PATH, USER, Server, free_port, run_wrk  # noqa: E402
 from fill_backlog import fill  # noqa: E402
 
+PHASES = ("bare", "intake", "e2e1", "e2e3", "node-red", "drain", "backlog")
+
 
 @dataclass
 class Row:
@@ -56,6 +58,8 @@ class Row:
     e2e_p50: float | None = None
     e2e_p99: float | None = None
     note: str = ""
+    #: Server CPU time (all threads) per acknowledged request, microseconds.
+    cpu_us: float = 0.0
 
 
 class RssSampler:
@@ -145,9 +149,9 @@ class Bench:
 
     def gateway(self, name: str, destinations: int = 0, db: Path | None = None) -> Server:
         port = free_port()
-        s = self.server(
-            name, [sys.executable, "-m", "gateway", "run", "-c", "gateway.yaml"], port=port
-        )
+        # BENCH_GATEWAY_PYTHON (e.g. "python -X importtime") lets an experiment wrap the gateway.
+        python = os.environ.get("BENCH_GATEWAY_PYTHON", sys.executable).split()
+        s = self.server(name, [*python, "-m", "gateway", "run", "-c", "gateway.yaml"], port=port)
         assert self.receiver is not None
         (s.cwd / "gateway.yaml").write_text(
             gateway_config(port, self.receiver.base, destinations, self.args.delivery_concurrency)
@@ -170,8 +174,10 @@ class Bench:
         if self.args.warmup:
             self.wrk(server, max(conns), self.args.warmup)
         for c in conns:
+            cpu = server.cpu_seconds()
             n, secs, p50, p99, errors = self.wrk(server, c, self.args.duration)
-            self.add(Row(server.name, c, n / secs, p50, p99, errors))
+            cpu = (server.cpu_seconds() - cpu) / max(1, n - errors) * 1e6
+            self.add(Row(server.name, c, n / secs, p50, p99, errors, cpu_us=cpu))
 
     def end_to_end(self, server: Server, conns: int, per_event: int, db: Path | None) -> None:
         assert self.receiver is not None
@@ -181,6 +187,7 @@ class Bench:
                 self.wait_drained(db)
         self.receiver.reset()
         started = time.time()
+        cpu = server.cpu_seconds()
         n, secs, p50, p99, errors = self.wrk(server, conns, self.args.duration)
         if db is not None:
             self.wait_drained(db)
@@ -189,6 +196,7 @@ class Bench:
             while (count := self.receiver.stats()["count"]) != last:
                 last = count
                 time.sleep(1.0)
+        cpu = server.cpu_seconds() - cpu
         st = self.receiver.stats()
         events = st["count"] / per_event
         rate = events / (st["last"] - started) if st["count"] else 0.0
@@ -205,6 +213,7 @@ class Bench:
                 st["p50_ms"],
                 st["p99_ms"],
                 note,
+                cpu / max(1, n - errors) * 1e6,
             )
         )
 
@@ -226,35 +235,38 @@ class Bench:
             )
         print(
             f"  {row.target:<11} c={row.conns:<4}{row.rps:>8.0f} req/s  ack p50"
-            f" {row.p50:6.2f} ms p99 {row.p99:7.2f} ms  errors {row.errors}{e2e}",
+            f" {row.p50:6.2f} ms p99 {row.p99:7.2f} ms  errors {row.errors}"
+            f"  cpu {row.cpu_us:5.0f} us/req{e2e}",
             flush=True,
         )
 
     def run(self) -> None:
         a = self.args
         self.receiver = Receiver()
+        phases = a.phases
 
-        print("[1/6] bare Sanic (ceiling)", flush=True)
-        port = free_port()
-        bare = self.server(
-            "bare-sanic",
-            [sys.executable, str(BENCH / "bare_sanic.py"), "--port", str(port)],
-            port=port,
-        ).start()
-        self.intake(bare, a.connections)
-        bare.stop()
+        if "bare" in phases:
+            print("[bare] bare Sanic (ceiling)", flush=True)
+            port = free_port()
+            argv = [sys.executable, str(BENCH / "bare_sanic.py"), "--port", str(port)]
+            bare = self.server("bare-sanic", argv, port=port).start()
+            self.intake(bare, a.connections)
+            bare.stop()
 
-        print("[2/6] gateway durable intake (router running, no routes)", flush=True)
-        gw = self.gateway("gateway").start()
-        time.sleep(1.0)
-        self.memory["idle (started, empty store)"] = gw.rss_mib()
-        with RssSampler(gw) as rss:
-            self.intake(gw, a.connections)
-        self.memory["under load (peak during intake runs)"] = rss.peak
-        gw.stop()
+        if "intake" in phases:
+            print("[intake] gateway durable intake (router running, no routes)", flush=True)
+            gw = self.gateway("gateway").start()
+            time.sleep(1.0)
+            self.memory["idle (started, empty store)"] = gw.rss_mib()
+            with RssSampler(gw) as rss:
+                self.intake(gw, a.connections)
+            self.memory["under load (peak during intake runs)"] = rss.peak
+            gw.stop()
 
-        print("[3/6] end to end: intake -> webhook receiver", flush=True)
         for per_event in (1, 3):
+            if f"e2e{per_event}" not in phases:
+                continue
+            print(f"[e2e{per_event}] end to end: intake -> {per_event} webhook(s)", flush=True)
             e2e = self.gateway(f"e2e-{per_event}", per_event).start()
             with RssSampler(e2e) as rss:
                 for c in a.e2e_connections:
@@ -262,14 +274,17 @@ class Bench:
             self.memory[f"under load, e2e with {per_event} destination(s) (peak)"] = rss.peak
             e2e.stop()
 
-        print("[4/6] Node-RED (http in -> http response + http request)", flush=True)
-        self.node_red()
+        if "node-red" in phases:
+            print("[node-red] http in -> http response + http request", flush=True)
+            self.node_red()
 
-        print(f"[5/6] backlog drain: {a.drain} queued deliveries", flush=True)
-        self.drain(a.drain)
+        if "drain" in phases:
+            print(f"[drain] backlog drain: {a.drain} queued deliveries", flush=True)
+            self.drain(a.drain)
 
-        print(f"[6/6] memory with {a.backlog} pending deliveries", flush=True)
-        self.backlog(a.backlog)
+        if "backlog" in phases:
+            print(f"[backlog] memory with {a.backlog} pending deliveries", flush=True)
+            self.backlog(a.backlog)
 
     def node_red(self) -> None:
         if self.args.no_node_red:
@@ -297,14 +312,16 @@ class Bench:
         self.receiver.reset()
         s = self.gateway("drain", 1, db)
         s.start()
+        cpu = s.cpu_seconds()
         with RssSampler(s) as rss:
             deadline = time.monotonic() + self.args.drain_timeout
             while self.receiver.stats()["count"] < n and time.monotonic() < deadline:
                 time.sleep(0.5)
         st = self.receiver.stats()
+        cpu_us = (s.cpu_seconds() - cpu) / max(1, st["count"]) * 1e6
         s.stop()
         rate = (st["count"] - 1) / (st["last"] - st["first"]) if st["count"] > 1 else 0.0
-        self.drain_result = (n, st["count"], rate, rss.peak)
+        self.drain_result = (n, st["count"], rate, rss.peak, cpu_us)
         print(
             f"  drained {st['count']}/{n} at {rate:.0f} deliveries/s, peak RSS {rss.peak:.0f} MiB",
             flush=True,
@@ -368,8 +385,11 @@ def report(b: Bench) -> str:
         )
     out.append("")
     if hasattr(b, "drain_result"):
-        n, got, rate, peak = b.drain_result
-        out.append(f"backlog drain: {got}/{n} deliveries at {rate:.0f}/s (peak RSS {peak:.0f} MiB)")
+        n, got, rate, peak, cpu_us = b.drain_result
+        out.append(
+            f"backlog drain: {got}/{n} deliveries at {rate:.0f}/s (gateway CPU {cpu_us:.0f} us"
+            f" per delivery, peak RSS {peak:.0f} MiB)"
+        )
     out.append("resident memory (VmRSS of the gateway process):")
     out += [f"  {k:<58}{v:>7.0f} MiB" for k, v in b.memory.items()]
     out.append("")
@@ -435,6 +455,11 @@ def main() -> int:
         help="delivery.concurrency in the gateway config (default: the gateway's)",
     )
     p.add_argument("--no-node-red", action="store_true", help="skip the Node-RED target")
+    p.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (all)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory and logs")
     a = p.parse_args()
     q = a.quick
@@ -442,6 +467,9 @@ def main() -> int:
     a.warmup = a.warmup if a.warmup is not None else (1.0 if q else 2.0)
     a.drain = a.drain or (20_000 if q else 100_000)
     a.backlog = a.backlog or (200_000 if q else 1_000_000)
+    a.phases = set(a.phases.split(","))
+    if a.phases - set(PHASES):
+        p.error(f"--phases: unknown {', '.join(sorted(a.phases - set(PHASES)))}")
     a.connections = [int(c) for c in a.connections.split(",")]
     a.e2e_connections = [int(c) for c in a.e2e_connections.split(",")]
     if not shutil.which("wrk"):
