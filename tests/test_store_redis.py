@@ -432,3 +432,16 @@ async def test_close_answers_the_calls_still_queued(open_store: Opener) -> None:
     assert sum(r.accepted for r in await asyncio.gather(*calls)) == 30
     with pytest.raises(StoreError):
         await store.ingest("s", [item("late")], T0)
+
+
+async def test_concurrent_mark_advances_in_one_group_apply_in_call_order(
+    open_store: Opener,
+) -> None:
+    store = await open_store()
+    ranks = ["3", "1", "5", "4", "", "7"]
+    found = await asyncio.gather(*(store.advance_mark("k", r, f"v{r}", T0) for r in ranks))
+    assert found == [(True, None), (False, "v3"), (True, "v3"), (False, "v5"), (False, "v5"),
+                     (True, "v5")]
+    assert store.batchers["advance_mark"].groups == 1
+    await store.set_mark("e", "", T0, rank="1")
+    assert await store.advance_mark("e", "2", "x", T0) == (True, ""), "an empty value is a value"

@@ -91,7 +91,8 @@ from gateway.store.redis_scripts import SCRIPTS
 
 log = logging.getLogger("gateway.store")
 BATCH = 500  # ids per script call for bulk operations (replay, purge): keeps Redis responsive
-BATCHED = ("ingest", "finish_event", "finish_attempt")  # concurrent calls share one script call
+# Scripts whose concurrent calls share one script call (redis_batch).
+BATCHED = ("ingest", "finish_event", "finish_attempt", "advance_mark")
 
 
 class RedisStore(Store):
@@ -378,8 +379,8 @@ class RedisStore(Store):
     async def advance_mark(
         self, key: str, rank: str, value: str, now: float
     ) -> tuple[bool, str | None]:
-        advanced, previous = await self._run("advance_mark", key, rank, value, num(now))
-        return bool(int(advanced)), previous
+        found = await self._batch("advance_mark", [key, rank, value, num(now)])
+        return found[0] == "1", found[2:] if len(found) > 1 else None
 
     async def get_mark(self, key: str) -> tuple[str, str] | None:
         with self._mapped():

@@ -1,12 +1,12 @@
 """Group concurrent store calls of one kind into one script call (the Redis store's group commit).
 
-Every `ingest`, `finish_event` and `finish_attempt` used to cost its own EVALSHA: a pooled
-connection, a round trip and redis-py's per-command overhead, which capped one gateway at a few
-hundred requests a second while Redis itself idled. A `Batcher` queues the calls made while a
-script of its kind is on the wire (and those made in the same event-loop tick as the first one)
-and sends them as ONE script call whose ARGV is ``prefix, number of calls, call 1's arguments,
-call 2's arguments...``. The script handles the calls one after the other, each checked and then
-written on its own inside ``pcall``, and returns one result per call, so:
+Every `ingest`, `finish_event`, `finish_attempt` and `advance_mark` used to cost its own
+EVALSHA: a pooled connection, a round trip and redis-py's per-command overhead, which capped one
+gateway at a few hundred requests a second while Redis itself idled. A `Batcher` queues the
+calls made while a script of its kind is on the wire (and those made in the same event-loop tick
+as the first one) and sends them as ONE script call whose ARGV is ``prefix, number of calls,
+call 1's arguments, call 2's arguments...``. The script handles the calls one after the other,
+each checked and then written on its own inside ``pcall``, and returns one result per call, so:
 
 - a call is exactly as atomic as before: Redis runs the whole script before serving any other
   client (dedupe stays atomic across instances), and a call whose checks fail writes nothing

@@ -13,9 +13,9 @@ Conventions (shared by all scripts):
   string stays distinguishable from None.
 - Scripts read and check everything before their first write, so a script that fails (a wrong
   argument, a key of the wrong type) fails before changing anything.
-- `INGEST`, `FINISH_EVENT` and `FINISH_ATTEMPT` take a group of calls (``batch`` below, and
-  `gateway.store.redis_batch`): each call is checked and written on its own, and one that fails
-  is reported in its own result slot without stopping the others.
+- `INGEST`, `FINISH_EVENT`, `FINISH_ATTEMPT` and `ADVANCE_MARK` take a group of calls
+  (``batch`` below, and `gateway.store.redis_batch`): each call is checked and written on its
+  own, and one that fails is reported in its own result slot without stopping the others.
 """
 
 from __future__ import annotations
@@ -347,11 +347,11 @@ end
 return out
 """
 
-# ARGV: P, key, rank, value, now. Returns {advanced (0/1), previous value or nil}.
+# Batched: ARGV: P, number of calls, then per call: key, rank, value, now. Returns per call
+# '1' (advanced) or '0', then the previous value as `opt` encodes it ('' for none).
 # Ranks compare byte by byte (like SQLite's BINARY collation); Lua's `<` would use the
 # server's locale.
 ADVANCE_MARK = _COMMON + r"""
-local key, rank = ARGV[2], ARGV[3]
 local function below(a, b)
   local n = math.min(#a, #b)
   for i = 1, n do
@@ -360,12 +360,18 @@ local function below(a, b)
   end
   return #a < #b
 end
-local k = P .. 'm:' .. key
-local cur = redis.call('HMGET', k, 'rank', 'value')
-if cur[1] and not below(cur[1], rank) then return {0, cur[2]} end
-redis.call('HSET', k, 'rank', rank, 'value', ARGV[4], 'updated_at', ARGV[5])
-redis.call('ZADD', P .. 'marks', ARGV[5], key)
-return {1, cur[2]}
+local function advance_one(b)
+  local key, rank, now = ARGV[b], ARGV[b + 1], ARGV[b + 3]
+  local k = P .. 'm:' .. key
+  local cur = redis.call('HMGET', k, 'rank', 'value')
+  local previous = cur[2] and ('=' .. cur[2]) or ''
+  if cur[1] and not below(cur[1], rank) then return '0' .. previous end
+  want_type('marks', 'zset')
+  redis.call('HSET', k, 'rank', rank, 'value', ARGV[b + 2], 'updated_at', now)
+  redis.call('ZADD', P .. 'marks', now, key)
+  return '1' .. previous
+end
+return batch(function() return 4 end, advance_one)
 """
 
 # ARGV: P, dedupe_before, delivered_before, batch size. Removes at most one batch of each
