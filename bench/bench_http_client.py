@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import subprocess
 import sys
 import time
@@ -40,7 +41,10 @@ def start_receiver() -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{port}/hook"
 
 
-async def drive(send: Callable[[], Awaitable[int]], n: int, concurrency: int) -> float:
+async def drive(
+    send: Callable[[], Awaitable[int]], n: int, concurrency: int
+) -> tuple[float, float]:
+    """(requests/s, client CPU ms per request)."""
     remaining = n
 
     async def worker() -> None:
@@ -52,13 +56,13 @@ async def drive(send: Callable[[], Awaitable[int]], n: int, concurrency: int) ->
 
     for _ in range(min(200, n)):  # warm up connections
         await send()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), (time.process_time() - cpu0) * 1000 / n
 
 
-async def run(url: str, n: int, concurrency: int) -> dict[str, float]:
-    results: dict[str, float] = {}
+async def run(url: str, n: int, concurrency: int) -> dict[str, tuple[float, float]]:
+    results: dict[str, tuple[float, float]] = {}
 
     async def with_httpx(name: str, client: httpx.AsyncClient) -> None:
         async def send() -> int:
@@ -99,16 +103,17 @@ def main() -> None:
         pass
     proc, url = start_receiver()
     try:
-        best: dict[str, float] = {}
+        best: dict[str, tuple[float, float]] = {}
         for _ in range(args.rounds):
-            for name, rate in asyncio.run(run(url, args.requests, args.concurrency)).items():
-                best[name] = max(best.get(name, 0.0), rate)
+            for name, (rate, cpu) in asyncio.run(run(url, args.requests, args.concurrency)).items():
+                old = best.get(name, (0.0, math.inf))
+                best[name] = (max(old[0], rate), min(old[1], cpu))
     finally:
         proc.terminate()
         proc.wait()
     print(f"{args.requests} POSTs, {args.concurrency} concurrent, best of {args.rounds}:")
-    for name, rate in best.items():
-        print(f"  {name:55s} {rate:8.0f} req/s")
+    for name, (rate, cpu) in best.items():
+        print(f"  {name:52s} {rate:7.0f} req/s  {cpu:5.2f} ms CPU/request")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Options (``destinations.<name>``)::
     timeout: 10s                 # the whole request, connect to last byte
     payload: original            # original (default) | envelope | template
     body: '{"uuid": {{ event.message_uuid | tojson }}}'   # with payload: template
-    secret: whsec_...            # sign (webhook-id, webhook-timestamp, webhook-signature)
+    secret: whsec_...            # sign (webhook-timestamp, webhook-signature); empty: unsigned
 
 Every request carries ``webhook-id: <delivery id>`` (stable across retries and replays, so
 receivers can drop repeats) and ``Content-Type: application/json``. With ``secret`` the body is

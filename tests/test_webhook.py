@@ -248,6 +248,10 @@ def test_invalid_options_are_reported(options, message):
         Options.model_validate(options)
 
 
+def test_an_empty_secret_means_unsigned():
+    assert Options.model_validate({"url": "https://x", "secret": ""}).secret is None
+
+
 def test_options_defaults():
     o = Options.model_validate({"url": "https://x"})
     assert (o.method, o.timeout, o.payload, o.headers, o.secret) == (
