@@ -445,3 +445,20 @@ async def test_concurrent_mark_advances_in_one_group_apply_in_call_order(
     assert store.batchers["advance_mark"].groups == 1
     await store.set_mark("e", "", T0, rank="1")
     assert await store.advance_mark("e", "2", "x", T0) == (True, ""), "an empty value is a value"
+
+
+def test_commands_are_packed_in_c_exactly_as_redis_py_packs_them() -> None:
+    from redis.asyncio.connection import Connection, SSLConnection
+
+    from gateway.store.redis_codec import c_packed
+
+    packed = c_packed(Connection)
+    assert packed is not Connection, "hiredis is a dependency"
+    assert issubclass(c_packed(SSLConnection), SSLConnection)
+    args = ("EVALSHA", "f" * 40, 0, "cg:", 2, "é ü", b"\x00\xff", 1.5, 1_700_000_000.123456,
+            -7, "")
+    for command in (args, ("CONFIG GET", "appendfsync")):
+        assert b"".join(packed().pack_command(*command)) == b"".join(
+            Connection().pack_command(*command))
+    with pytest.raises(redis_module.RedisError):
+        packed().pack_command("SET", "k", True)

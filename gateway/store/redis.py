@@ -79,6 +79,7 @@ from gateway.store.redis_codec import (
     Persistence,
     attempt_args,
     attempt_record,
+    c_packed,
     delivery_record,
     event_record,
     finish_event_args,
@@ -155,6 +156,8 @@ class RedisStore(Store):
                 # record would then count twice.
                 retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1, (RedisConnectionError,)),
             )
+            if pool.connection_kwargs.get("encoding", "utf-8").lower() in ("utf-8", "utf8"):
+                pool.connection_class = c_packed(pool.connection_class)
             client = aioredis.Redis.from_pool(pool)
             try:
                 await client.ping()

@@ -3,10 +3,13 @@ records, the store URL, and the server's persistence settings (`Persistence`).""
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.exceptions import DataError
 
 from gateway.store.base import (
     AttemptRecord,
@@ -17,6 +20,11 @@ from gateway.store.base import (
 )
 
 DEFAULT_PREFIX = "callback-gateway:"
+
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # hiredis is a dependency, but the store works without it
+    _hiredis_pack = None
 
 
 @dataclass(frozen=True)
@@ -135,3 +143,35 @@ def split_url(url: str) -> tuple[str, str]:
     prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)
     rest = urlencode([(k, v) for k, v in query if k != "prefix"])
     return urlunsplit(parts._replace(query=rest)), prefix
+
+
+class _CPacked:
+    """Packs commands with hiredis's C packer. redis-py's asyncio connections pack every
+    argument in Python (its sync client uses hiredis), which py-spy showed at ~7% of a loaded
+    gateway: a grouped ingest script call carries hundreds of arguments (~0.8 ms in Python,
+    ~0.1 ms in C for 32 calls)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):  # 'CONFIG GET' is two words on the wire
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        plain = tuple(
+            a if isinstance(a, (str, bytes, int)) and not isinstance(a, bool)
+            else repr(a) if isinstance(a, float)
+            else bytes(a) if isinstance(a, (bytearray, memoryview))
+            else _refuse(a)
+            for a in args)
+        return [_hiredis_pack(plain)]
+
+
+def _refuse(value: Any) -> bytes:
+    raise DataError(f"Invalid input of type: {type(value).__name__!r}")
+
+
+@functools.cache
+def c_packed(connection_class: type) -> type:
+    """`connection_class` packing with hiredis when it is installed (else unchanged)."""
+    if _hiredis_pack is None:
+        return connection_class
+    return type(f"CPacked{connection_class.__name__}", (_CPacked, connection_class), {})
