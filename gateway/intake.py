@@ -59,15 +59,30 @@ class SourceEndpoint:
         basic = config.auth.basic
         self.auth = BasicAuth(basic.username, basic.password) if basic else None
         self.challenge = {"WWW-Authenticate": f'Basic realm="{config.auth.realm}", charset="UTF-8"'}
+        # Per-request costs kept off the hot path: labelled metric children are looked up once
+        # (prometheus-client's labels() takes a lock and builds a key on every call), and the
+        # JSON of a 200 answer is built once per (accepted, duplicates, quarantined).
+        self._children: dict[tuple[str, ...], Any] = {}
+        self._ok_bodies: dict[tuple[int, int, int], bytes] = {}
 
     async def handle(self, request: Request) -> HTTPResponse:
         started = time.perf_counter()
         answer = await self._handle(request)
         if self.metrics is not None:
-            self.metrics.requests.labels(self.name, str(answer.status)).inc()
+            self._child("requests", str(answer.status)).inc()
             if answer.status == 200:
-                self.metrics.ack_seconds.labels(self.name).observe(time.perf_counter() - started)
+                self._child("ack_seconds").observe(time.perf_counter() - started)
         return answer
+
+    def _child(self, metric: str, *labels: str) -> Any:
+        """``self.metrics.<metric>.labels(self.name, *labels)``, looked up once."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            assert self.metrics is not None
+            child = getattr(self.metrics, metric).labels(self.name, *labels)
+            self._children[key] = child
+        return child
 
     async def _handle(self, request: Request) -> HTTPResponse:
         refused = self._refuse(request)
@@ -101,7 +116,7 @@ class SourceEndpoint:
         if self.metrics is None:
             return
         for item, outcome in zip(items, outcomes, strict=False):
-            self.metrics.callbacks.labels(self.name, item.event or "unknown", outcome).inc()
+            self._child("callbacks", item.event or "unknown", outcome).inc()
 
     def _refuse(self, request: Request) -> HTTPResponse | None:
         allow = self.config.auth.allow_ips
@@ -148,9 +163,15 @@ class SourceEndpoint:
                 duplicates,
                 quarantined,
             )
-        return response.json(
-            {"accepted": accepted, "duplicates": duplicates, "quarantined": quarantined}
-        )
+        key = (accepted, duplicates, quarantined)
+        body = self._ok_bodies.get(key)
+        if body is None:
+            body = response.json(
+                {"accepted": accepted, "duplicates": duplicates, "quarantined": quarantined}
+            ).body
+            if len(self._ok_bodies) < 256:  # bodies of up to a few elements: a handful of keys
+                self._ok_bodies[key] = body
+        return HTTPResponse(body, content_type="application/json")
 
     def _answer(
         self, status: int, code: str, detail: Any, headers: dict[str, str] | None = None
