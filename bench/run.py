@@ -323,7 +323,8 @@ class Bench:
         rate = (st["count"] - 1) / (st["last"] - st["first"]) if st["count"] > 1 else 0.0
         self.drain_result = (n, st["count"], rate, rss.peak, cpu_us)
         print(
-            f"  drained {st['count']}/{n} at {rate:.0f} deliveries/s, peak RSS {rss.peak:.0f} MiB",
+            f"  drained {st['count']}/{n} at {rate:.0f} deliveries/s, peak RSS {rss.peak:.0f} MiB,"
+            f" cpu {cpu_us:.0f} us/delivery",
             flush=True,
         )
         self.memory[f"draining {n} queued deliveries (peak)"] = rss.peak
