@@ -121,6 +121,7 @@ class Webhook:
         self.services = services
         self.key = signing_key(options.secret) if options.secret else None
         self.template = JsonTemplate(options.body) if options.body else None
+        self.url = httpx.URL(options.url)  # parsed once, not on every request
         lowered = {k.lower() for k in options.headers}
         self.base_headers = dict(options.headers)
         if "content-type" not in lowered:
@@ -152,7 +153,7 @@ class Webhook:
         try:
             async with asyncio.timeout(opts.timeout):
                 async with self.services.http.stream(
-                    opts.method, opts.url, content=body, headers=self.headers(delivery, body),
+                    opts.method, self.url, content=body, headers=self.headers(delivery, body),
                     timeout=opts.timeout,
                 ) as resp:
                     data = await _read_some(resp)

@@ -33,3 +33,17 @@ async def test_the_client_never_follows_redirects_and_an_unknown_transport_is_re
     await client.aclose()
     with pytest.raises(ValueError, match="unknown HTTP transport"):
         make_http_client("curl")
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_cookies_a_receiver_sets_are_not_sent_with_later_deliveries(transport):
+    from receiver import Receiver, Reply
+
+    async with Receiver(Reply(200, headers={"Set-Cookie": "session=abc; Path=/"})) as rx:
+        client = make_http_client(transport)
+        try:
+            for _ in range(2):
+                await client.post(rx.url + "/in", content=b"[]")
+        finally:
+            await client.aclose()
+    assert "cookie" not in rx.requests[1].headers

@@ -10,6 +10,8 @@ Contract:
 - redirects are never followed (``follow_redirects=False``; the transport also passes
   ``allow_redirects=False`` to aiohttp), so a 3xx reaches the destination for classification;
 - per-request timeouts come from the destination (``timeout=`` on each request);
+- cookies are never kept or sent (deliveries are independent), and httpx's per-request INFO
+  log line is silenced (it prints full URLs, which can be secrets);
 - the caller closes the client (``await client.aclose()``) when the process stops.
 
 `CALLBACK_GATEWAY_HTTP_TRANSPORT=httpx` selects stock httpx instead (for comparison or if the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import logging
 import os
 from typing import Any
 
@@ -45,12 +48,27 @@ def make_http_client(transport: str | None = None) -> httpx.AsyncClient:
         "trust_env": False,  # destination URLs are configuration; no proxy from the environment
     }
     if kind == "httpx":
-        return httpx.AsyncClient(limits=limits, **common)  # type: ignore[arg-type]
-    if kind != "aiohttp":
+        client = httpx.AsyncClient(limits=limits, **common)  # type: ignore[arg-type]
+    elif kind == "aiohttp":
+        client = httpx.AsyncClient(
+            transport=_aiohttp_transport(limits), **common  # type: ignore[arg-type]
+        )
+    else:
         raise ValueError(f"unknown HTTP transport {kind!r}; expected 'aiohttp' or 'httpx'")
-    return httpx.AsyncClient(
-        transport=_aiohttp_transport(limits), **common  # type: ignore[arg-type]
-    )
+    # Deliveries are independent: no cookie a receiver sets is sent with a later delivery.
+    # (Also skips httpx's cookie-jar parsing of every response, ~9% of a delivery's CPU.)
+    client._cookies = _NoCookies()  # httpx 0.28 keeps the jar here; the public setter copies
+    # httpx logs every request at INFO with its full URL, and destination URLs can be secrets
+    # (a Slack incoming-webhook URL is one). Outcomes are logged by the delivery engine instead.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return client
+
+
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
 
 
 def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
