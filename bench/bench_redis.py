@@ -36,6 +36,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from bench_intake import PASSWORD, PATH, USER, Server, free_port, run_wrk  # noqa: E402
+from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 
 CONFIG = """\
 server: {{host: 127.0.0.1, port: {port}, workers: 1}}
@@ -128,7 +129,8 @@ def main() -> int:
         raise SystemExit("bench_redis needs wrk on the PATH (apt-get install wrk)")
     work = Path(tempfile.mkdtemp(prefix="bench-redis-"))
     print(f"bench_redis: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
-          f" {args.duration:g}s per run, {args.connections} connections in total", flush=True)
+          f" {args.duration:g}s per run, {args.connections} connections in total,"
+          f" hiredis {'on' if HIREDIS_AVAILABLE else 'off'}", flush=True)
     rows = []
     redis_procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -162,10 +164,14 @@ def main() -> int:
             proc.terminate()
             proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{'store':<16}{'inst':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    sqlite = {n: rps for name, n, rps, *_ in rows if name == "sqlite"}
+    print(f"\n{'store':<16}{'inst':>5}{'req/s':>10}{'vs sqlite':>10}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'errors':>8}")
     for name, n, rps, p50, p99, errors in rows:
-        print(f"{name:<16}{n:>5}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}{errors:>8}")
-    print("\nredis-asis: the --redis-url server as configured (check its persistence);"
+        ratio = f"{rps / sqlite[n]:.2f}" if sqlite.get(n) else "-"
+        print(f"{name:<16}{n:>5}{rps:>10.0f}{ratio:>10}{p50:>9.2f}{p99:>9.2f}{errors:>8}")
+    print("\nvs sqlite: requests/s over SQLite's with as many instances, in this run."
+          "\nredis-asis: the --redis-url server as configured (check its persistence);"
           " load generator and servers share this machine's CPUs.")
     return 0
 

@@ -20,7 +20,10 @@ BullMQ's delayed jobs).
 
 Dedupe is atomic across instances: `ingest` is one script that checks every key of the body
 (``HEXISTS`` on the ``dedupe`` hash) and then stores the new events, so two instances receiving
-the same resend at the same moment store it once.
+the same resend at the same moment store it once. Concurrent `ingest`, `finish_event`,
+`finish_attempt` and `advance_mark` calls of one instance share one script call (group commit,
+`gateway.store.redis_batch`); each call is still checked and written on its own, and a call
+returns once Redis has answered the script that carried it.
 
 Durability is Redis's persistence, checked at `open` (`Persistence`; a WARNING on the
 ``gateway.store`` logger names the risk). A reply comes after Redis applied the write; with
