@@ -111,6 +111,22 @@ async def test_a_429_waits_for_retry_after_and_does_not_use_up_attempts(tmp_path
     assert [a.outcome for a in attempts] == ["throttled", "throttled", "delivered"]
 
 
+async def test_a_429_with_retry_after_holds_the_whole_destination(tmp_path, rx):
+    rx.script(Reply(429, headers={"Retry-After": "60"}))
+    async with EngineHarness(tmp_path, webhook(rx, ", concurrency: 1")) as h:
+        first, second = await h.add("crm", 2)
+        t0 = h.clock.now()
+        await h.engine.start()
+        await h.until(first, lambda r: r.last_status == 429)
+        await h.settle()
+        assert len(rx.requests) == 1  # the second was not sent into the 429
+        assert h.engine.status()["crm"]["held_until"] == t0 + 60
+        await h.advance(60)
+        for did in (first, second):
+            await h.until(did, lambda r: r.state == "delivered")
+    assert len(rx.requests) == 3
+
+
 async def test_a_retry_after_beyond_max_age_makes_the_delivery_dead(tmp_path, rx):
     rx.script(Reply(429, headers={"Retry-After": "7200"}))
     async with EngineHarness(tmp_path, webhook(rx)) as h:

@@ -8,7 +8,8 @@ Contract (what `gateway.app` relies on):
   its free concurrency slots (``concurrency`` or ``delivery.concurrency``) and its rate-limit
   tokens, runs each try as its own task, and otherwise sleeps until ``Store.next_due``, a
   `wake()`, a freed slot, or `POLL` seconds (deliveries created by another process).
-  Destinations never share a dispatcher, so a slow or dead one delays no other.
+  Destinations never share a dispatcher, so a slow or dead one delays no other. A 429 with
+  ``Retry-After`` holds the whole destination (in this process) for that long.
 - Each try: ``deliver()`` bounded by 90% of the lease (so a try never outlives its lease), the
   `RetryPolicy` decides, ``Store.finish_attempt`` records it (errors scrubbed of secrets), then
   the ``delivery_finished`` hook is called (its errors are logged and ignored).
@@ -142,8 +143,11 @@ class DeliveryEngine:
             self.wake(name)
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Per destination: tries in flight in this process, and the pause reason or None."""
-        return {n: {"in_flight": d.sending, "paused": d.paused}
+        """Per destination: tries in flight in this process, the pause reason or None, and
+        until when a 429's Retry-After holds it (epoch seconds, or None)."""
+        now = self.clock.now()
+        return {n: {"in_flight": d.sending, "paused": d.paused,
+                    "held_until": d.hold_until if d.hold_until > now else None}
                 for n, d in self.dispatchers.items()}
 
     async def stop(self, grace: float) -> None:
@@ -206,6 +210,8 @@ class _Dispatcher:
         self.wakeup = asyncio.Event()
         self.stopping = False
         self.paused: str | None = None
+        #: A 429's Retry-After holds the whole destination (in this process) until then.
+        self.hold_until = 0.0
         self.task: asyncio.Task[None] | None = None
         self._pause_checked = 0.0
 
@@ -249,6 +255,8 @@ class _Dispatcher:
             await self.refresh_pause()
         if self.paused is not None:
             return POLL_PAUSE
+        if self.hold_until > now:
+            return self.hold_until - now
         if getattr(self.instance, "batch", None):
             return await batch_step(self, now)
         # `concurrency` bounds requests to the destination; a try that is only recording its
@@ -300,6 +308,10 @@ class _Dispatcher:
                 outcome = Outcome.retry(f"no result within {self.try_timeout:g}s")
             except Exception as e:  # a destination bug or an unclassified failure: retry
                 outcome = Outcome.retry(f"{type(e).__name__}: {e}")
+            if outcome.kind == "throttled" and outcome.retry_after:
+                # The receiver asked for a pause, not just for this one delivery: sending the
+                # others meanwhile would only collect more 429s. Set before the slot frees.
+                self.hold_until = max(self.hold_until, engine.clock.now() + outcome.retry_after)
             self._sent(t)
             await self.record(t, outcome, started)
         finally:
