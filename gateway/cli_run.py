@@ -76,7 +76,7 @@ def _app_from_file(path: str) -> Sanic:
     from gateway.app import create_app
 
     loaded = load_config(path)
-    setup_logging(loaded.config.log_format, loaded.secrets)
+    setup_logging(loaded.config.log_format, loaded.secrets, loaded.config.log_level)
     return create_app(loaded)
 
 
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     loaded: Loaded = load_runnable(args.config)
     cfg = loaded.config
-    setup_logging(cfg.log_format, loaded.secrets)
+    setup_logging(cfg.log_format, loaded.secrets, cfg.log_level)
     host = args.host or cfg.server.host
     port = cfg.server.port if args.port is None else args.port
     log.info(

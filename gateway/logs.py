@@ -40,9 +40,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(
-    fmt: str = "text", secrets: set[str] | None = None, level: int = logging.INFO
+    fmt: str = "text", secrets: set[str] | None = None, level: str | int = logging.INFO
 ) -> None:
-    """Route the gateway's and Sanic's loggers to one stderr handler."""
+    """Route the gateway's and Sanic's loggers to one stderr handler at `level`."""
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -207,6 +207,9 @@ class Config(Strict):
     enrichers: dict[str, dict[str, Any]] = {}
     routes: list[RouteConfig] = []
     log_format: Literal["text", "json"] = "text"
+    #: ``info`` logs one line per request and per delivery outcome; ``warning`` keeps only
+    #: problems (refused requests, retries and dead deliveries are logged at WARNING or above).
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("store")
     @classmethod

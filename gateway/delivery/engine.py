@@ -346,10 +346,15 @@ class _Dispatcher:
             engine.metrics.attempt_seconds.labels(self.name).observe(max(0.0, finished - started))
         if decision.state == "dead":
             log.warning("delivery %s to %r is dead: %s", d.id, self.name, error)
-        elif log.isEnabledFor(logging.INFO):
-            log.info("delivery=%s destination=%s outcome=%s status=%s%s", d.id, self.name,
-                     decision.attempt_outcome, outcome.status if outcome.status is not None
-                     else "-", f" error={error}" if error else "")
+        else:
+            # Delivered at INFO; retries and throttling at WARNING, so log_level: warning
+            # still shows every problem.
+            level = logging.INFO if decision.state == "delivered" else logging.WARNING
+            if log.isEnabledFor(level):
+                log.log(level, "delivery=%s destination=%s outcome=%s status=%s%s", d.id,
+                        self.name, decision.attempt_outcome,
+                        outcome.status if outcome.status is not None else "-",
+                        f" error={error}" if error else "")
         if outcome.pause_destination and self.paused is None:
             log.error(
                 "DESTINATION %r PAUSED: %s. Nothing more is sent to it until an operator"
