@@ -1,7 +1,8 @@
 """The whole benchmark suite in one command: ceiling, durable intake, end to end, drain, memory.
 
-    .venv/bin/python bench/run.py            # full run, about 5 minutes
-    .venv/bin/python bench/run.py --quick    # a smoke run, about 2 minutes, smaller backlogs
+    .venv/bin/python bench/run.py            # full run, about 15 minutes on 2 cores
+    .venv/bin/python bench/run.py --quick    # a smoke run, about 3 minutes, smaller backlogs
+    .venv/bin/python bench/run.py --phases bare,intake --connections 32   # one part only
 
 One run, one machine, one target at a time, all on 127.0.0.1 (see docs/performance.md):
 
@@ -109,7 +110,13 @@ class Receiver:
 # -- configuration ---------------------------------------------------------------------------
 
 
-def gateway_config(port: int, receiver: str | None, destinations: int, concurrency: int | None):
+def gateway_config(
+    port: int,
+    receiver: str | None,
+    destinations: int,
+    concurrency: int | None,
+    log_level: str | None = None,
+) -> str:
     text = f"""\
 server: {{host: 127.0.0.1, port: {port}, workers: 1}}
 store: sqlite:///var/gateway.db
@@ -122,6 +129,8 @@ sources:
 """
     if concurrency:
         text += f"delivery: {{concurrency: {concurrency}}}\n"
+    if log_level:
+        text += f"log_level: {log_level}\n"
     if receiver and destinations:
         names = [f"hook{i}" for i in range(1, destinations + 1)]
         text += "destinations:\n"
@@ -154,7 +163,13 @@ class Bench:
         s = self.server(name, [*python, "-m", "gateway", "run", "-c", "gateway.yaml"], port=port)
         assert self.receiver is not None
         (s.cwd / "gateway.yaml").write_text(
-            gateway_config(port, self.receiver.base, destinations, self.args.delivery_concurrency)
+            gateway_config(
+                port,
+                self.receiver.base,
+                destinations,
+                self.args.delivery_concurrency,
+                self.args.log_level,
+            )
         )
         if db is not None:
             (s.cwd / "var").mkdir(exist_ok=True)
@@ -445,7 +460,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, help="seconds per load run (10; quick 3)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up per target (2; quick 1)")
     p.add_argument("--connections", default="1,32,256", help="intake runs (1,32,256)")
-    p.add_argument("--e2e-connections", default="32", help="end-to-end runs (32)")
+    p.add_argument("--e2e-connections", default="1,32", help="end-to-end runs (1,32)")
     p.add_argument("--drain", type=int, help="deliveries for the drain phase (100000)")
     p.add_argument("--backlog", type=int, help="pending deliveries for memory (1000000)")
     p.add_argument("--drain-timeout", type=float, default=300.0, help="bound per drain (300 s)")
@@ -454,6 +469,11 @@ def main() -> int:
         type=int,
         default=None,
         help="delivery.concurrency in the gateway config (default: the gateway's)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log_level in the gateway config (default: the gateway's, info)",
     )
     p.add_argument("--no-node-red", action="store_true", help="skip the Node-RED target")
     p.add_argument(
