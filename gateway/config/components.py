@@ -37,7 +37,7 @@ def check_components(
             problems.extend(_pydantic_problems(e, model, options, prefix=path))
             return None
 
-    sources = tree.get("sources") if isinstance(tree.get("sources"), dict) else {}
+    sources = _mapping(tree, "sources")
     for name, src in sources.items():
         if not isinstance(src, dict):
             continue
@@ -53,7 +53,7 @@ def check_components(
         if opts is not None:
             loaded.source_options[name] = opts
 
-    destinations = tree.get("destinations") if isinstance(tree.get("destinations"), dict) else {}
+    destinations = _mapping(tree, "destinations")
     lease = _lease(tree, config)
     for name, dest in destinations.items():
         if not isinstance(dest, dict) or "type" not in dest:
@@ -80,7 +80,7 @@ def check_components(
 
     for kind in ("filters", "enrichers"):
         loaded.instances[kind] = {}
-        section = tree.get(kind) if isinstance(tree.get(kind), dict) else {}
+        section = _mapping(tree, kind)
         for name, spec in section.items():
             spec = dict(spec or {}) if isinstance(spec, dict) else {}
             comp_name = spec.pop("type", name)
@@ -94,7 +94,9 @@ def check_components(
             if opts is not None:
                 loaded.instances[kind][name] = (comp_name, opts)
 
-    routes = tree.get("routes") if isinstance(tree.get("routes"), list) else []
+    routes = tree.get("routes")
+    if not isinstance(routes, list):
+        routes = []
     names: set[str] = set()
     for i, route in enumerate(routes):
         if not isinstance(route, dict):
@@ -128,6 +130,12 @@ def check_components(
                 opts = validate(registry.get(kind, ref).Options, {}, f"{kind}.{ref}")
                 if opts is not None:
                     loaded.instances[kind][ref] = (ref, opts)
+
+
+def _mapping(tree: dict[str, Any], key: str) -> dict[Any, Any]:
+    """``tree[key]`` when it is a mapping, else an empty one (schema problems show elsewhere)."""
+    value = tree.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _lease(tree: dict[str, Any], config: Config | None) -> float | None:

@@ -39,8 +39,8 @@ Networks = Annotated[list[Network], BeforeValidator(_networks)]
 
 class ServerConfig(Strict):
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=64)
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
     max_body_size: Size = 1024 * 1024
     #: Proxies whose `X-Forwarded-For` is believed; without them the header is ignored.
     trusted_proxies: Networks = []
@@ -88,7 +88,7 @@ class SourceConfig(Strict):
 class RetryConfig(Strict):
     """Retry policy; `attempts` counts every try, so 3 means at most three requests."""
 
-    attempts: int = Field(12, ge=1)
+    attempts: int = Field(default=12, ge=1)
     initial: Duration = 1.0
     max_interval: Duration = 600.0
     max_age: Duration = 86400.0
@@ -97,7 +97,7 @@ class RetryConfig(Strict):
 class PartialRetry(Strict):
     """A destination's `retry`: keys it leaves out come from the top-level `retry`."""
 
-    attempts: int | None = Field(None, ge=1)
+    attempts: int | None = Field(default=None, ge=1)
     initial: Duration | None = None
     max_interval: Duration | None = None
     max_age: Duration | None = None
@@ -107,7 +107,7 @@ class PartialRetry(Strict):
 
 
 class DeliveryConfig(Strict):
-    concurrency: int = Field(8, ge=1, le=1024)
+    concurrency: int = Field(default=8, ge=1, le=1024)
     lease: Duration = 30.0
 
 
@@ -144,7 +144,7 @@ class DestinationConfig(BaseModel):
 
     type: str
     retry: PartialRetry | None = None
-    concurrency: int | None = Field(None, ge=1, le=1024)
+    concurrency: int | None = Field(default=None, ge=1, le=1024)
     rate_limit: RateLimit | None = None
     enabled: bool = True
 
