@@ -13,7 +13,7 @@ import importlib.metadata
 import inspect
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pluggy
@@ -35,7 +35,7 @@ def make_plugin_manager(
     """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
-    problems = []
+    problems: list[str] = []
     if entry_points:
         _load_entry_points(pm, problems)
     for i, name in enumerate(modules):
@@ -75,11 +75,18 @@ def _load_entry_points(pm: pluggy.PluginManager, problems: list[str]) -> None:
 
 
 def _trace(pm: pluggy.PluginManager) -> None:
-    def before(hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    def before(
+        hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]
+    ) -> None:
         names = ", ".join(impl.plugin_name for impl in impls)
         print(f"[plugins] {hook_name} -> {names}", file=sys.stderr)
 
-    def after(outcome: Any, hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    def after(
+        outcome: pluggy.Result[Any],
+        hook_name: str,
+        impls: Sequence[pluggy.HookImpl],
+        kwargs: Mapping[str, Any],
+    ) -> None:
         pass
 
     pm.add_hookcall_monitoring(before, after)
@@ -87,7 +94,11 @@ def _trace(pm: pluggy.PluginManager) -> None:
 
 def plugin_name_of(pm: pluggy.PluginManager, plugin: object) -> str:
     """The name a plugin was registered under (the entry-point name for entry points)."""
-    return pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
+    name = pm.get_name(plugin)
+    if name:
+        return name
+    fallback: str = getattr(plugin, "__name__", repr(plugin))
+    return fallback
 
 
 async def await_me_maybe(value: Any) -> Any:
