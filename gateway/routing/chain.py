@@ -215,8 +215,8 @@ class Chain:
         for plugin, result in verdicts:
             if result is False:
                 trace.append(Step("filter_event", plugin, False, "returned False"))
-                reason = f"dropped by filter_event of plugin {plugin!r}"
-                return Decision("filtered", [], reason, trace)
+                dropped_by = f"dropped by filter_event of plugin {plugin!r}"
+                return Decision("filtered", [], dropped_by, trace)
             trace.append(Step("filter_event", plugin, True, "kept" if result else "abstained"))
 
         enrichment = await self._enrich_event(event, meta, trace)
