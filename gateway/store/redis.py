@@ -55,7 +55,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -100,7 +100,11 @@ BATCHED = ("ingest", "finish_event", "finish_attempt", "advance_mark")
 
 
 class RedisStore(Store):
-    """See the module docstring. Nothing connects before `open`."""
+    """See the module docstring. Nothing connects before `open`.
+
+    The client decodes replies (``decode_responses=True``), so every reply is ``str``;
+    redis-py's annotations say ``bytes | str``, hence the casts on direct commands.
+    """
 
     def __init__(self, url: str, max_connections: int = 64, timeout: float = 10.0) -> None:
         self._url, self.prefix = split_url(url)
@@ -238,7 +242,8 @@ class RedisStore(Store):
 
     async def has_due_events(self, now: float) -> float | None:
         with self._mapped():
-            first = await self._r.zrange(self.prefix + "ev:due", 0, 0, withscores=True)
+            first = cast("list[tuple[str, float]]",
+                         await self._r.zrange(self.prefix + "ev:due", 0, 0, withscores=True))
         return first[0][1] if first else None
 
     # -- delivery ----------------------------------------------------------------------------
@@ -272,7 +277,7 @@ class RedisStore(Store):
             if destination is not None:
                 dests = [destination]
             else:
-                dests = sorted(await self._r.smembers(p + "dl:dests"))
+                dests = sorted(cast("set[str]", await self._r.smembers(p + "dl:dests")))
             async with self._r.pipeline(transaction=False) as pipe:
                 for d in dests:
                     pipe.zrange(p + "dl:due:" + d, 0, 0, withscores=True)
@@ -294,7 +299,8 @@ class RedisStore(Store):
         p = self.prefix
         with self._mapped():
             if flt.message_uuid is not None:
-                ids = sorted(await self._r.smembers(p + "dl:msg:" + flt.message_uuid))
+                ids = sorted(cast("set[str]",
+                                  await self._r.smembers(p + "dl:msg:" + flt.message_uuid)))
             else:
                 if flt.state and flt.destination:
                     key = f"{p}dl:sd:{flt.state}:{flt.destination}"
@@ -305,8 +311,8 @@ class RedisStore(Store):
                 else:
                     key = f"{p}dl:all"
                 low = "-inf" if flt.since is None else num(flt.since)
-                extra = {} if limit is None else {"start": 0, "num": limit}
-                ids = await self._r.zrangebyscore(key, low, "+inf", **extra)
+                ids = cast("list[str]", await self._r.zrangebyscore(
+                    key, low, "+inf", start=None if limit is None else 0, num=limit))
         records = [
             d for d in await self._fetch(ids)
             if (flt.state is None or d.state == flt.state)
@@ -327,7 +333,8 @@ class RedisStore(Store):
         if not found:
             return None
         with self._mapped():
-            texts = await self._r.lrange(self.prefix + "a:" + delivery_id, 0, -1)
+            texts = cast("list[str]",
+                         await self._r.lrange(self.prefix + "a:" + delivery_id, 0, -1))
         return found[0], [attempt_record(n, t) for n, t in enumerate(texts, 1)]
 
     async def replay_deliveries(
@@ -348,7 +355,8 @@ class RedisStore(Store):
         if limit <= 0:
             return []
         with self._mapped():
-            ids = await self._r.zrange(self.prefix + "ev:state:" + state, 0, limit - 1)
+            ids = cast("list[str]",
+                       await self._r.zrange(self.prefix + "ev:state:" + state, 0, limit - 1))
             return [e for e in await self._events(ids) if e is not None]
 
     async def _events(self, ids: list[str]) -> list[EventRecord | None]:
@@ -390,8 +398,10 @@ class RedisStore(Store):
 
     async def get_mark(self, key: str) -> tuple[str, str] | None:
         with self._mapped():
-            rank, value = await self._r.hmget(self.prefix + "m:" + key, ["rank", "value"])
-        return None if rank is None else (rank, value)
+            rank, value = cast("list[str | None]",
+                               await self._r.hmget(self.prefix + "m:" + key, ["rank", "value"]))
+        # rank and value are always written together (set_mark, ADVANCE_MARK)
+        return None if rank is None else (rank, cast(str, value))
 
     async def set_mark(self, key: str, value: str | None, now: float, rank: str = "") -> None:
         p = self.prefix
@@ -409,7 +419,7 @@ class RedisStore(Store):
     async def queue_stats(self, now: float) -> list[dict[str, Any]]:
         p, states = self.prefix, ("pending", "in_flight", "dead")
         with self._mapped():
-            dests = sorted(await self._r.smembers(p + "dl:dests"))
+            dests = sorted(cast("set[str]", await self._r.smembers(p + "dl:dests")))
             async with self._r.pipeline(transaction=False) as pipe:
                 for d in dests:
                     for s in states:

@@ -3,10 +3,9 @@ records, the store URL, and the server's persistence settings (`Persistence`).""
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.exceptions import DataError
@@ -21,10 +20,14 @@ from gateway.store.base import (
 
 DEFAULT_PREFIX = "callback-gateway:"
 
+_C = TypeVar("_C")
+
 try:
     from hiredis import pack_command as _hiredis_pack
+
+    _HAVE_HIREDIS = True
 except ImportError:  # hiredis is a dependency, but the store works without it
-    _hiredis_pack = None
+    _HAVE_HIREDIS = False
 
 
 @dataclass(frozen=True)
@@ -162,16 +165,24 @@ class _CPacked:
             else bytes(a) if isinstance(a, (bytearray, memoryview))
             else _refuse(a)
             for a in args)
-        return [_hiredis_pack(plain)]
+        # hiredis's stub types the argument as a 1-tuple; pack_command takes any length.
+        return [_hiredis_pack(plain)]  # type: ignore[arg-type]
 
 
 def _refuse(value: Any) -> bytes:
     raise DataError(f"Invalid input of type: {type(value).__name__!r}")
 
 
-@functools.cache
-def c_packed(connection_class: type) -> type:
+_PACKED: dict[type, type] = {}
+
+
+def c_packed(connection_class: type[_C]) -> type[_C]:
     """`connection_class` packing with hiredis when it is installed (else unchanged)."""
-    if _hiredis_pack is None:
+    if not _HAVE_HIREDIS:
         return connection_class
-    return type(f"CPacked{connection_class.__name__}", (_CPacked, connection_class), {})
+    packed = _PACKED.get(connection_class)
+    if packed is None:  # one subclass per connection class, created on first use
+        packed = type(f"CPacked{connection_class.__name__}", (_CPacked, connection_class), {})
+        _PACKED[connection_class] = packed
+    return cast("type[_C]", packed)
+
