@@ -146,32 +146,32 @@ def _compile_value(spec: Any) -> Test:
             )
         tests = [_compile_operator(op, arg) for op, arg in spec.items()]
 
-        def test(v: Any) -> str | None:
+        def all_hold(v: Any) -> str | None:
             for t in tests:
                 why = t(v)
                 if why is not None:
                     return why
             return None
 
-        return test
+        return all_hold
     if isinstance(spec, list):
         if not spec:
             raise ValueError("an empty list matches nothing")
         tests = [_compile_value(item) for item in spec]
 
-        def test(v: Any) -> str | None:
+        def any_holds(v: Any) -> str | None:
             if any(t(v) is None for t in tests):
                 return None
             return f"is {_show(v)}, wanted any of {spec!r}"
 
-        return test
+        return any_holds
 
-    def test(v: Any) -> str | None:
+    def equals(v: Any) -> str | None:
         if v is not _MISSING and _equal(v, spec):
             return None
         return f"is {_show(v)}, wanted {spec!r}"
 
-    return test
+    return equals
 
 
 @dataclass
