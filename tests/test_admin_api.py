@@ -7,19 +7,17 @@ one without, started side by side and shared by the module.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
+from e2e_helpers import ThreadedReceiver, eventually, status
 from gateway_process import GatewayProcess
 from receiver import Receiver, Reply
 
@@ -57,37 +55,8 @@ routes:
 """
 
 
-class ThreadedReceiver:
-    """`receiver.Receiver` on its own event loop in a thread, so it outlives each test and
-    serves a gateway shared by the module."""
-
-    def __enter__(self) -> Receiver:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def make() -> Receiver:
-            return await Receiver().start()
-
-        self.rx = asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
-        return self.rx
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.rx.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
-def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
-    """Poll `check` until it returns something truthy (an outcome, not a timing assumption)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +91,6 @@ def api(gw: GatewayProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-def status(event: str = "delivered") -> dict[str, Any]:
-    return {
-        "message_uuid": str(uuid.uuid4()),
-        "channel_type": "SMS",
-        "callback_event": event,
-        "status": event,
-        "status_time": "2020-10-16T18:51:13Z",
-    }
 
 
 def post(gw: GatewayProcess, path: str, *elements: Any) -> dict[str, Any]:

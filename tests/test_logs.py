@@ -6,20 +6,16 @@ Two gateways (text and JSON) start side by side; both are shared by the module.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import subprocess
 import sys
-import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 import pytest
+from e2e_helpers import ThreadedReceiver, eventually, status
 from gateway_process import GatewayProcess, free_port
 from receiver import Receiver, Reply
 
@@ -91,33 +87,15 @@ routes:
 """
 
 
-class ThreadedReceiver:
-    """`receiver.Receiver` on its own event loop in a thread, shared by the module."""
-
-    def __enter__(self) -> Receiver:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def make() -> Receiver:
-            # A receiver that rejects everything and echoes the credentials it got: the
-            # gateway stores and logs the start of error bodies, so this is a path that leaks.
-            echo = (f"rejected: Authorization: {HEADER_AUTH};"
-                    f" Basic {basic('hookuser', URL_PASSWORD)}; secret {WHSEC}")
-            return await Receiver(Reply(400, echo)).start()
-
-        self.rx = asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
-        return self.rx
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.rx.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
 def rx() -> Iterator[Receiver]:
-    with ThreadedReceiver() as receiver:
+    # A receiver that rejects everything and echoes the credentials it got: the gateway
+    # stores and logs the start of error bodies, so this is a path that leaks.
+    echo = (f"rejected: Authorization: {HEADER_AUTH};"
+            f" Basic {basic('hookuser', URL_PASSWORD)}; secret {WHSEC}")
+    with ThreadedReceiver(Reply(400, echo)) as receiver:
         yield receiver
 
 
@@ -136,25 +114,8 @@ def servers(
         gw.kill()
 
 
-def status(event: str = "delivered") -> dict[str, Any]:
-    return {
-        "message_uuid": str(uuid.uuid4()),
-        "channel_type": "SMS",
-        "callback_event": event,
-        "status": event,
-        "status_time": "2020-10-16T18:51:13Z",
-    }
 
 
-def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.05)  # polling for an outcome, bounded by the deadline
 
 
 def request_lines(gw: GatewayProcess) -> list[str]:

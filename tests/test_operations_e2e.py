@@ -5,18 +5,15 @@ documented, resumes, and everything arrives with its original delivery id; SIGTE
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import pytest
+from e2e_helpers import ThreadedReceiver, eventually
 from gateway_process import GatewayProcess
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import Receiver, Reply
@@ -27,41 +24,14 @@ TOKEN = "ops-admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class ThreadedReceiver:
-    """`receiver.Receiver` on its own event loop in a thread, so a sync test can drive it."""
-
-    def __enter__(self) -> Receiver:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def make() -> Receiver:
-            return await Receiver(Reply(503, b"maintenance")).start()
-
-        self.rx = asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
-        return self.rx
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.rx.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture
 def rx() -> Iterator[Receiver]:
-    with ThreadedReceiver() as receiver:
+    with ThreadedReceiver(Reply(503, b"maintenance")) as receiver:
         yield receiver
 
 
-def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.05)  # polling for an outcome, bounded by the deadline
 
 
 def gauge(gw: GatewayProcess, name: str, **labels: str) -> float:

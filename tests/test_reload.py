@@ -15,14 +15,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
 import httpx
 import pytest
+from e2e_helpers import eventually, status
 from gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow
@@ -54,25 +53,8 @@ BROKEN = BASE.replace("path: /callbacks/first", "pathh: /callbacks/first").repla
     "to: [archive]", "to: [archive, nowhere]")
 
 
-def status(event: str = "delivered") -> dict[str, Any]:
-    return {
-        "message_uuid": str(uuid.uuid4()),
-        "channel_type": "SMS",
-        "callback_event": event,
-        "status": event,
-        "status_time": "2020-10-16T18:51:13Z",
-    }
 
 
-def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.05)  # polling for an outcome, bounded by the deadline
 
 
 @pytest.fixture(scope="module")
