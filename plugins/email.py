@@ -96,7 +96,7 @@ class DigestOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     window: Annotated[float, BeforeValidator(parse_duration)] = Field(gt=0)
-    max_events: int = Field(100, ge=1, le=1000)
+    max_events: int = Field(default=100, ge=1, le=1000)
     subject: str = DEFAULT_DIGEST_SUBJECT
 
 
@@ -135,11 +135,11 @@ def _addresses(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-class Options(BaseModel):
+class EmailOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     host: str = Field(min_length=1)
-    port: int | None = Field(None, ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535)
     starttls: bool | None = None
     tls: bool = False
     ca_file: str | None = None
@@ -151,7 +151,7 @@ class Options(BaseModel):
     subject: str = DEFAULT_SUBJECT
     body: str = DEFAULT_BODY
     html: str | None = None
-    timeout: Duration = Field(20.0, gt=0)
+    timeout: Duration = Field(default=20.0, gt=0)
     digest: DigestOptions | None = None
 
     @field_validator("from_")
@@ -178,7 +178,7 @@ class Options(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _transport(self) -> Options:
+    def _transport(self) -> EmailOptions:
         if self.tls and self.starttls:
             raise ValueError("'tls: true' (implicit TLS) and 'starttls: true' exclude each other")
         if (self.username is None) != (self.password is None):
@@ -197,6 +197,10 @@ class Options(BaseModel):
         return 465 if self.tls else 587 if self.use_starttls else 25
 
 
+#: The name the model is imported under (``from gateway_plugins.email import Options``).
+Options = EmailOptions
+
+
 class SendFailed(Exception):
     """A send ended with `outcome` (raised inside the session to leave it early)."""
 
@@ -208,9 +212,9 @@ class SendFailed(Exception):
 class Email:
     """See the module docstring."""
 
-    Options = Options
+    Options = EmailOptions
 
-    def __init__(self, name: str, options: Options, services: Services) -> None:
+    def __init__(self, name: str, options: EmailOptions, services: Services) -> None:
         self.name = name
         self.options = options
         self.services = services

@@ -26,19 +26,23 @@ from gateway.destination import Outcome, Services
 from gateway.store import DeliveryRecord
 
 
-class Options(BaseModel):
+class FileOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str = Field(min_length=1)
     fsync: bool = False
 
 
+#: The name the model is imported under (``from gateway_plugins.file import Options``).
+Options = FileOptions
+
+
 class FileDestination:
     """See the module docstring."""
 
-    Options = Options
+    Options = FileOptions
 
-    def __init__(self, name: str, options: Options, services: Services) -> None:
+    def __init__(self, name: str, options: FileOptions, services: Services) -> None:
         self.name = name
         self.options = options
         self.path = Path(options.path).expanduser()

@@ -160,7 +160,7 @@ def _render(node: Any, context: dict[str, Any]) -> Any:
     return node
 
 
-class Options(BaseModel):
+class SlackOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     webhook_url: str | None = None
@@ -170,7 +170,7 @@ class Options(BaseModel):
     thread: bool = False
     text: str = DEFAULT_TEXT
     blocks: list[dict[str, Any]] | None = None
-    timeout: Duration = Field(10.0, gt=0)
+    timeout: Duration = Field(default=10.0, gt=0)
 
     @field_validator("webhook_url", "api_url")
     @classmethod
@@ -203,7 +203,7 @@ class Options(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _mode(self) -> Options:
+    def _mode(self) -> SlackOptions:
         api = self.token is not None or self.channel is not None
         if self.webhook_url is not None and api:
             raise ValueError(
@@ -221,6 +221,10 @@ class Options(BaseModel):
 
 
 # -- fitting a message into Slack's limits -------------------------------------------------
+
+
+#: The name the model is imported under (``from gateway_plugins.slack import Options``).
+Options = SlackOptions
 
 
 def clip(text: str, limit: int) -> str:
@@ -300,12 +304,12 @@ def fit_blocks(blocks: list[Any]) -> list[Any]:
 class Slack:
     """See the module docstring."""
 
-    Options = Options
+    Options = SlackOptions
     #: The engine's token bucket when the destination sets no ``rate_limit``: Slack takes about
     #: one message per second per webhook or channel (https://api.slack.com/apis/rate-limits).
     default_rate_limit = "1/s"
 
-    def __init__(self, name: str, options: Options, services: Services) -> None:
+    def __init__(self, name: str, options: SlackOptions, services: Services) -> None:
         self.name = name
         self.options = options
         self.services = services

@@ -47,13 +47,13 @@ SNIPPET = 300
 MAX_READ = 64 * 1024
 
 
-class Options(BaseModel):
+class WebhookOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, str] = {}
-    timeout: Duration = Field(10.0, gt=0)
+    timeout: Duration = Field(default=10.0, gt=0)
     payload: Literal["original", "envelope", "template"] = "original"
     body: str | None = None
     secret: str | None = None
@@ -84,7 +84,7 @@ class Options(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _body(self) -> Options:
+    def _body(self) -> WebhookOptions:
         if self.payload == "template":
             if not self.body:
                 raise ValueError("payload: template needs 'body' (a template rendering JSON)")
@@ -92,6 +92,10 @@ class Options(BaseModel):
         elif self.body is not None:
             raise ValueError("'body' is only used with payload: template")
         return self
+
+
+#: The name the model is imported under (``from gateway_plugins.webhook import Options``).
+Options = WebhookOptions
 
 
 def signing_key(secret: str) -> bytes:
@@ -113,9 +117,9 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 class Webhook:
     """See the module docstring."""
 
-    Options = Options
+    Options = WebhookOptions
 
-    def __init__(self, name: str, options: Options, services: Services) -> None:
+    def __init__(self, name: str, options: WebhookOptions, services: Services) -> None:
         self.name = name
         self.options = options
         self.services = services
