@@ -15,7 +15,7 @@ def test_the_package_ships_every_sample_and_send_can_load_them() -> None:
         assert samples.load(name) == (PACKAGE_SAMPLES / f"{name}.json").read_bytes()
 
 
-@pytest.mark.skipif(not SHARED_SAMPLES.is_dir(), reason="the contract folder is not beside the repo")
+@pytest.mark.skipif(not SHARED_SAMPLES.is_dir(), reason="no contract folder beside the repo")
 def test_packaged_samples_equal_the_contract_samples() -> None:
     contract = {p.name: p.read_bytes() for p in SHARED_SAMPLES.glob("*.json")}
     packaged = {p.name: p.read_bytes() for p in PACKAGE_SAMPLES.glob("*.json")}
