@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sanic import Request, response
@@ -22,7 +22,7 @@ from gateway.config.models import Network, SourceConfig
 from gateway.errors import StoreError
 from gateway.http_errors import error
 from gateway.metrics import Metrics
-from gateway.store import IncomingEvent, IngestResult, Store
+from gateway.store import IncomingEvent, Store
 
 log = logging.getLogger("gateway.intake")
 
@@ -112,7 +112,7 @@ class SourceEndpoint:
         self._count(items, result.outcomes)
         return self._ok(result.accepted, result.duplicates, result.quarantined)
 
-    def _count(self, items: list[IncomingEvent], outcomes: IngestResult | Any) -> None:
+    def _count(self, items: list[IncomingEvent], outcomes: Iterable[str]) -> None:
         if self.metrics is None:
             return
         for item, outcome in zip(items, outcomes, strict=False):
@@ -166,9 +166,12 @@ class SourceEndpoint:
         key = (accepted, duplicates, quarantined)
         body = self._ok_bodies.get(key)
         if body is None:
-            body = response.json(
-                {"accepted": accepted, "duplicates": duplicates, "quarantined": quarantined}
-            ).body
+            body = (
+                response.json(
+                    {"accepted": accepted, "duplicates": duplicates, "quarantined": quarantined}
+                ).body
+                or b""
+            )
             if len(self._ok_bodies) < 256:  # bodies of up to a few elements: a handful of keys
                 self._ok_bodies[key] = body
         return HTTPResponse(body, content_type="application/json")
