@@ -1,0 +1,61 @@
+"""gateway.logs: records are written by the logging thread, scrubbed, tracebacks included."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from gateway import logs
+
+SECRET = "s3cret-token-value"
+
+
+@pytest.fixture(autouse=True)
+def restore_root():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    logs._flush()
+    logs._listener = None
+    root.handlers[:], root.level = handlers, level
+
+
+def written(capsys: pytest.CaptureFixture[str]) -> str:
+    logs._flush()  # stop the listener: everything queued is written
+    return capsys.readouterr().err
+
+
+def test_a_traceback_holding_a_secret_is_scrubbed(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.setup_logging("text", {SECRET})
+    try:
+        raise RuntimeError(f"POST https://u:pw123@crm.example.com failed with token {SECRET}")
+    except RuntimeError:
+        logging.getLogger("gateway.test").exception("delivery failed for %s", SECRET)
+    out = written(capsys)
+    assert "delivery failed for ***" in out
+    assert "RuntimeError: POST https://u:***@crm.example.com failed with token ***" in out
+    assert SECRET not in out and "pw123" not in out
+
+
+def test_json_lines_keep_the_exception_apart_and_scrubbed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.setup_logging("json", {SECRET})
+    try:
+        raise ValueError(SECRET)
+    except ValueError:
+        logging.getLogger("gateway.test").exception("failed")
+    (line,) = written(capsys).splitlines()
+    record = json.loads(line)
+    assert record["message"] == "failed" and record["level"] == "error"
+    assert record["exception"].endswith("ValueError: ***")
+
+
+def test_level_filters_before_anything_is_queued(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.setup_logging("text", set(), "warning")
+    logging.getLogger("gateway.test").info("not shown")
+    logging.getLogger("gateway.test").warning("shown %d", 1)
+    out = written(capsys)
+    assert "not shown" not in out and "WARNING gateway.test: shown 1" in out
