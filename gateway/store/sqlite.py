@@ -54,7 +54,32 @@ _FIRST_PENDING = (
 
 
 def _event(row: tuple[Any, ...]) -> EventRecord:
-    return EventRecord(*row[:10], recheck=bool(row[10]))
+    (
+        event_id,
+        source,
+        received_at,
+        raw,
+        state,
+        message_uuid,
+        event,
+        reason,
+        route_attempts,
+        next_route_at,
+        recheck,
+    ) = row
+    return EventRecord(
+        event_id,
+        source,
+        received_at,
+        raw,
+        state,
+        message_uuid,
+        event,
+        reason,
+        route_attempts,
+        next_route_at,
+        recheck=bool(recheck),
+    )
 
 
 def _delivery(row: tuple[Any, ...]) -> DeliveryRecord:
@@ -519,7 +544,8 @@ class SQLiteStore(Store):
 
 
 def _delivery_where(flt: DeliveryFilter) -> tuple[str, list[Any]]:
-    clauses, args = [], []
+    clauses: list[str] = []
+    args: list[Any] = []
     for column, value in (
         ("d.state", flt.state),
         ("d.destination", flt.destination),
