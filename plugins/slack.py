@@ -58,7 +58,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from gateway import hookimpl
 from gateway.config.redact import scrub
-from gateway.delivery.http import parse_retry_after
+from gateway.delivery.http import parse_retry_after, read_capped
 from gateway.delivery.payload import _ENV, template_context
 from gateway.destination import Outcome, Services
 from gateway.store import DeliveryRecord
@@ -75,12 +75,12 @@ DEFAULT_TEXT = (
 )
 #: chat.postMessage errors worth another try (DESIGN "Interface details").
 RETRYABLE_ERRORS = frozenset(
-    {"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+    {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
 #: chat.postMessage errors meaning the stored thread root is gone: post a new root instead.
 LOST_THREAD_ERRORS = frozenset({"thread_not_found", "invalid_thread_ts", "message_not_found"})
 RETRYABLE_STATUS = frozenset({408, 425})
 SNIPPET = 300
-MAX_READ = 64 * 1024
 
 # Slack's limits (https://api.slack.com/reference/block-kit/blocks,
 # https://api.slack.com/methods/chat.postMessage#truncating).
@@ -124,7 +124,8 @@ def _compile(source: str, env: Any, where: str) -> Template:
         return env.from_string(source)
     except TemplateSyntaxError as e:
         raise ValueError(
-            f"{where}: template syntax error on line {e.lineno}: {e.message}") from None
+            f"{where}: template syntax error on line {e.lineno}: {e.message}"
+        ) from None
 
 
 class BlockTemplates:
@@ -208,15 +209,18 @@ class SlackOptions(BaseModel):
         if self.webhook_url is not None and api:
             raise ValueError(
                 "use either 'webhook_url' (incoming webhook) or 'token' + 'channel'"
-                " (chat.postMessage), not both")
+                " (chat.postMessage), not both"
+            )
         if self.webhook_url is None and not (self.token and self.channel):
             raise ValueError(
                 "needs 'webhook_url' (incoming webhook) or both 'token' and 'channel'"
-                " (chat.postMessage)")
+                " (chat.postMessage)"
+            )
         if self.thread and self.webhook_url is not None:
             raise ValueError(
                 "'thread: true' needs 'token' + 'channel': incoming webhooks do not say which"
-                " message they posted, so there is no thread to reply in")
+                " message they posted, so there is no thread to reply in"
+            )
         return self
 
 
@@ -275,8 +279,12 @@ def fit_block(block: dict[str, Any]) -> dict[str, Any] | None:
         return None if text is None else {**block, "text": text}
     if kind == "context" and isinstance(block.get("elements"), list):
         elements = [
-            e for e in (_text_obj(e, MAX_SECTION_TEXT) if e.get("type") != "image" else e
-                        for e in block["elements"] if isinstance(e, dict))
+            e
+            for e in (
+                _text_obj(e, MAX_SECTION_TEXT) if e.get("type") != "image" else e
+                for e in block["elements"]
+                if isinstance(e, dict)
+            )
             if e
         ]
         return {**block, "elements": elements[:MAX_CONTEXT_ELEMENTS]} if elements else None
@@ -292,8 +300,12 @@ def fit_blocks(blocks: list[Any]) -> list[Any]:
     fitted = [b for b in (fit_block(b) if isinstance(b, dict) else b for b in blocks) if b]
     if len(fitted) > MAX_BLOCKS:
         left_out = len(fitted) - (MAX_BLOCKS - 1)
-        note = {"type": "context", "elements": [
-            {"type": "mrkdwn", "text": f"{ELLIPSIS} {left_out} more blocks not shown"}]}
+        note = {
+            "type": "context",
+            "elements": [
+                {"type": "mrkdwn", "text": f"{ELLIPSIS} {left_out} more blocks not shown"}
+            ],
+        }
         fitted = [*fitted[: MAX_BLOCKS - 1], note]
     return fitted
 
@@ -344,7 +356,8 @@ class Slack:
         if not body:
             raise ValueError(
                 "nothing to send: 'text' rendered empty and there are no blocks"
-                " (Slack would answer no_text)")
+                " (Slack would answer no_text)"
+            )
         return body
 
     def _scrub(self, text: str) -> str:
@@ -379,8 +392,7 @@ class Slack:
 
     def _http_failure(self, resp: httpx.Response, text: str) -> Outcome:
         status = resp.status_code
-        retry_after = parse_retry_after(resp.headers.get("retry-after"),
-                                        self.services.clock.now())
+        retry_after = parse_retry_after(resp.headers.get("retry-after"), self.services.clock.now())
         if status == 429:
             return Outcome.throttled(text, retry_after, status)
         if status in RETRYABLE_STATUS or status >= 500:
@@ -405,8 +417,10 @@ class Slack:
             ok = answer["ok"]
         except (ValueError, KeyError, TypeError):
             snippet = data[:SNIPPET].decode("utf-8", "replace").strip()
-            return Outcome.retry(self._scrub(
-                f"Slack answered HTTP 200 without a JSON 'ok' field: {snippet!r}"), status), {}
+            return Outcome.retry(
+                self._scrub(f"Slack answered HTTP 200 without a JSON 'ok' field: {snippet!r}"),
+                status,
+            ), {}
         if ok is True:
             return Outcome.delivered(status), answer
         error = str(answer.get("error") or "unknown_error")
@@ -416,8 +430,9 @@ class Slack:
             text += " (" + "; ".join(str(p) for p in problems[:5])[:SNIPPET] + ")"
         text = self._scrub(text)
         if error == "ratelimited":
-            retry_after = parse_retry_after(resp.headers.get("retry-after"),
-                                            self.services.clock.now())
+            retry_after = parse_retry_after(
+                resp.headers.get("retry-after"), self.services.clock.now()
+            )
             return Outcome.throttled(text, retry_after, status), answer
         if error in RETRYABLE_ERRORS:
             return Outcome.retry(text, status), answer
@@ -440,14 +455,18 @@ class Slack:
                 if now - float(since or 0) < THREAD_CLAIM_STALE:
                     return Outcome.throttled(
                         "waiting for the first message of this message_uuid's thread",
-                        THREAD_WAIT, status=None)
+                        THREAD_WAIT,
+                        status=None,
+                    )
                 await store.set_mark(key, claim, now, rank="1")  # its poster died: take over
         else:
             advanced, _ = await store.advance_mark(key, "1", claim, now)
             if not advanced:  # lost the race to another event of the same message
                 return Outcome.throttled(
                     "waiting for the first message of this message_uuid's thread",
-                    THREAD_WAIT, status=None)
+                    THREAD_WAIT,
+                    status=None,
+                )
         outcome, answer = await self._post_api(body)
         ts = answer.get("ts")
         if outcome.kind == "delivered" and isinstance(ts, str):
@@ -466,25 +485,19 @@ class Slack:
         try:
             async with asyncio.timeout(timeout):
                 async with self.services.http.stream(
-                    "POST", self.url, content=content, headers=self.headers, timeout=timeout,
+                    "POST",
+                    self.url,
+                    content=content,
+                    headers=self.headers,
+                    timeout=timeout,
                 ) as resp:
-                    data = await _read_some(resp)
+                    data = await read_capped(resp)
         except (TimeoutError, httpx.TimeoutException):
             return None, b"", Outcome.retry(f"timed out after {timeout:g}s")
         except httpx.HTTPError as e:
             text = self._scrub(f"connection error: {type(e).__name__}: {e}".rstrip(": "))
             return None, b"", Outcome.retry(text)
         return resp, data, None
-
-
-async def _read_some(resp: httpx.Response) -> bytes:
-    chunks, size = [], 0
-    async for chunk in resp.aiter_raw():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= MAX_READ:
-            break
-    return b"".join(chunks)
 
 
 @hookimpl

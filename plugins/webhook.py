@@ -33,7 +33,7 @@ import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from gateway import hookimpl
-from gateway.delivery.http import parse_retry_after
+from gateway.delivery.http import parse_retry_after, read_capped
 from gateway.delivery.payload import JsonTemplate, envelope_text, original_body
 from gateway.destination import Outcome, Services
 from gateway.store import DeliveryRecord
@@ -43,8 +43,6 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 RETRYABLE = frozenset({408, 425})
 #: How much of an error response's body goes into the attempt record.
 SNIPPET = 300
-#: Response bodies are read up to this size (and the rest dropped) to keep the connection.
-MAX_READ = 64 * 1024
 
 
 class WebhookOptions(BaseModel):
@@ -157,10 +155,13 @@ class Webhook:
         try:
             async with asyncio.timeout(opts.timeout):
                 async with self.services.http.stream(
-                    opts.method, self.url, content=body, headers=self.headers(delivery, body),
+                    opts.method,
+                    self.url,
+                    content=body,
+                    headers=self.headers(delivery, body),
                     timeout=opts.timeout,
                 ) as resp:
-                    data = await _read_some(resp)
+                    data = await read_capped(resp)
         except TimeoutError:
             return Outcome.retry(f"timed out after {opts.timeout:g}s")
         except httpx.TimeoutException as e:
@@ -180,8 +181,7 @@ class Webhook:
         snippet = data[:SNIPPET].decode("utf-8", "replace").strip()
         if snippet:
             text += f": {snippet}"
-        retry_after = parse_retry_after(
-            resp.headers.get("retry-after"), self.services.clock.now())
+        retry_after = parse_retry_after(resp.headers.get("retry-after"), self.services.clock.now())
         if status == 429:
             return Outcome.throttled(text, retry_after, status)
         if status in RETRYABLE or status >= 500:
@@ -189,29 +189,17 @@ class Webhook:
         if status == 410:
             return Outcome.permanent(
                 f"{text} (410 Gone: destination {self.name!r} paused until resumed)",
-                status, pause=True,
+                status,
+                pause=True,
             )
         if 300 <= status < 400:
             where = resp.headers.get("location", "?")
             return Outcome.permanent(
                 f"HTTP {status} redirect to {where} not followed (redirects are never followed;"
-                " configure the final URL)", status,
+                " configure the final URL)",
+                status,
             )
         return Outcome.permanent(text, status)
-
-
-async def _read_some(resp: httpx.Response) -> bytes:
-    try:
-        return resp.content[:MAX_READ]  # already in memory (a MockTransport response)
-    except httpx.ResponseNotRead:
-        pass
-    chunks, size = [], 0
-    async for chunk in resp.aiter_raw():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= MAX_READ:
-            break
-    return b"".join(chunks)
 
 
 @hookimpl

@@ -38,7 +38,8 @@ def make_http_client(transport: str | None = None) -> httpx.AsyncClient:
     """The shared outbound client; `transport` is ``"aiohttp"`` (default) or ``"httpx"``."""
     kind = transport or os.environ.get("CALLBACK_GATEWAY_HTTP_TRANSPORT", "aiohttp")
     limits = httpx.Limits(
-        max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS,
+        max_connections=MAX_CONNECTIONS,
+        max_keepalive_connections=MAX_CONNECTIONS,
         keepalive_expiry=30.0,
     )
     common = {
@@ -51,7 +52,8 @@ def make_http_client(transport: str | None = None) -> httpx.AsyncClient:
         client = httpx.AsyncClient(limits=limits, **common)  # type: ignore[arg-type]
     elif kind == "aiohttp":
         client = httpx.AsyncClient(
-            transport=_aiohttp_transport(limits), **common  # type: ignore[arg-type]
+            transport=_aiohttp_transport(limits),
+            **common,  # type: ignore[arg-type]
         )
     else:
         raise ValueError(f"unknown HTTP transport {kind!r}; expected 'aiohttp' or 'httpx'")
@@ -136,3 +138,22 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always UTC
         when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - now)
+
+
+#: How much of a response body destinations read: enough for an error message, never a flood.
+MAX_READ = 64 * 1024
+
+
+async def read_capped(resp: httpx.Response, limit: int = MAX_READ) -> bytes:
+    """At most `limit` bytes of `resp`'s body, without reading the rest into memory."""
+    try:
+        return resp.content[:limit]  # already in memory (for example a MockTransport response)
+    except httpx.ResponseNotRead:
+        pass
+    chunks, size = [], 0
+    async for chunk in resp.aiter_raw():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)
