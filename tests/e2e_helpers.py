@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -12,15 +13,27 @@ from typing import Any
 from receiver import Receiver, Reply
 
 
-def status(event: str = "delivered") -> dict[str, Any]:
-    """A valid provider status callback with a fresh message_uuid."""
-    return {
+def event(**fields: Any) -> dict[str, Any]:
+    """A valid `delivered` callback with a fresh message_uuid; `fields` override or add."""
+    base: dict[str, Any] = {
         "message_uuid": str(uuid.uuid4()),
         "channel_type": "SMS",
-        "callback_event": event,
-        "status": event,
+        "callback_event": "delivered",
+        "status": "delivered",
         "status_time": "2020-10-16T18:51:13Z",
     }
+    base.update(fields)
+    return base
+
+
+def status(name: str = "delivered") -> dict[str, Any]:
+    """A valid status callback whose event and status are both `name` (sent, read, ...)."""
+    return event(callback_event=name, status=name)
+
+
+def body(*events: dict[str, Any]) -> bytes:
+    """A request body: the provider always sends an array."""
+    return json.dumps(list(events)).encode()
 
 
 def eventually(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:

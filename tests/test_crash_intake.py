@@ -7,16 +7,15 @@ found after the restart was durably committed before its acknowledgement left th
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sqlite3
-import uuid
 from collections.abc import Callable
 from contextlib import closing
 from typing import Any
 
 import httpx
 import pytest
+from e2e_helpers import body, event
 from gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.slow
@@ -44,20 +43,8 @@ routes:
 Factory = Callable[..., GatewayProcess]
 
 
-def event(**fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "message_uuid": str(uuid.uuid4()),
-        "channel_type": "SMS",
-        "callback_event": "delivered",
-        "status": "delivered",
-        "status_time": "2020-10-16T18:51:13Z",
-    }
-    base.update(fields)
-    return base
 
 
-def body(*events: dict[str, Any]) -> bytes:
-    return json.dumps(list(events)).encode()
 
 
 def stored_uuids(gw: GatewayProcess) -> list[str]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e_helpers import body, event
 from gateway_process import GatewayProcess
 
 from gateway.body import split_elements
@@ -109,21 +110,8 @@ def client() -> Generator[httpx.Client, None, None]:
         yield c
 
 
-def event(**fields: Any) -> dict[str, Any]:
-    """A valid `delivered` callback with a fresh message id."""
-    base: dict[str, Any] = {
-        "message_uuid": str(uuid.uuid4()),
-        "channel_type": "SMS",
-        "callback_event": "delivered",
-        "status": "delivered",
-        "status_time": "2020-10-16T18:51:13Z",
-    }
-    base.update(fields)
-    return base
 
 
-def body(*events: dict[str, Any]) -> bytes:
-    return json.dumps(list(events)).encode()
 
 
 def stored(gw: GatewayProcess, sql: str, *params: Any) -> list[tuple[Any, ...]]:
