@@ -115,6 +115,8 @@ def _show(args: argparse.Namespace) -> int:
     for key, value in detail.items():
         if key == "event":
             value = found[0].raw
+        elif key.endswith("_at") and isinstance(value, int | float):
+            value = _when(value)
         print(f"{key:>17}: {value}")
     print("attempts:")
     for a in history:
