@@ -25,6 +25,8 @@ from gateway.metrics import Metrics
 from gateway.store import IncomingEvent, Store
 
 log = logging.getLogger("gateway.intake")
+#: Distinct event names per source counted under their own metric label (see `_event_label`).
+MAX_EVENT_LABELS = 64
 
 
 def raw_key(raw: str) -> str:
@@ -64,6 +66,7 @@ class SourceEndpoint:
         # JSON of a 200 answer is built once per (accepted, duplicates, quarantined).
         self._children: dict[tuple[str, ...], Any] = {}
         self._ok_bodies: dict[tuple[int, int, int], bytes] = {}
+        self._event_labels: set[str] = set()
 
     async def handle(self, request: Request) -> HTTPResponse:
         started = time.perf_counter()
@@ -116,7 +119,20 @@ class SourceEndpoint:
         if self.metrics is None:
             return
         for item, outcome in zip(items, outcomes, strict=False):
-            self._child("callbacks", item.event or "unknown", outcome).inc()
+            self._child("callbacks", self._event_label(item.event), outcome).inc()
+
+    def _event_label(self, event: str | None) -> str:
+        """The event name as a metric label. The name comes from the poster's data, so after
+        `MAX_EVENT_LABELS` distinct names the rest count as ``other``: a buggy or hostile poster
+        cannot grow the metrics without bound."""
+        if event is None:
+            return "unknown"
+        if event in self._event_labels:
+            return event
+        if len(self._event_labels) < MAX_EVENT_LABELS:
+            self._event_labels.add(event)
+            return event
+        return "other"
 
     def _refuse(self, request: Request) -> HTTPResponse | None:
         allow = self.config.auth.allow_ips
