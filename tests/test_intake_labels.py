@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from gateway_plugins.revicom import RevicomFormat
+
 from gateway.clock import SystemClock
 from gateway.config.models import SourceConfig
 from gateway.intake import MAX_EVENT_LABELS, SourceEndpoint
-from gateway_plugins.revicom import RevicomFormat
 
 
 def endpoint() -> SourceEndpoint:
