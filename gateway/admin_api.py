@@ -118,22 +118,9 @@ def admin_blueprint() -> Blueprint:
     @bp.get("/quarantine")
     @guarded
     async def quarantine(request: Request) -> HTTPResponse:
-        events = await ctx(request).store.list_events(
-            "quarantined", int(request.args.get("limit", 1000))
-        )
-        return response.json(
-            [
-                {
-                    "id": e.id,
-                    "source": e.source,
-                    "received_at": e.received_at,
-                    "reason": e.reason,
-                    "message_uuid": e.message_uuid,
-                    "event": e.payload,
-                }
-                for e in events
-            ]
-        )
+        limit = int(request.args.get("limit", 1000))
+        events = await admin.list_quarantined(ctx(request).store, limit)
+        return response.json([e.as_dict() for e in events])
 
     @bp.get("/destinations")
     @guarded

@@ -150,24 +150,9 @@ def replay(args: argparse.Namespace) -> int:
 
 
 def quarantine(args: argparse.Namespace) -> int:
-    events = with_store(args, lambda s: s.list_events("quarantined", args.limit))
+    events = with_store(args, lambda s: admin.list_quarantined(s, args.limit))
     if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "id": e.id,
-                        "source": e.source,
-                        "received_at": e.received_at,
-                        "reason": e.reason,
-                        "message_uuid": e.message_uuid,
-                        "event": e.payload,
-                    }
-                    for e in events
-                ],
-                indent=2,
-            )
-        )
+        print(json.dumps([e.as_dict() for e in events], indent=2))
         return 0
     if not events:
         print("nothing is quarantined")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.store import AttemptRecord, DeliveryFilter, DeliveryRecord, Store
+from gateway.store import AttemptRecord, DeliveryFilter, DeliveryRecord, EventRecord, Store
 from gateway.store.base import DELIVERY_STATES
 
 PAUSE_PREFIX = "paused:"
@@ -106,3 +106,8 @@ async def paused_destinations(store: Store, names: list[str]) -> dict[str, str]:
         if reason is not None:
             out[name] = reason
     return out
+
+
+async def list_quarantined(store: Store, limit: int = 1000) -> list[EventRecord]:
+    """Events held at intake as invalid, oldest first (``as_dict()`` is the listing shape)."""
+    return await store.list_events("quarantined", limit)

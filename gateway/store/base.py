@@ -62,6 +62,17 @@ class EventRecord:
     def payload(self) -> Any:
         return json.loads(self.raw)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The listing shape (``quarantine list --json``, ``/admin/quarantine``)."""
+        return {
+            "id": self.id,
+            "source": self.source,
+            "received_at": self.received_at,
+            "reason": self.reason,
+            "message_uuid": self.message_uuid,
+            "event": self.payload,
+        }
+
 
 @dataclass(frozen=True)
 class NewDelivery:
