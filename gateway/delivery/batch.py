@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from gateway.destination import Outcome
-
 if TYPE_CHECKING:
     from gateway.delivery.engine import _Dispatcher, _Try
     from gateway.store import DeliveryRecord
@@ -62,19 +60,13 @@ async def batch_step(d: _Dispatcher, now: float) -> float | None:
 
 async def send_batch(d: _Dispatcher, tries: list[_Try]) -> None:
     """Send one batch and record its outcome for every delivery in it."""
+    from gateway.delivery.engine import guarded_call
+
     engine = d.engine
     started = engine.clock.now()
     deliveries: list[DeliveryRecord] = [t.delivery for t in tries]
     try:
-        try:
-            async with asyncio.timeout(d.try_timeout):
-                outcome = await d.instance.deliver_batch(deliveries)
-            if not isinstance(outcome, Outcome):
-                outcome = Outcome.retry(f"destination returned {outcome!r}, not an Outcome")
-        except TimeoutError:
-            outcome = Outcome.retry(f"no result within {d.try_timeout:g}s")
-        except Exception as e:
-            outcome = Outcome.retry(f"{type(e).__name__}: {e}")
+        outcome = await guarded_call(d.instance.deliver_batch(deliveries), d.try_timeout)
         for t in tries:
             t.sending = False
         d.sending -= 1

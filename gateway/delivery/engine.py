@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,22 @@ class _Try:
     task: asyncio.Task[None] | None = None
     sending: bool = True
     recorded: bool = False
+
+
+async def guarded_call(call: Awaitable[Any], limit: float) -> Outcome:
+    """What one destination call achieved within `limit` seconds. Running out of time, an
+    exception or a result that is not an `Outcome` (a destination bug or an unclassified
+    failure) is a retry."""
+    try:
+        async with asyncio.timeout(limit):
+            outcome = await call
+    except TimeoutError:
+        return Outcome.retry(f"no result within {limit:g}s")
+    except Exception as e:
+        return Outcome.retry(f"{type(e).__name__}: {e}")
+    if not isinstance(outcome, Outcome):
+        return Outcome.retry(f"destination returned {outcome!r}, not an Outcome")
+    return outcome
 
 
 def _default_rate(component: Any) -> Rate | None:
@@ -299,15 +316,7 @@ class _Dispatcher:
         engine, d = self.engine, t.delivery
         started = engine.clock.now()
         try:
-            try:
-                async with asyncio.timeout(self.try_timeout):
-                    outcome = await self.instance.deliver(d)
-                if not isinstance(outcome, Outcome):
-                    outcome = Outcome.retry(f"destination returned {outcome!r}, not an Outcome")
-            except TimeoutError:
-                outcome = Outcome.retry(f"no result within {self.try_timeout:g}s")
-            except Exception as e:  # a destination bug or an unclassified failure: retry
-                outcome = Outcome.retry(f"{type(e).__name__}: {e}")
+            outcome = await guarded_call(self.instance.deliver(d), self.try_timeout)
             if outcome.kind == "throttled" and outcome.retry_after:
                 # The receiver asked for a pause, not just for this one delivery: sending the
                 # others meanwhile would only collect more 429s. Set before the slot frees.
