@@ -70,6 +70,13 @@ def setup_logging(
     global _listener
     if isinstance(level, str):
         level = logging.getLevelName(level.upper())
+    # No format here shows the caller's file/line, thread or process name, so records need
+    # not collect them: the logging HOWTO's "Optimization" switches. Collecting the caller
+    # walks the stack on every record, on the event loop's thread.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     inner: logging.Formatter = (
         JsonFormatter()
         if fmt == "json"
