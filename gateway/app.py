@@ -33,7 +33,7 @@ from gateway.http_errors import SANIC_CODES, error
 from gateway.intake import SourceEndpoint
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.pluginmanager import call_each
-from gateway.store import IngestResult, Store, store_from_url
+from gateway.store import EventRecord, IngestResult, Lease, Store, store_from_url
 
 log = logging.getLogger("gateway")
 _names = itertools.count()
@@ -66,10 +66,25 @@ class GatewayContext:
     def config(self) -> Any:
         return self.loaded.config
 
-    def committed(self, source: str, result: IngestResult) -> None:
-        """Intake calls this after a commit: wake the router, note the source is alive."""
-        if result.accepted and self.router is not None:
-            self.router.wake()
+    def intake_lease(self) -> Lease | None:
+        """The lease intake commits fresh events with, so this process's router can take them
+        from memory (None: commit them unleased for any router to claim)."""
+        return self.router.lease_for_intake() if self.router is not None else None
+
+    def committed(
+        self,
+        source: str,
+        result: IngestResult,
+        fresh: list[tuple[EventRecord, Any]],
+        lease: Lease | None,
+    ) -> None:
+        """Intake calls this after a commit: hand the fresh events to the router (or wake it
+        to claim them), note the source is alive."""
+        if self.router is not None:
+            if fresh and lease is not None:
+                self.router.take(fresh, lease)
+            elif result.accepted:
+                self.router.wake()
         if self.silence is not None:
             self.silence.seen(source, self.clock.now())
 
@@ -86,7 +101,7 @@ class GatewayContext:
                 self._store,
                 self.clock,
                 config.server.trusted_proxies,
-                self.committed,
+                self,
                 self.metrics,
             )
         self.paths = paths

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from sanic import Request, response
 from sanic.response import HTTPResponse
@@ -22,7 +22,7 @@ from gateway.config.models import Network, SourceConfig
 from gateway.errors import StoreError
 from gateway.http_errors import error
 from gateway.metrics import Metrics
-from gateway.store import IncomingEvent, Store
+from gateway.store import EventRecord, IncomingEvent, IngestResult, Lease, Store
 
 log = logging.getLogger("gateway.intake")
 #: Distinct event names per source counted under their own metric label (see `_event_label`).
@@ -36,6 +36,22 @@ def raw_key(raw: str) -> str:
     return "raw:" + hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
+class Handoff(Protocol):
+    """Where committed events go next (the process's router; see `gateway.app`)."""
+
+    def intake_lease(self) -> Lease | None:
+        """The lease to commit fresh events with, or None to commit them unleased."""
+
+    def committed(
+        self,
+        source: str,
+        result: IngestResult,
+        fresh: list[tuple[EventRecord, Any]],
+        lease: Lease | None,
+    ) -> None:
+        """After the commit: `fresh` are the accepted events with their parsed elements."""
+
+
 class SourceEndpoint:
     """Handles POSTs to one configured source path."""
 
@@ -47,7 +63,7 @@ class SourceEndpoint:
         store: Callable[[], Store],
         clock: Clock,
         trusted_proxies: list[Network],
-        on_committed: Callable[[str, Any], None] = lambda source, result: None,
+        handoff: Handoff | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.name = name
@@ -56,7 +72,7 @@ class SourceEndpoint:
         self._store = store
         self.clock = clock
         self.trusted = trusted_proxies
-        self.on_committed = on_committed
+        self.handoff = handoff
         self.metrics = metrics
         basic = config.auth.basic
         self.auth = BasicAuth(basic.username, basic.password) if basic else None
@@ -101,9 +117,11 @@ class SourceEndpoint:
             return self._answer(422, "invalid", invalid)
         if not items:
             return self._ok(0, 0, 0)
+        lease = self.handoff.intake_lease() if self.handoff is not None else None
+        now = self.clock.now()
         try:
             started = time.perf_counter()
-            result = await self._store().ingest(self.name, items, self.clock.now())
+            result = await self._store().ingest(self.name, items, now, lease)
             if self.metrics is not None:
                 self.metrics.commit_seconds.observe(time.perf_counter() - started)
         except StoreError as e:
@@ -111,9 +129,28 @@ class SourceEndpoint:
             return error(
                 503, "store_unavailable", "the callback was not stored; send it again later"
             )
-        self.on_committed(self.name, result)
+        if self.handoff is not None:
+            fresh = self._fresh(items, [v for v, _ in elements], result, now) if lease else []
+            self.handoff.committed(self.name, result, fresh, lease)
         self._count(items, result.outcomes)
         return self._ok(result.accepted, result.duplicates, result.quarantined)
+
+    def _fresh(
+        self, items: list[IncomingEvent], values: list[Any], result: IngestResult, now: float
+    ) -> list[tuple[EventRecord, Any]]:
+        """The accepted events as the router sees them, each with its parsed element."""
+        fresh = []
+        ids = iter(result.event_ids)  # stored items (accepted and quarantined), in body order
+        for item, value, outcome in zip(items, values, result.outcomes, strict=True):
+            if outcome == "duplicate":
+                continue
+            event_id = next(ids)
+            if outcome == "accepted":
+                record = EventRecord(
+                    event_id, self.name, now, item.raw, "received", item.message_uuid, item.event
+                )
+                fresh.append((record, value))
+        return fresh
 
     def _count(self, items: list[IncomingEvent], outcomes: Iterable[str]) -> None:
         if self.metrics is None:

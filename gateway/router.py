@@ -4,6 +4,13 @@ Runs as a background task in every gateway process; events are claimed with a le
 processes share the work and a crashed router's events are taken again when the lease expires.
 An event whose chain raised stays ``received`` with the plugin's name and error as its reason
 and is tried again with backoff (1s doubling up to 5 minutes).
+
+Fresh events do not make a round trip through the store: intake commits them already leased
+to this process (`lease_for_intake`) and hands them over with their parsed JSON (`take`), so
+the router neither claims nor re-reads them. The store remains the source of truth: held
+events, events another process leased and lost, and anything beyond `MAX_FRESH` waiting in
+memory are claimed from it as before. A batch's verdicts are committed together
+(`Store.finish_events`).
 """
 
 from __future__ import annotations
@@ -12,12 +19,13 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import PluginError, StoreError
 from gateway.metrics import Metrics
-from gateway.store import EventRecord, NewDelivery, Store
+from gateway.store import EventRecord, FinishedEvent, Lease, NewDelivery, Store
 from gateway.store.sqlite import new_delivery_id
 
 if TYPE_CHECKING:
@@ -29,6 +37,14 @@ log = logging.getLogger("gateway.router")
 
 BATCH = 256
 MAX_HOLD = 300.0
+#: Fresh events waiting in memory at most; past this, intake commits events unleased and the
+#: router claims them from the store, so a backlog lives on disk, not in memory.
+MAX_FRESH = 4096
+#: A fresh event is routed from memory only while this much of its lease is left; otherwise it
+#: is left to expire and be claimed from the store (never routed twice at the same time).
+LEASE_MARGIN = 0.5
+#: Seconds between looks at the store for due events when nothing says sooner.
+POLL = 5.0
 
 
 def hold_delay(route_attempts: int) -> float:
@@ -59,20 +75,48 @@ class Router:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: (event, its parsed element, lease expiry), as handed over by intake.
+        self._fresh: deque[tuple[EventRecord, Any, float]] = deque()
+        self._counters: dict[tuple[str, str], Any] = {}
+        #: When the store may next hold due events for a claim (0: look now).
+        self._next_claim = 0.0
 
     def wake(self) -> None:
+        """The store has new work for the router (a replay, events committed unleased)."""
+        self._next_claim = 0.0
+        self._wake.set()
+
+    def lease_for_intake(self) -> Lease | None:
+        """The lease intake should commit fresh events with, or None when they should go to
+        the store unleased (the router is not running, or enough are waiting in memory)."""
+        if self._task is None or self._stopping or len(self._fresh) >= MAX_FRESH:
+            return None
+        return Lease(self.owner, self.clock.now() + self.loaded.config.delivery.lease)
+
+    def take(self, events: list[tuple[EventRecord, Any]], lease: Lease) -> None:
+        """Route `events` (committed with `lease`, see `lease_for_intake`) from memory."""
+        for event, element in events:
+            self._fresh.append((event, element, lease.until))
         self._wake.set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="router")
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop the loop, then route what intake handed over and is still in memory (within
+        `grace` seconds; what is left is claimed from the store when its lease expires)."""
         self._stopping = True
         self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        try:
+            async with asyncio.timeout(grace):
+                while self._fresh:
+                    await self._route_fresh()
+        except (TimeoutError, StoreError) as e:
+            log.warning("router: %d fresh event(s) left to their lease: %s", len(self._fresh), e)
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -91,48 +135,96 @@ class Router:
 
     async def _idle(self) -> None:
         now = self.clock.now()
-        try:
-            due = await self.store.has_due_events(now)
-        except StoreError:
-            due = None
-        timeout = 5.0 if due is None else min(5.0, max(0.0, due - now))
+        if now >= self._next_claim:
+            # Ask the store when its next event falls due (a held event's retry, a lease
+            # expiring); look again within 5 s whatever it says, for other processes' work.
+            try:
+                due = await self.store.has_due_events(now)
+            except StoreError:
+                due = None
+            self._next_claim = now + POLL if due is None else min(now + POLL, max(now, due))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, self._next_claim - now))
 
     async def route_due(self) -> bool:
-        """Route one batch of due events; True when a full batch was taken (more may wait)."""
+        """Route one batch of the fresh events in memory, and claim and route due events from
+        the store when some may be due. True when more may be waiting."""
+        if self._fresh:
+            await self._route_fresh()
+        now = self.clock.now()
+        if now < self._next_claim:
+            return bool(self._fresh)
         # The same lease as deliveries: how long a crashed process's work waits for another.
         lease = self.loaded.config.delivery.lease
-        events = await self.store.claim_events(self.owner, BATCH, lease, self.clock.now())
-        # Concurrently, so that the batch's store writes share group commits instead of
-        # paying one commit each. The store's marks are atomic, so plugins keeping state
-        # (the ordering filter) stay correct.
-        touched: set[str] = set()
-        results = await asyncio.gather(*(self.route_one(e) for e in events), return_exceptions=True)
-        for event, result in zip(events, results, strict=True):
+        events = await self.store.claim_events(self.owner, BATCH, lease, now)
+        await self._route_batch([(e, None) for e in events])
+        self._next_claim = now  # until _idle asks the store when the next one is due
+        return bool(self._fresh) or len(events) == BATCH
+
+    async def _route_fresh(self) -> None:
+        # Only events with time left on their lease: an older one may be claimed by another
+        # process any moment, and is left to the store's claim path instead.
+        fresh_until = self.clock.now() + LEASE_MARGIN
+        batch: list[tuple[EventRecord, Any]] = []
+        while self._fresh and len(batch) < BATCH:
+            event, element, until = self._fresh.popleft()
+            if until > fresh_until:
+                batch.append((event, element))
+        await self._route_batch(batch)
+
+    async def _route_batch(self, events: list[tuple[EventRecord, Any]]) -> None:
+        # Chains run concurrently (a plugin may wait on I/O); the store's marks are atomic, so
+        # plugins keeping state (the ordering filter) stay correct. The verdicts are committed
+        # together: one store write for the batch.
+        results = await asyncio.gather(
+            *(self._decide(e, element) for e, element in events), return_exceptions=True
+        )
+        finished: list[FinishedEvent] = []
+        sources: list[str] = []
+        for (event, _), result in zip(events, results, strict=True):
             if isinstance(result, BaseException):
                 # Its lease expires and it is routed again; the rest of the batch is done.
                 log.error(
                     "event=%s: routing failed: %s: %s", event.id, type(result).__name__, result
                 )
-            else:
-                touched |= result
+            elif result is not None:
+                finished.append(result)
+                sources.append(event.source)
+        if not finished:
+            return
+        await self.store.finish_events(finished)
+        touched: set[str] = set()
+        for f, source in zip(finished, sources, strict=True):
+            touched.update(d.destination for d in f.deliveries)
+            self._count_state(source, f.state)
         if touched:
             self.on_routed(touched)
-        return len(events) == BATCH
 
     async def route_one(self, event: EventRecord) -> set[str]:
-        """Route one claimed event; returns the destinations that got new deliveries."""
-        now = self.clock.now()
-        try:
-            element = json.loads(event.raw)
-        except ValueError as e:  # cannot happen for stored events, but never loop on one
-            await self.store.quarantine_event(event.id, f"stored body is not JSON: {e}", now)
+        """Route one claimed event now; returns the destinations that got new deliveries."""
+        decision = await self._decide(event, None)
+        if decision is None:
             return set()
+        await self.store.finish_event(
+            decision.event_id, decision.state, decision.deliveries, decision.now, decision.reason
+        )
+        self._count_state(event.source, decision.state)
+        return {d.destination for d in decision.deliveries}
+
+    async def _decide(self, event: EventRecord, element: Any) -> FinishedEvent | None:
+        """Run the chain on one event. None when the event was held or quarantined (already
+        written); otherwise its verdict, for the caller to commit."""
+        now = self.clock.now()
+        if element is None:
+            try:
+                element = json.loads(event.raw)
+            except ValueError as e:  # cannot happen for stored events, but never loop on one
+                await self.store.quarantine_event(event.id, f"stored body is not JSON: {e}", now)
+                return None
         if event.recheck and (problems := self._recheck(event, element)):
             await self.store.quarantine_event(event.id, "; ".join(problems), now)
-            self._count(event, "quarantined")
-            return set()
+            self._count_state(event.source, "quarantined")
+            return None
         meta: dict[str, Any] = {
             "event_id": event.id,
             "source": event.source,
@@ -144,8 +236,9 @@ class Router:
             retry_at = now + hold_delay(event.route_attempts)
             log.error("event=%s held: %s (next try in %.0fs)", event.id, e, retry_at - now)
             await self.store.hold_event(event.id, str(e), retry_at, now)
-            self._count(event, "held")
-            return set()
+            self._next_claim = min(self._next_claim, retry_at)
+            self._count_state(event.source, "held")
+            return None
         destinations = self.loaded.config.destinations
         targets = [t for t in decision.targets if destinations[t.destination].enabled]
         state, reason = decision.state, decision.reason
@@ -157,13 +250,15 @@ class Router:
             NewDelivery(new_delivery_id(now), event.id, t.route, t.destination, now, t.enrichment)
             for t in targets
         ]
-        await self.store.finish_event(event.id, state, deliveries, now, reason)
-        self._count(event, state)
-        return {d.destination for d in deliveries}
+        return FinishedEvent(event.id, state, deliveries, now, reason)
 
-    def _count(self, event: EventRecord, state: str) -> None:
-        if self.metrics is not None:
-            self.metrics.events.labels(event.source, state).inc()
+    def _count_state(self, source: str, state: str) -> None:
+        if self.metrics is None:
+            return
+        child = self._counters.get((source, state))
+        if child is None:
+            child = self._counters[source, state] = self.metrics.events.labels(source, state)
+        child.inc()
 
     def _recheck(self, event: EventRecord, element: Any) -> list[str]:
         """Today's format check for an event replayed from quarantine."""

@@ -24,8 +24,10 @@ from gateway.ids import new_id
 from gateway.store import (
     AttemptRecord,
     DeliveryFilter,
+    FinishedEvent,
     IncomingEvent,
     IngestResult,
+    Lease,
     NewDelivery,
     Store,
 )
@@ -257,6 +259,49 @@ async def test_a_leased_event_is_not_claimed_again_until_its_lease_expires(store
     assert await store.claim_events("r2", 10, LEASE, T0 + 10 + LEASE - 1) == []
     assert await store.has_due_events(T0 + 11) == pytest.approx(T0 + 10 + LEASE)
     assert await ids_of(store.claim_events("r2", 10, LEASE, T0 + 10 + LEASE + 1)) == [event_id]
+
+
+async def test_an_event_leased_at_ingest_is_claimed_by_others_only_after_the_lease(
+    store: Store,
+) -> None:
+    result = await store.ingest(
+        SOURCE, [item("a"), item("q", "bad")], T0, lease=Lease("me", T0 + LEASE)
+    )
+    received = result.event_ids[0]
+    assert await store.claim_events("other", 10, LEASE, T0 + 1) == []
+    assert await store.claim_events("other", 10, LEASE, T0 + LEASE - 1) == []
+    assert await store.has_due_events(T0 + 1) == pytest.approx(T0 + LEASE)
+    # The quarantined one is never leased or claimed; the received one is, once expired.
+    assert await ids_of(store.claim_events("other", 10, LEASE, T0 + LEASE + 1)) == [received]
+
+
+async def test_the_lease_holder_finishes_an_event_leased_at_ingest(store: Store) -> None:
+    result = await store.ingest(SOURCE, [item("a")], T0, lease=Lease("me", T0 + LEASE))
+    event_id = result.event_ids[0]
+    await store.finish_event(event_id, "routed", [delivery(event_id, "hook", T0 + 1)], T0 + 1)
+    assert (await store.get_event(event_id)).state == "routed"
+    assert await store.claim_events("other", 10, LEASE, T0 + LEASE + 1) == []
+
+
+async def test_finish_events_finishes_each_and_skips_one_already_finished(store: Store) -> None:
+    ids = [await one_event(store, k) for k in ("a", "b", "c")]
+    await store.claim_events("r", 10, LEASE, T0 + 1)
+    await store.finish_event(ids[2], "unmatched", [], T0 + 1, "no route")
+    late = delivery(ids[2], "hook", T0 + 2)
+    news = [delivery(ids[0], "hook", T0 + 2), delivery(ids[0], "mail", T0 + 2)]
+    await store.finish_events(
+        [
+            FinishedEvent(ids[0], "routed", news, T0 + 2),
+            FinishedEvent(ids[1], "filtered", [], T0 + 2, "stale"),
+            FinishedEvent(ids[2], "routed", [late], T0 + 2),
+        ]
+    )
+    states = [(await store.get_event(i)) for i in ids]
+    assert [(e.state, e.reason) for e in states] == [
+        ("routed", None), ("filtered", "stale"), ("unmatched", "no route")]
+    assert [await store.get_delivery(d.id) is not None for d in news] == [True, True]
+    assert await store.get_delivery(late.id) is None
+    assert await store.finish_events([]) is None
 
 
 async def test_has_due_events_tells_when_the_router_has_work(store: Store) -> None:

@@ -149,6 +149,27 @@ class DeliveryFilter:
     limit: int = 1000
 
 
+@dataclass(frozen=True)
+class Lease:
+    """Events ingested with a lease are already claimed by `owner` until `until`: the
+    process that received them routes them from memory, and no other process claims them
+    before the lease expires (after a crash, any process does)."""
+
+    owner: str
+    until: float
+
+
+@dataclass(frozen=True)
+class FinishedEvent:
+    """The router's verdict on one claimed event, for `Store.finish_events`."""
+
+    event_id: str
+    state: str
+    deliveries: list[NewDelivery]
+    now: float
+    reason: str | None = None
+
+
 class Store(abc.ABC):
     """What the gateway needs from durable storage. See the module docstring for states."""
 
@@ -166,13 +187,16 @@ class Store(abc.ABC):
 
     # -- intake -----------------------------------------------------------------------------
     @abc.abstractmethod
-    async def ingest(self, source: str, items: list[IncomingEvent], now: float) -> IngestResult:
+    async def ingest(
+        self, source: str, items: list[IncomingEvent], now: float, lease: Lease | None = None
+    ) -> IngestResult:
         """Commit `items` durably and atomically, dropping duplicates by `(source, dedupe_key)`.
 
         Valid items become ``received`` events, items with problems ``quarantined`` ones (their
         problems are the reason). Returns only after the commit is durable; raises `StoreError`
         when it is not (nothing of this call is then stored). Concurrent calls with the same key
-        store it once.
+        store it once. With a `lease`, the new ``received`` events are stored as claimed by
+        ``lease.owner`` until ``lease.until`` (see `claim_events`).
         """
 
     # -- router ------------------------------------------------------------------------------
@@ -191,7 +215,14 @@ class Store(abc.ABC):
         now: float,
         reason: str | None = None,
     ) -> None:
-        """Set the event's state and create its deliveries in one transaction."""
+        """Set the event's state and create its deliveries in one transaction. Does nothing if
+        the event is no longer ``received`` (another process finished it first)."""
+
+    async def finish_events(self, finished: list[FinishedEvent]) -> None:
+        """`finish_event` for several events; each one is atomic on its own. Backends that can
+        commit them together override this."""
+        for f in finished:
+            await self.finish_event(f.event_id, f.state, f.deliveries, f.now, f.reason)
 
     @abc.abstractmethod
     async def hold_event(self, event_id: str, reason: str, retry_at: float, now: float) -> None:

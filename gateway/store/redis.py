@@ -74,6 +74,7 @@ from gateway.store.base import (
     EventRecord,
     IncomingEvent,
     IngestResult,
+    Lease,
     NewDelivery,
     Store,
 )
@@ -202,12 +203,14 @@ class RedisStore(Store):
             await self._r.set(self.prefix + "ping", "1", ex=60)
 
     # -- intake -----------------------------------------------------------------------------
-    async def ingest(self, source: str, items: list[IncomingEvent], now: float) -> IngestResult:
+    async def ingest(
+        self, source: str, items: list[IncomingEvent], now: float, lease: Lease | None = None
+    ) -> IngestResult:
         if not items:
             self._r  # noqa: B018 - a closed store still refuses
             return IngestResult()
         ids = [new_id("evt", now) for _ in items]
-        flags = await self._batch("ingest", ingest_args(source, items, ids, now))
+        flags = await self._batch("ingest", ingest_args(source, items, ids, now, lease))
         outcomes = tuple(
             "duplicate" if f == "0" else "quarantined" if it.problems else "accepted"
             for it, f in zip(items, flags, strict=True)  # flags: a '1' or '0' per item

@@ -15,6 +15,7 @@ from gateway.store.base import (
     DeliveryRecord,
     EventRecord,
     IncomingEvent,
+    Lease,
     NewDelivery,
 )
 
@@ -68,9 +69,12 @@ def num(value: float) -> str:
     return repr(float(value))  # exact round trip, unlike Lua's 14-digit tostring
 
 
-def ingest_args(source: str, items: list[IncomingEvent], ids: list[str], now: float) -> list[Any]:
+def ingest_args(
+    source: str, items: list[IncomingEvent], ids: list[str], now: float, lease: Lease | None
+) -> list[Any]:
     """One call's arguments for the INGEST script."""
-    args: list[Any] = [source, num(now), len(items)]
+    owner, until = (lease.owner, num(lease.until)) if lease else ("", "")
+    args: list[Any] = [source, num(now), owner, until, len(items)]
     for event_id, it in zip(ids, items, strict=True):
         if it.problems:
             args += [it.dedupe_key, event_id, it.raw, "quarantined", opt(it.message_uuid),

@@ -78,12 +78,14 @@ end
 """
 
 # Batched (see `gateway.store.redis_batch`): ARGV: P, number of calls, then per call: source,
-# now, n, then per item: dedupe key, event id, raw, state, message_uuid (opt), event (opt),
-# reason (opt). Returns per call a string with one flag per item ('1' stored, '0' duplicate),
-# or '!' and the error when the call failed (then it wrote nothing).
+# now, lease owner ('' for none), lease until, n, then per item: dedupe key, event id, raw,
+# state, message_uuid (opt), event (opt), reason (opt). Returns per call a string with one
+# flag per item ('1' stored, '0' duplicate), or '!' and the error when the call failed (then
+# it wrote nothing).
 INGEST = _COMMON + r"""
 local function ingest_one(b)
-  local source, now, n = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2])
+  local source, now, owner, untl = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local n = tonumber(ARGV[b + 4])
   local scope = #source .. ':' .. source .. ':'
   for _, k in ipairs({'dedupe', 'dedupe:hits'}) do want_type(k, 'hash') end
   for _, k in ipairs({'dedupe:age', 'ev:due', 'ev:state:received', 'ev:state:quarantined'}) do
@@ -91,7 +93,7 @@ local function ingest_one(b)
   end
   local flags, seen = {}, {}
   for i = 0, n - 1 do
-    local j = b + 3 + i * 7
+    local j = b + 5 + i * 7
     local field = scope .. ARGV[j]
     if seen[field] or redis.call('HEXISTS', P .. 'dedupe', field) == 1 then
       flags[i + 1] = '0'
@@ -104,7 +106,7 @@ local function ingest_one(b)
     end
   end
   for i = 0, n - 1 do
-    local j = b + 3 + i * 7
+    local j = b + 5 + i * 7
     local field, id, state = scope .. ARGV[j], ARGV[j + 1], ARGV[j + 3]
     if flags[i + 1] == '0' then
       redis.call('HINCRBY', P .. 'dedupe:hits', field, 1)
@@ -120,12 +122,19 @@ local function ingest_one(b)
       ev_move(id, nil, state)
       -- Fresh events are due from their arrival, so the router takes them oldest first and
       -- held or expired events wait behind no more than what arrived before them.
-      if state == 'received' then redis.call('ZADD', P .. 'ev:due', now, id) end
+      -- An event leased at intake is routed from memory by the process that received it;
+      -- others may claim it only once the lease has expired.
+      if state == 'received' and owner ~= '' then
+        redis.call('HSET', k, 'lease_until', untl, 'leased_by', owner)
+        redis.call('ZADD', P .. 'ev:due', untl, id)
+      elseif state == 'received' then
+        redis.call('ZADD', P .. 'ev:due', now, id)
+      end
     end
   end
   return table.concat(flags)
 end
-return batch(function(b) return 3 + tonumber(ARGV[b + 2]) * 7 end, ingest_one)
+return batch(function(b) return 5 + tonumber(ARGV[b + 4]) * 7 end, ingest_one)
 """
 
 # ARGV: P, owner, now, lease until, limit. Returns flat hashes (with 'id') of the claimed events.

@@ -18,8 +18,10 @@ from gateway.store.base import (
     DeliveryFilter,
     DeliveryRecord,
     EventRecord,
+    FinishedEvent,
     IncomingEvent,
     IngestResult,
+    Lease,
     NewDelivery,
     Store,
 )
@@ -131,7 +133,11 @@ class SQLiteStore(Store):
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
 
     # -- intake -----------------------------------------------------------------------------
-    async def ingest(self, source: str, items: list[IncomingEvent], now: float) -> IngestResult:
+    async def ingest(
+        self, source: str, items: list[IncomingEvent], now: float, lease: Lease | None = None
+    ) -> IngestResult:
+        until, owner = (lease.until, lease.owner) if lease else (None, None)
+
         def op(c: sqlite3.Connection) -> IngestResult:
             accepted = duplicates = quarantined = 0
             ids = []
@@ -153,9 +159,11 @@ class SQLiteStore(Store):
                     continue
                 state = "quarantined" if item.problems else "received"
                 reason = "; ".join(item.problems) if item.problems else None
+                leased = not item.problems
                 c.execute(
                     "INSERT INTO events (id, source, received_at, raw, state, message_uuid, event,"
-                    " reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " reason, updated_at, lease_until, leased_by)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         event_id,
                         source,
@@ -166,6 +174,8 @@ class SQLiteStore(Store):
                         item.event,
                         reason,
                         now,
+                        until if leased else None,
+                        owner if leased else None,
                     ),
                 )
                 ids.append(event_id)
@@ -203,37 +213,18 @@ class SQLiteStore(Store):
         now: float,
         reason: str | None = None,
     ) -> None:
-        def op(c: sqlite3.Connection) -> None:
-            row = c.execute(
-                "UPDATE events SET state = ?, reason = ?, lease_until = NULL, leased_by = NULL,"
-                " recheck = 0, updated_at = ? WHERE id = ? AND state = 'received'"
-                " RETURNING source, message_uuid",
-                (state, reason, now, event_id),
-            ).fetchone()
-            if row is None:
-                return  # already finished by another worker whose lease we outlived
-            c.executemany(
-                "INSERT INTO deliveries (id, event_id, source, route, destination, state,"
-                " next_attempt_at, created_at, updated_at, message_uuid, enrichment)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [
-                    (
-                        d.id,
-                        d.event_id,
-                        row[0],
-                        d.route,
-                        d.destination,
-                        d.next_attempt_at,
-                        now,
-                        now,
-                        row[1],
-                        json.dumps(d.enrichment, separators=(",", ":")),
-                    )
-                    for d in deliveries
-                ],
-            )
+        finished = FinishedEvent(event_id, state, deliveries, now, reason)
+        await self._write(lambda c: _finish_event(c, finished))
 
-        await self._write(op)
+    async def finish_events(self, finished: list[FinishedEvent]) -> None:
+        # One operation for the router's whole batch: one future and one turn of the
+        # committer instead of one per event.
+        def op(c: sqlite3.Connection) -> None:
+            for f in finished:
+                _finish_event(c, f)
+
+        if finished:
+            await self._write(op)
 
     async def hold_event(self, event_id: str, reason: str, retry_at: float, now: float) -> None:
         await self._write(
@@ -541,6 +532,37 @@ class SQLiteStore(Store):
             }
 
         return await self._read(op)
+
+
+def _finish_event(c: sqlite3.Connection, f: FinishedEvent) -> None:
+    row = c.execute(
+        "UPDATE events SET state = ?, reason = ?, lease_until = NULL, leased_by = NULL,"
+        " recheck = 0, updated_at = ? WHERE id = ? AND state = 'received'"
+        " RETURNING source, message_uuid",
+        (f.state, f.reason, f.now, f.event_id),
+    ).fetchone()
+    if row is None:
+        return  # already finished by another worker whose lease we outlived
+    c.executemany(
+        "INSERT INTO deliveries (id, event_id, source, route, destination, state,"
+        " next_attempt_at, created_at, updated_at, message_uuid, enrichment)"
+        " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [
+            (
+                d.id,
+                d.event_id,
+                row[0],
+                d.route,
+                d.destination,
+                d.next_attempt_at,
+                f.now,
+                f.now,
+                row[1],
+                json.dumps(d.enrichment, separators=(",", ":")),
+            )
+            for d in f.deliveries
+        ],
+    )
 
 
 def _delivery_where(flt: DeliveryFilter) -> tuple[str, list[Any]]:
