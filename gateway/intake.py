@@ -6,6 +6,7 @@ sent only after every element of the body is durably stored (or recognised as a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +28,19 @@ from gateway.store import EventRecord, IncomingEvent, IngestResult, Lease, Store
 log = logging.getLogger("gateway.intake")
 #: Distinct event names per source counted under their own metric label (see `_event_label`).
 MAX_EVENT_LABELS = 64
+
+
+#: Commits in progress, held here so that one whose request was cancelled is not collected.
+_commits: set[asyncio.Future[Any]] = set()
+
+
+def _commit_done(commit: asyncio.Future[Any]) -> None:
+    _commits.discard(commit)
+    if commit.cancelled():
+        return
+    e = commit.exception()  # retrieved, so a cancelled request's failure is not reported twice
+    if e is not None and not isinstance(e, StoreError):
+        log.error("commit failed: %r", e)
 
 
 def raw_key(raw: str) -> str:
@@ -117,23 +131,35 @@ class SourceEndpoint:
             return self._answer(422, "invalid", invalid)
         if not items:
             return self._ok(0, 0, 0)
-        lease = self.handoff.intake_lease() if self.handoff is not None else None
-        now = self.clock.now()
         try:
-            started = time.perf_counter()
-            result = await self._store().ingest(self.name, items, now, lease)
-            if self.metrics is not None:
-                self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            # Shielded: a client that hangs up mid-commit cancels this handler, but the commit
+            # goes on in the store, and its events must still reach the router (leased to this
+            # process, nobody else would route them before the lease ran out).
+            values = [v for v, _ in elements]
+            commit = asyncio.ensure_future(self._commit(items, values))
+            _commits.add(commit)
+            commit.add_done_callback(_commit_done)
+            result = await asyncio.shield(commit)
         except StoreError as e:
             log.error("source=%s status=503 store cannot commit: %s", self.name, e)
             return error(
                 503, "store_unavailable", "the callback was not stored; send it again later"
             )
-        if self.handoff is not None:
-            fresh = self._fresh(items, [v for v, _ in elements], result, now) if lease else []
-            self.handoff.committed(self.name, result, fresh, lease)
         self._count(items, result.outcomes)
         return self._ok(result.accepted, result.duplicates, result.quarantined)
+
+    async def _commit(self, items: list[IncomingEvent], values: list[Any]) -> IngestResult:
+        """Commit `items`, then hand the accepted ones to the router (see `Handoff`)."""
+        lease = self.handoff.intake_lease() if self.handoff is not None else None
+        now = self.clock.now()
+        started = time.perf_counter()
+        result = await self._store().ingest(self.name, items, now, lease)
+        if self.metrics is not None:
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        if self.handoff is not None:
+            fresh = self._fresh(items, values, result, now) if lease else []
+            self.handoff.committed(self.name, result, fresh, lease)
+        return result
 
     def _fresh(
         self, items: list[IncomingEvent], values: list[Any], result: IngestResult, now: float

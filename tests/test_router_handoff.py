@@ -1,0 +1,219 @@
+"""Fresh events handed from intake to the router in memory, and what happens when they are not.
+
+Intake commits fresh events leased to its own process and hands them to the router; the store
+stays the source of truth for everything else. These tests drive the router step by step with
+a manual clock against a real SQLite store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gateway_plugins.json_format import JsonFormat
+
+from gateway import intake
+from gateway import router as router_module
+from gateway.config import load_config_text
+from gateway.config.models import SourceConfig
+from gateway.intake import SourceEndpoint
+from gateway.router import Router
+from gateway.routing.chain import Chain
+from gateway.store import (
+    DeliveryFilter,
+    EventRecord,
+    IncomingEvent,
+    IngestResult,
+    Lease,
+    Store,
+    store_from_url,
+)
+
+CONFIG = """
+store: sqlite:///gw.db
+sources:
+  provider: {path: /cb, format: json, options: {required: [/id]}}
+destinations:
+  archive: {type: file, path: out.jsonl}
+routes:
+  - name: all
+    to: [archive]
+"""
+LEASE = 30.0  # the default delivery.lease
+
+
+class Clock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.t = now
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = store_from_url("sqlite:///gw.db", tmp_path)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def make_router(store: Store, clock: Clock) -> Router:
+    cfg = load_config_text(CONFIG, {})
+    return Router(cfg, store, Chain(cfg, store, clock), clock, "me")
+
+
+async def commit_leased(
+    store: Store, clock: Clock, *ids: int, lease_for: float = LEASE
+) -> tuple[list[tuple[EventRecord, Any]], Lease]:
+    """What intake does: commit leased to "me", return the fresh events and the lease."""
+    lease = Lease("me", clock.now() + lease_for)
+    elements = [{"id": i} for i in ids]
+    items = [IncomingEvent(json.dumps(e), f"k{e['id']}") for e in elements]
+    result = await store.ingest("provider", items, clock.now(), lease)
+    fresh = [
+        (EventRecord(eid, "provider", clock.now(), item.raw, "received"), element)
+        for eid, item, element in zip(result.event_ids, items, elements, strict=True)
+    ]
+    return fresh, lease
+
+
+async def states(store: Store, fresh: list[tuple[EventRecord, Any]]) -> list[str]:
+    return [(await store.get_event(e.id)).state for e, _ in fresh]  # type: ignore[union-attr]
+
+
+async def test_handed_over_events_are_routed_from_memory(store: Store) -> None:
+    clock = Clock()
+    router = make_router(store, clock)
+    fresh, lease = await commit_leased(store, clock, 1, 2, 3)
+    router.take(fresh, lease)
+    await router.route_due()
+    assert await states(store, fresh) == ["routed"] * 3
+    deliveries = await store.list_deliveries(DeliveryFilter())
+    assert sorted(d.event_id for d in deliveries) == sorted(e.id for e, _ in fresh)
+
+
+async def test_a_leased_event_never_handed_over_is_claimed_once_its_lease_expires(
+    store: Store,
+) -> None:
+    # The process that committed it died before routing it: its lease holds others off, then
+    # any router claims it from the store.
+    clock = Clock()
+    fresh, _ = await commit_leased(store, clock, 1)
+    other = make_router(store, clock)
+    await other.route_due()
+    assert await states(store, fresh) == ["received"]
+    clock.t += LEASE + 1
+    await other.route_due()
+    assert await states(store, fresh) == ["routed"]
+
+
+async def test_an_event_whose_lease_ran_out_in_memory_is_left_to_the_claim_path(
+    store: Store,
+) -> None:
+    # Another router may claim it any moment now; routing it from memory too could route it
+    # twice at once. It is routed exactly once, by the claim, after the lease.
+    clock = Clock()
+    router = make_router(store, clock)
+    fresh, lease = await commit_leased(store, clock, 1, lease_for=0.2)
+    router.take(fresh, lease)
+    await router.route_due()
+    assert await states(store, fresh) == ["received"]
+    clock.t += 1
+    await router.route_due()
+    assert await states(store, fresh) == ["routed"]
+    assert len(await store.list_deliveries(DeliveryFilter())) == 1
+
+
+async def test_intake_commits_unleased_when_too_many_wait_in_memory(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    router = make_router(store, clock)
+    assert router.lease_for_intake() is None  # not running: nothing to hand over to
+    await router.start()
+    try:
+        lease = router.lease_for_intake()
+        assert lease == Lease("me", clock.now() + LEASE)
+        monkeypatch.setattr(router_module, "MAX_FRESH", 2)
+        router._fresh.extend([(None, None, 0.0)] * 2)  # type: ignore[list-item]
+        assert router.lease_for_intake() is None
+    finally:
+        router._fresh.clear()
+        await router.stop()
+
+
+async def test_stop_routes_what_is_still_in_memory(store: Store) -> None:
+    clock = Clock()
+    router = make_router(store, clock)
+    fresh, lease = await commit_leased(store, clock, 1, 2)
+    router._fresh.extend((e, v, lease.until) for e, v in fresh)  # handed over, not yet routed
+    await router.stop()
+    assert await states(store, fresh) == ["routed", "routed"]
+
+
+class SlowStore:
+    """Wraps a store; `ingest` waits until released, as a slow commit would."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def ingest(self, *args: Any) -> IngestResult:
+        self.entered.set()
+        await self.release.wait()
+        return await self.store.ingest(*args)
+
+
+class Recorder:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.handed: list[tuple[EventRecord, Any]] = []
+
+    def intake_lease(self) -> Lease:
+        return Lease("me", self.clock.now() + LEASE)
+
+    def committed(self, source: str, result: IngestResult, fresh: list, lease: Any) -> None:
+        self.handed.extend(fresh)
+
+
+class FakeRequest:
+    """The parts of a Sanic request intake reads."""
+
+    def __init__(self, body: bytes) -> None:
+        token = base64.b64encode(b"u:p").decode()
+        self.headers = {"content-type": "application/json", "authorization": f"Basic {token}"}
+        self.body = body
+        self.ip = "127.0.0.1"
+
+
+async def test_a_client_hanging_up_mid_commit_still_hands_its_events_over(store: Store) -> None:
+    # Sanic cancels the handler when the connection drops; the commit goes on, so the events
+    # it stored leased to this process must still reach the router.
+    clock = Clock()
+    slow, handoff = SlowStore(store), Recorder(clock)
+    config = SourceConfig.model_validate(
+        {"path": "/cb", "format": "json", "auth": {"basic": {"username": "u", "password": "p"}}}
+    )
+    endpoint = SourceEndpoint(
+        "provider", config, JsonFormat(None), lambda: slow, clock, [], handoff  # type: ignore[arg-type,return-value]
+    )
+    handler = asyncio.ensure_future(endpoint.handle(FakeRequest(b'[{"id": 1}, {"id": 2}]')))
+    await slow.entered.wait()
+    handler.cancel()
+    slow.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    assert intake._commits, "the commit was abandoned with its request"
+    await asyncio.gather(*intake._commits)  # the shielded commit finishes on its own
+    assert [v for _, v in handoff.handed] == [{"id": 1}, {"id": 2}]
+    stored = await store.list_events("received")
+    assert sorted(e.id for e in stored) == sorted(e.id for e, _ in handoff.handed)
