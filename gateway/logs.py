@@ -1,10 +1,11 @@
 """Logging setup: plain text or JSON lines on stderr, with secrets scrubbed from every line.
 
-The event loop only enqueues records (`QueueHandler`); a logging thread (`QueueListener`)
-formats them, scrubs secrets and writes them. Formatting and the write to stderr were about half
-of the request path's cost when done inline, and a slow log sink (a full pipe, journald pushing
-back) would otherwise stall requests. Records still queued are written at a normal exit; only a
-crash can drop the last few lines.
+The event loop only enqueues records (`QueueHandler`); a logging thread (`_Writer`) formats
+them, scrubs secrets and writes them. Formatting and the write to stderr were about half of the
+request path's cost when done inline, and a slow log sink (a full pipe, journald pushing back)
+would otherwise stall requests. The thread writes everything waiting in the queue with one
+write and one flush, so a busy gateway makes one system call per batch of lines, not per line.
+Records still queued are written at a normal exit; only a crash can drop the last few lines.
 """
 
 from __future__ import annotations
@@ -15,18 +16,53 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
 import time
+from collections.abc import Callable
+from typing import TextIO
 
 from gateway.config.redact import scrub
 
-_listener: logging.handlers.QueueListener | None = None
+_listener: _Writer | None = None
+#: Lines written with one write() at most.
+MAX_BATCH = 256
+
+
+class _Seconds:
+    """strftime of a whole second, remembered: consecutive records mostly share it."""
+
+    def __init__(
+        self, fmt: str, convert: Callable[[float], time.struct_time] = time.gmtime
+    ) -> None:
+        self.fmt, self.convert = fmt, convert
+        self.second, self.text = -1, ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self.second:
+            self.second, self.text = second, time.strftime(self.fmt, self.convert(second))
+        return self.text
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-11-26T17:03:03 INFO name: message``, local time like `logging.Formatter`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        self._seconds = _Seconds("%Y-%m-%dT%H:%M:%S", time.localtime)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return self._seconds(record.created)
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._seconds = _Seconds("%Y-%m-%dT%H:%M:%S")
+
     def format(self, record: logging.LogRecord) -> str:
         out = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": self._seconds(record.created) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -77,18 +113,10 @@ def setup_logging(
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    inner: logging.Formatter = (
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
-        )
-    )
-    output = logging.StreamHandler(sys.stderr)
-    output.setFormatter(ScrubbingFormatter(inner, secrets or set()))
+    inner: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     _flush()
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _listener = logging.handlers.QueueListener(records, output)
+    records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+    _listener = _Writer(records, ScrubbingFormatter(inner, secrets or set()), sys.stderr)
     _listener.start()
     root = logging.getLogger()
     root.handlers[:] = [_Enqueue(records)]
@@ -98,6 +126,51 @@ def setup_logging(
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("sanic.access").setLevel(logging.WARNING)
+
+
+class _Writer:
+    """The logging thread: formats queued records and writes them in batches to `stream`."""
+
+    def __init__(
+        self,
+        records: queue.SimpleQueue[logging.LogRecord | None],
+        formatter: logging.Formatter,
+        stream: TextIO,
+    ) -> None:
+        self.records, self.formatter, self.stream = records, formatter, stream
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write everything queued so far, then end the thread."""
+        self.records.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.records.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self.records.get_nowait())
+                except queue.Empty:
+                    break
+            lines = []
+            for record in batch:
+                if record is None:
+                    continue
+                try:
+                    lines.append(self.formatter.format(record) + "\n")
+                except Exception:  # a bad record must not stop logging; say so on stderr
+                    lines.append(f"(unformattable log record from {record.name})\n")
+            try:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed or full: nothing else to tell
+                pass
+            if None in batch:
+                return
 
 
 @atexit.register
