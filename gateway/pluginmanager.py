@@ -108,16 +108,21 @@ async def await_me_maybe(value: Any) -> Any:
     return value
 
 
-async def call_each(hook: Any, **kwargs: Any) -> list[tuple[str, Any]]:
+async def call_each(
+    hook: Any, *, tracing: bool | None = None, **kwargs: Any
+) -> list[tuple[str, Any]]:
     """Call every implementation of `hook` separately, awaiting each result.
 
     Returns ``(plugin_name, result)`` pairs. An implementation that raises is re-raised as
     `gateway.errors.PluginError` carrying its plugin's name, so callers can hold the event.
+    `tracing` (default: ``CALLBACK_GATEWAY_TRACE_PLUGINS`` is set) prints each call; callers
+    on the per-event path pass the flag they read once.
     """
     from gateway.errors import PluginError
 
     results = []
-    tracing = bool(os.environ.get("CALLBACK_GATEWAY_TRACE_PLUGINS"))
+    if tracing is None:
+        tracing = bool(os.environ.get("CALLBACK_GATEWAY_TRACE_PLUGINS"))
     for impl in reversed(hook.get_hookimpls()):  # pluggy order: last registered first
         if tracing:
             print(f"[plugins] {hook.name} -> {impl.plugin_name}", file=sys.stderr)

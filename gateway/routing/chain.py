@@ -211,7 +211,9 @@ class Chain:
         meta = dict(meta)
         # A `json` source may carry non-object elements: routes then see no fields.
         event = dict(event) if isinstance(event, dict) else {}
-        verdicts = await call_each(self.pm.hook.filter_event, event=dict(event), meta=meta)
+        verdicts = await call_each(
+            self.pm.hook.filter_event, tracing=self._tracing, event=dict(event), meta=meta
+        )
         for plugin, result in verdicts:
             if result is False:
                 trace.append(Step("filter_event", plugin, False, "returned False"))
