@@ -231,6 +231,7 @@ class _Dispatcher:
         self.hold_until = 0.0
         self.task: asyncio.Task[None] | None = None
         self._pause_checked = 0.0
+        self._metrics: dict[tuple[str, ...], Any] = {}
 
     async def refresh_pause(self) -> None:
         self.paused = await admin.paused_reason(self.engine.store, self.name)
@@ -351,8 +352,8 @@ class _Dispatcher:
         t.recorded = True
         engine.counters[(self.name, decision.attempt_outcome)] += 1
         if engine.metrics is not None:
-            engine.metrics.deliveries.labels(self.name, decision.attempt_outcome).inc()
-            engine.metrics.attempt_seconds.labels(self.name).observe(max(0.0, finished - started))
+            self._metric("deliveries", decision.attempt_outcome).inc()
+            self._metric("attempt_seconds").observe(max(0.0, finished - started))
         if decision.state == "dead":
             log.warning("delivery %s to %r is dead: %s", d.id, self.name, error)
         else:
@@ -371,9 +372,22 @@ class _Dispatcher:
             await engine.pause(self.name, error or "paused by the destination")
         await self.notify(d, decision.state, error, outcome.status, decision.counts)
 
+    def _metric(self, name: str, *labels: str) -> Any:
+        """``metrics.<name>.labels(destination, *labels)``, looked up once (labels() takes a
+        lock and builds a key on every call)."""
+        key = (name, *labels)
+        child = self._metrics.get(key)
+        if child is None:
+            metric = getattr(self.engine.metrics, name)
+            child = self._metrics[key] = metric.labels(self.name, *labels)
+        return child
+
     async def notify(
         self, d: DeliveryRecord, state: str, error: str | None, status: int | None, counts: bool
     ) -> None:
+        impls = self.engine.pm.hook.delivery_finished.get_hookimpls()
+        if not impls:
+            return
         delivery = {
             "id": d.id, "event_id": d.event_id, "source": d.source, "route": d.route,
             "destination": d.destination, "attempts": d.attempts + (1 if counts else 0),
@@ -381,7 +395,7 @@ class _Dispatcher:
         }
         outcome = {"state": state, "error": error, "status": status}
         # Each implementation separately: one failing observer must not silence the others.
-        for impl in reversed(self.engine.pm.hook.delivery_finished.get_hookimpls()):
+        for impl in reversed(impls):
             kwargs = {"delivery": delivery, "outcome": outcome}
             try:
                 await await_me_maybe(impl.function(*[kwargs[a] for a in impl.argnames]))
