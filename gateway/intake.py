@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from sanic import Request, response
 from sanic.response import HTTPResponse
 
+from gateway import logs
 from gateway.auth import BasicAuth, address_allowed, client_address
 from gateway.body import BodyError, split_elements
 from gateway.clock import Clock
@@ -234,14 +235,15 @@ class SourceEndpoint:
         return items, invalid
 
     def _ok(self, accepted: int, duplicates: int, quarantined: int) -> HTTPResponse:
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "source=%s status=200 accepted=%d duplicates=%d quarantined=%d",
-                self.name,
-                accepted,
-                duplicates,
-                quarantined,
-            )
+        logs.line(
+            log,
+            logging.INFO,
+            "source=%s status=200 accepted=%d duplicates=%d quarantined=%d",
+            self.name,
+            accepted,
+            duplicates,
+            quarantined,
+        )
         key = (accepted, duplicates, quarantined)
         body = self._ok_bodies.get(key)
         if body is None:

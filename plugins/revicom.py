@@ -43,6 +43,17 @@ STATUS_DEDUPE = ("message_uuid", "callback_event", "status", "status_time")
 _encode_key = json.JSONEncoder(separators=(",", ":")).encode
 
 
+#: (required, optional) fields per event, common ones included, merged once.
+_COMMON_FIELDS = (tuple(COMMON_REQUIRED.items()), tuple(COMMON_OPTIONAL.items()))
+_FIELDS = {
+    name: (
+        tuple({**COMMON_REQUIRED, **required}.items()),
+        tuple({**COMMON_OPTIONAL, **optional}.items()),
+    )
+    for name, (required, optional) in EVENTS.items()
+}
+
+
 def _type_ok(value: Any, kind: str) -> bool:
     if kind == STR:
         return isinstance(value, str)
@@ -86,22 +97,20 @@ class RevicomFormat:
             return [f"expected an object, found {_found(element)}"]
         problems = []
         event = element.get("callback_event")
-        required = dict(COMMON_REQUIRED)
-        optional = dict(COMMON_OPTIONAL)
+        required, optional = _COMMON_FIELDS
         if isinstance(event, str):
             if event not in EVENTS:
                 problems.append(
                     f"callback_event: unknown event {event!r} (known: {', '.join(EVENTS)})"
                 )
             else:
-                required.update(EVENTS[event][0])
-                optional.update(EVENTS[event][1])
-        for name, kind in required.items():
+                required, optional = _FIELDS[event]
+        for name, kind in required:
             if element.get(name) is None:
                 problems.append(f"{name}: required field is missing")
             elif not _type_ok(element[name], kind):
                 problems.append(f"{name}: expected {_expect(kind)}, found {_found(element[name])}")
-        for name, kind in optional.items():
+        for name, kind in optional:
             value = element.get(name)
             if value is not None and not _type_ok(value, kind):
                 problems.append(f"{name}: expected {_expect(kind)}, found {_found(value)}")

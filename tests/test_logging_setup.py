@@ -59,3 +59,40 @@ def test_level_filters_before_anything_is_queued(capsys: pytest.CaptureFixture[s
     logging.getLogger("gateway.test").warning("shown %d", 1)
     out = written(capsys)
     assert "not shown" not in out and "WARNING gateway.test: shown 1" in out
+
+
+def test_hot_path_lines_keep_level_format_order_and_scrubbing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.setup_logging("text", {SECRET}, "info")
+    log = logging.getLogger("gateway.intake")
+    logs.line(log, logging.DEBUG, "not shown")
+    logs.line(log, logging.INFO, "source=%s status=%d", "revicom", 200)
+    log.warning("ordinary record in between")
+    logs.line(log, logging.WARNING, "error=%s", f"token {SECRET} refused")
+    out = written(capsys).splitlines()
+    assert "not shown" not in "\n".join(out)
+    assert [line.split(" ", 1)[1] for line in out] == [
+        "INFO gateway.intake: source=revicom status=200",
+        "WARNING gateway.intake: ordinary record in between",
+        "WARNING gateway.intake: error=token *** refused",
+    ]
+
+
+def test_hot_path_lines_as_json_carry_the_time_they_were_logged(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.setup_logging("json", set(), "info")
+    logs.line(logging.getLogger("gateway.delivery"), logging.INFO, "delivery=%s", "msg_1")
+    (line,) = written(capsys).splitlines()
+    record = json.loads(line)
+    assert record["message"] == "delivery=msg_1" and record["logger"] == "gateway.delivery"
+    assert record["level"] == "info" and record["time"].endswith("Z")
+
+
+def test_hot_path_lines_without_setup_are_ordinary_records(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO):
+        logs.line(logging.getLogger("gateway.intake"), logging.INFO, "x=%d", 1)
+    assert [r.getMessage() for r in caplog.records] == ["x=1"]

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from gateway import logs
 from gateway.clock import Clock
 from gateway.config.redact import scrub
 from gateway.delivery import admin
@@ -360,11 +361,10 @@ class _Dispatcher:
             # Delivered at INFO; retries and throttling at WARNING, so log_level: warning
             # still shows every problem.
             level = logging.INFO if decision.state == "delivered" else logging.WARNING
-            if log.isEnabledFor(level):
-                log.log(level, "delivery=%s destination=%s outcome=%s status=%s%s", d.id,
-                        self.name, decision.attempt_outcome,
-                        outcome.status if outcome.status is not None else "-",
-                        f" error={error}" if error else "")
+            logs.line(log, level, "delivery=%s destination=%s outcome=%s status=%s%s", d.id,
+                      self.name, decision.attempt_outcome,
+                      outcome.status if outcome.status is not None else "-",
+                      f" error={error}" if error else "")
         if outcome.pause_destination and self.paused is None:
             log.error(
                 "DESTINATION %r PAUSED: %s. Nothing more is sent to it until an operator"
