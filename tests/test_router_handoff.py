@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from gateway_plugins.json_format import JsonFormat
+from manual_clock import ManualClock
 
 from gateway import intake
 from gateway import router as router_module
@@ -46,17 +47,6 @@ routes:
 LEASE = 30.0  # the default delivery.lease
 
 
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.t = now
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-
 @pytest.fixture
 async def store(tmp_path: Path):
     s = store_from_url("sqlite:///gw.db", tmp_path)
@@ -65,13 +55,13 @@ async def store(tmp_path: Path):
     await s.close()
 
 
-def make_router(store: Store, clock: Clock) -> Router:
+def make_router(store: Store, clock: ManualClock) -> Router:
     cfg = load_config_text(CONFIG, {})
     return Router(cfg, store, Chain(cfg, store, clock), clock, "me")
 
 
 async def commit_leased(
-    store: Store, clock: Clock, *ids: int, lease_for: float = LEASE
+    store: Store, clock: ManualClock, *ids: int, lease_for: float = LEASE
 ) -> tuple[list[tuple[EventRecord, Any]], Lease]:
     """What intake does: commit leased to "me", return the fresh events and the lease."""
     lease = Lease("me", clock.now() + lease_for)
@@ -90,7 +80,7 @@ async def states(store: Store, fresh: list[tuple[EventRecord, Any]]) -> list[str
 
 
 async def test_handed_over_events_are_routed_from_memory(store: Store) -> None:
-    clock = Clock()
+    clock = ManualClock()
     router = make_router(store, clock)
     fresh, lease = await commit_leased(store, clock, 1, 2, 3)
     router.take(fresh, lease)
@@ -105,7 +95,7 @@ async def test_a_leased_event_never_handed_over_is_claimed_once_its_lease_expire
 ) -> None:
     # The process that committed it died before routing it: its lease holds others off, then
     # any router claims it from the store.
-    clock = Clock()
+    clock = ManualClock()
     fresh, _ = await commit_leased(store, clock, 1)
     other = make_router(store, clock)
     await other.route_due()
@@ -120,7 +110,7 @@ async def test_an_event_whose_lease_ran_out_in_memory_is_left_to_the_claim_path(
 ) -> None:
     # Another router may claim it any moment now; routing it from memory too could route it
     # twice at once. It is routed exactly once, by the claim, after the lease.
-    clock = Clock()
+    clock = ManualClock()
     router = make_router(store, clock)
     fresh, lease = await commit_leased(store, clock, 1, lease_for=0.2)
     router.take(fresh, lease)
@@ -135,7 +125,7 @@ async def test_an_event_whose_lease_ran_out_in_memory_is_left_to_the_claim_path(
 async def test_intake_commits_unleased_when_too_many_wait_in_memory(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     router = make_router(store, clock)
     assert router.lease_for_intake() is None  # not running: nothing to hand over to
     await router.start()
@@ -151,7 +141,7 @@ async def test_intake_commits_unleased_when_too_many_wait_in_memory(
 
 
 async def test_stop_routes_what_is_still_in_memory(store: Store) -> None:
-    clock = Clock()
+    clock = ManualClock()
     router = make_router(store, clock)
     fresh, lease = await commit_leased(store, clock, 1, 2)
     router._fresh.extend((e, v, lease.until) for e, v in fresh)  # handed over, not yet routed
@@ -174,7 +164,7 @@ class SlowStore:
 
 
 class Recorder:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self.handed: list[tuple[EventRecord, Any]] = []
 
@@ -198,7 +188,7 @@ class FakeRequest:
 async def test_a_client_hanging_up_mid_commit_still_hands_its_events_over(store: Store) -> None:
     # Sanic cancels the handler when the connection drops; the commit goes on, so the events
     # it stored leased to this process must still reach the router.
-    clock = Clock()
+    clock = ManualClock()
     slow, handoff = SlowStore(store), Recorder(clock)
     config = SourceConfig.model_validate(
         {"path": "/cb", "format": "json", "auth": {"basic": {"username": "u", "password": "p"}}}
