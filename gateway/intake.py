@@ -92,10 +92,7 @@ class SourceEndpoint:
         basic = config.auth.basic
         self.auth = BasicAuth(basic.username, basic.password) if basic else None
         self.challenge = {"WWW-Authenticate": f'Basic realm="{config.auth.realm}", charset="UTF-8"'}
-        # Per-request costs kept off the hot path: labelled metric children are looked up once
-        # (prometheus-client's labels() takes a lock and builds a key on every call), and the
-        # JSON of a 200 answer is built once per (accepted, duplicates, quarantined).
-        self._children: dict[tuple[str, ...], Any] = {}
+        # The JSON of a 200 answer is built once per (accepted, duplicates, quarantined).
         self._ok_bodies: dict[tuple[int, int, int], bytes] = {}
         self._event_labels: set[str] = set()
 
@@ -109,14 +106,8 @@ class SourceEndpoint:
         return answer
 
     def _child(self, metric: str, *labels: str) -> Any:
-        """``self.metrics.<metric>.labels(self.name, *labels)``, looked up once."""
-        key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            assert self.metrics is not None
-            child = getattr(self.metrics, metric).labels(self.name, *labels)
-            self._children[key] = child
-        return child
+        assert self.metrics is not None
+        return self.metrics.child(metric, self.name, *labels)
 
     async def _handle(self, request: Request) -> HTTPResponse:
         refused = self._refuse(request)

@@ -78,9 +78,21 @@ class Metrics:
         self.attempt_seconds = histogram(
             "attempt_seconds", "Duration of one delivery attempt", ["destination"], SLOW
         )
+        self._children: dict[tuple[str, ...], Any] = {}
         self._store: Any = None
         self._clock: Any = None
 
+
+    def child(self, metric: str, *labels: str) -> Any:
+        """``self.<metric>.labels(*labels)``, looked up once: prometheus-client's ``labels()``
+        takes a lock and builds a key on every call, and the hot paths count every request,
+        event and delivery. Callers bound the label values (see `gateway.intake`)."""
+        key = (metric, *labels)
+        found = self._children.get(key)
+        if found is None:
+            metric_obj = getattr(self, metric)
+            found = self._children[key] = metric_obj.labels(*labels) if labels else metric_obj
+        return found
     def watch_store(self, store: Any, clock: Any) -> None:
         """Report queue depth and oldest pending age from `store` on every scrape."""
         self._store, self._clock = store, clock

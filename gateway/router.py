@@ -77,7 +77,6 @@ class Router:
         self._stopping = False
         #: (event, its parsed element, lease expiry), as handed over by intake.
         self._fresh: deque[tuple[EventRecord, Any, float]] = deque()
-        self._counters: dict[tuple[str, str], Any] = {}
         #: When the store may next hold due events for a claim (0: look now).
         self._next_claim = 0.0
 
@@ -255,10 +254,7 @@ class Router:
     def _count_state(self, source: str, state: str) -> None:
         if self.metrics is None:
             return
-        child = self._counters.get((source, state))
-        if child is None:
-            child = self._counters[source, state] = self.metrics.events.labels(source, state)
-        child.inc()
+        self.metrics.child("events", source, state).inc()
 
     def _recheck(self, event: EventRecord, element: Any) -> list[str]:
         """Today's format check for an event replayed from quarantine."""

@@ -232,7 +232,6 @@ class _Dispatcher:
         self.hold_until = 0.0
         self.task: asyncio.Task[None] | None = None
         self._pause_checked = 0.0
-        self._metrics: dict[tuple[str, ...], Any] = {}
 
     async def refresh_pause(self) -> None:
         self.paused = await admin.paused_reason(self.engine.store, self.name)
@@ -353,8 +352,9 @@ class _Dispatcher:
         t.recorded = True
         engine.counters[(self.name, decision.attempt_outcome)] += 1
         if engine.metrics is not None:
-            self._metric("deliveries", decision.attempt_outcome).inc()
-            self._metric("attempt_seconds").observe(max(0.0, finished - started))
+            engine.metrics.child("deliveries", self.name, decision.attempt_outcome).inc()
+            engine.metrics.child("attempt_seconds", self.name).observe(
+                max(0.0, finished - started))
         if decision.state == "dead":
             log.warning("delivery %s to %r is dead: %s", d.id, self.name, error)
         else:
@@ -371,16 +371,6 @@ class _Dispatcher:
                 " resumes it; its deliveries wait.", self.name, error)
             await engine.pause(self.name, error or "paused by the destination")
         await self.notify(d, decision.state, error, outcome.status, decision.counts)
-
-    def _metric(self, name: str, *labels: str) -> Any:
-        """``metrics.<name>.labels(destination, *labels)``, looked up once (labels() takes a
-        lock and builds a key on every call)."""
-        key = (name, *labels)
-        child = self._metrics.get(key)
-        if child is None:
-            metric = getattr(self.engine.metrics, name)
-            child = self._metrics[key] = metric.labels(self.name, *labels)
-        return child
 
     async def notify(
         self, d: DeliveryRecord, state: str, error: str | None, status: int | None, counts: bool
