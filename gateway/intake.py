@@ -37,11 +37,14 @@ _commits: set[asyncio.Future[Any]] = set()
 
 def _commit_done(commit: asyncio.Future[Any]) -> None:
     _commits.discard(commit)
-    if commit.cancelled():
-        return
-    e = commit.exception()  # retrieved, so a cancelled request's failure is not reported twice
-    if e is not None and not isinstance(e, StoreError):
-        log.error("commit failed: %r", e)
+    if not commit.cancelled():
+        commit.exception()  # retrieved: its request reports it, or `_orphan_done` does
+
+
+def _orphan_done(commit: asyncio.Future[Any]) -> None:
+    """A commit whose request was cancelled: nobody else will report its failure."""
+    if not commit.cancelled() and (e := commit.exception()) is not None:
+        log.error("commit of a cancelled request failed: %s: %s", type(e).__name__, e)
 
 
 def raw_key(raw: str) -> str:
@@ -131,7 +134,11 @@ class SourceEndpoint:
             commit = asyncio.ensure_future(self._commit(items, values))
             _commits.add(commit)
             commit.add_done_callback(_commit_done)
-            result = await asyncio.shield(commit)
+            try:
+                result = await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                commit.add_done_callback(_orphan_done)
+                raise
         except StoreError as e:
             log.error("source=%s status=503 store cannot commit: %s", self.name, e)
             return error(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from gateway import intake
 from gateway import router as router_module
 from gateway.config import load_config_text
 from gateway.config.models import SourceConfig
+from gateway.errors import StoreError
 from gateway.intake import SourceEndpoint
 from gateway.router import Router
 from gateway.routing.chain import Chain
@@ -207,3 +209,35 @@ async def test_a_client_hanging_up_mid_commit_still_hands_its_events_over(store:
     assert [v for _, v in handoff.handed] == [{"id": 1}, {"id": 2}]
     stored = await store.list_events("received")
     assert sorted(e.id for e in stored) == sorted(e.id for e, _ in handoff.handed)
+
+
+class FailingSlowStore(SlowStore):
+    async def ingest(self, *args: Any) -> IngestResult:
+        self.entered.set()
+        await self.release.wait()
+        raise StoreError("disk full")
+
+
+async def test_a_failed_commit_of_a_hung_up_request_is_logged_once(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    slow, handoff = FailingSlowStore(store), Recorder(clock)
+    config = SourceConfig.model_validate({"path": "/cb", "format": "json"})
+    endpoint = SourceEndpoint(
+        "provider", config, JsonFormat(None), lambda: slow, clock, [], handoff  # type: ignore[arg-type,return-value]
+    )
+    request = FakeRequest(b'[{"id": 1}]')
+    handler = asyncio.ensure_future(endpoint.handle(request))
+    await slow.entered.wait()
+    handler.cancel()
+    slow.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    with caplog.at_level(logging.ERROR, logger="gateway.intake"):
+        await asyncio.gather(*intake._commits, return_exceptions=True)
+        await asyncio.sleep(0)  # done callbacks run on the next turn of the loop
+    assert [r.getMessage() for r in caplog.records] == [
+        "commit of a cancelled request failed: StoreError: disk full"
+    ]
+    assert handoff.handed == []
