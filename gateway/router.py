@@ -199,17 +199,6 @@ class Router:
         if touched:
             self.on_routed(touched)
 
-    async def route_one(self, event: EventRecord) -> set[str]:
-        """Route one claimed event now; returns the destinations that got new deliveries."""
-        decision = await self._decide(event, None)
-        if decision is None:
-            return set()
-        await self.store.finish_event(
-            decision.event_id, decision.state, decision.deliveries, decision.now, decision.reason
-        )
-        self._count_state(event.source, decision.state)
-        return {d.destination for d in decision.deliveries}
-
     async def _decide(self, event: EventRecord, element: Any) -> FinishedEvent | None:
         """Run the chain on one event. None when the event was held or quarantined (already
         written); otherwise its verdict, for the caller to commit."""
