@@ -213,8 +213,10 @@ def load(
 # -- targets --------------------------------------------------------------------------------------
 
 
-def gateway_config(port: int, routes: str) -> str:
-    text = f"""\
+def source_config(port: int) -> str:
+    """The benchmarked gateway's server, SQLite store and one revicom source with Basic auth
+    (bench/run.py adds its destinations and routes to this)."""
+    return f"""\
 server: {{host: 127.0.0.1, port: {port}, workers: 1}}
 store: sqlite:///var/gateway.db
 sources:
@@ -224,6 +226,10 @@ sources:
     auth:
       basic: {{username: {USER}, password: "{PASSWORD}"}}
 """
+
+
+def gateway_config(port: int, routes: str) -> str:
+    text = source_config(port)
     if routes == "file":
         text += """\
 destinations:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
@@ -46,18 +48,20 @@ class Http(asyncio.Protocol):
             self.transport.write(RESPONSE)  # type: ignore[attr-defined]
 
 
-async def main(port: int) -> None:
+async def serve(protocol: Callable[[], asyncio.Protocol], port: int) -> None:
+    """Serve `protocol` on 127.0.0.1:`port` (0: any free port), print ``listening PORT``, and
+    return on SIGTERM or SIGINT. Shared with bench/e2e_receiver.py."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Http, "127.0.0.1", port, backlog=1024)
+    server = await loop.create_server(protocol, "127.0.0.1", port, backlog=1024)
     print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
-    print(f"requests {Counter.requests}", flush=True)
 
 
-if __name__ == "__main__":
+def run(main: Callable[[int], Coroutine[Any, Any, None]]) -> None:
+    """``asyncio.run(main(PORT))`` on uvloop when installed, PORT from the command line."""
     try:
         import uvloop
 
@@ -65,3 +69,12 @@ if __name__ == "__main__":
     except ImportError:
         pass
     asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
+
+
+async def main(port: int) -> None:
+    await serve(Http, port)
+    print(f"requests {Counter.requests}", flush=True)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -41,7 +41,13 @@ import httpx
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 import node_red  # noqa: E402
-from bench_intake import PASSWORD, PATH, USER, Server, free_port, run_wrk  # noqa: E402
+from bench_intake import (  # noqa: E402
+    PATH,
+    Server,
+    free_port,
+    run_wrk,
+    source_config,
+)
 from fill_backlog import fill  # noqa: E402
 
 PHASES = ("bare", "intake", "e2e1", "e2e3", "node-red", "drain", "backlog")
@@ -117,16 +123,7 @@ def gateway_config(
     concurrency: int | None,
     log_level: str | None = None,
 ) -> str:
-    text = f"""\
-server: {{host: 127.0.0.1, port: {port}, workers: 1}}
-store: sqlite:///var/gateway.db
-sources:
-  revicom:
-    path: {PATH}
-    format: revicom
-    auth:
-      basic: {{username: {USER}, password: "{PASSWORD}"}}
-"""
+    text = source_config(port)
     if concurrency:
         text += f"delivery: {{concurrency: {concurrency}}}\n"
     if log_level:

@@ -56,32 +56,10 @@ _FIRST_PENDING = (
 
 
 def _event(row: tuple[Any, ...]) -> EventRecord:
-    (
-        event_id,
-        source,
-        received_at,
-        raw,
-        state,
-        message_uuid,
-        event,
-        reason,
-        route_attempts,
-        next_route_at,
-        recheck,
-    ) = row
-    return EventRecord(
-        event_id,
-        source,
-        received_at,
-        raw,
-        state,
-        message_uuid,
-        event,
-        reason,
-        route_attempts,
-        next_route_at,
-        recheck=bool(recheck),
-    )
+    """An `EventRecord` from a row of `_EVENT_COLS` (``recheck`` is stored as 0/1)."""
+    values = list(row)
+    values[-1] = bool(values[-1])
+    return EventRecord(*values)
 
 
 def _delivery(row: tuple[Any, ...]) -> DeliveryRecord:
