@@ -10,13 +10,13 @@ import json
 import math
 import sqlite3
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 
 import httpx
 import pytest
+from e2e_helpers import event
 from gateway_process import GatewayProcess
 from receiver import ReceiverThread, Reply
 
@@ -51,11 +51,7 @@ routes:
 def post_events(gw: GatewayProcess, n: int, batch: int = 10) -> list[str]:
     uuids = []
     for start in range(0, n, batch):
-        events = [{
-            "message_uuid": str(uuid.uuid4()), "channel_type": "SMS",
-            "callback_event": "delivered", "status": "delivered",
-            "status_time": "2020-10-16T18:51:13Z",
-        } for _ in range(min(batch, n - start))]
+        events = [event() for _ in range(min(batch, n - start))]
         answer = httpx.post(gw.url(PATH), json=events, auth=AUTH, timeout=10)
         assert answer.status_code == 200, answer.text
         assert answer.json()["accepted"] == len(events)

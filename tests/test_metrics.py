@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e_helpers import event as delivered
+from e2e_helpers import status
 from gateway_process import GatewayProcess, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -49,21 +51,6 @@ routes:
     match: {{callback_event: click}}
     to: [crm]
 """
-
-
-def delivered(**fields: Any) -> dict[str, Any]:
-    return {
-        "message_uuid": str(uuid.uuid4()),
-        "channel_type": "SMS",
-        "callback_event": "delivered",
-        "status": "delivered",
-        "status_time": "2020-10-16T18:51:13Z",
-        **fields,
-    }
-
-
-def read() -> dict[str, Any]:
-    return delivered(callback_event="read", status="read")
 
 
 def click() -> dict[str, Any]:
@@ -124,7 +111,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
 
 
 def test_callbacks_and_requests_are_counted_by_source_event_outcome_and_status(gw):
-    first, second, status_read = delivered(), delivered(), read()
+    first, second, status_read = delivered(), delivered(), status("read")
     invalid = {"callback_event": "delivered", "status": "delivered"}  # no message_uuid
     assert post(gw, "/callbacks/revicom", [first, second, status_read], auth=AUTH).json() == {
         "accepted": 3, "duplicates": 0, "quarantined": 0}

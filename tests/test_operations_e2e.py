@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from e2e_helpers import ThreadedReceiver, eventually
+from e2e_helpers import ThreadedReceiver, event, eventually
 from gateway_process import GatewayProcess
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import Receiver, Reply
@@ -63,9 +62,7 @@ destinations:
 routes:
   - to: [crm]
 """)
-    events = [{"message_uuid": str(uuid.uuid4()), "channel_type": "SMS",
-               "callback_event": "delivered", "status": "delivered",
-               "status_time": "2020-10-16T18:51:13Z"} for _ in range(3)]
+    events = [event() for _ in range(3)]
     answer = httpx.post(f"{gw.base}/callbacks/revicom", content=json.dumps(events),
                         headers={"Content-Type": "application/json"})
     assert answer.json()["accepted"] == 3

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
+from e2e_helpers import event
 from gateway_process import GatewayProcess
 from receiver import Receiver, Reply
 from redis_support import delete_prefix, store_url, unique_prefix
@@ -57,16 +57,6 @@ async def prefix() -> AsyncIterator[str]:
     p = unique_prefix()
     yield p
     await delete_prefix(p)
-
-
-def event() -> dict[str, Any]:
-    return {
-        "message_uuid": str(uuid.uuid4()),
-        "channel_type": "SMS",
-        "callback_event": "delivered",
-        "status": "delivered",
-        "status_time": "2020-10-16T18:51:13Z",
-    }
 
 
 async def start_two(factory: Factory, prefix: str, rx: Receiver, tmp_path: Any,
