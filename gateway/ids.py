@@ -13,6 +13,10 @@ import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Two characters (10 bits) per lookup: the 130 bits of 26 characters in 13 steps, half the
+# Python work of one character at a time (ids are made on the request path).
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_SHIFTS = tuple(range(120, -10, -10))
 _lock = threading.Lock()
 _last = 0
 
@@ -26,8 +30,4 @@ def new_id(prefix: str, now: float | None = None) -> str:
         if value <= _last and (_last >> 80) == millis:
             value = _last + 1
         _last = value
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
+    return f"{prefix}_{''.join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])}"
