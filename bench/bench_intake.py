@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -88,28 +89,42 @@ class Server:
         self.stop()
         raise SystemExit(f"{self.name} did not become ready in {timeout}s; see {self.log_path}")
 
-    def rss_mib(self) -> float:
-        """Resident memory of the server process (VmRSS from /proc/PID/status), in MiB."""
+    def pids(self) -> list[int]:
+        """The server process and its descendants (Sanic's workers when `workers` > 1)."""
         if self.proc is None or self.proc.poll() is not None:
-            return 0.0
-        try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        except OSError:
-            return 0.0
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+            return []
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        tree, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        return tree
+
+    def rss_mib(self) -> float:
+        """Resident memory of the server's processes (VmRSS from /proc/PID/status), in MiB."""
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        return total
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system, all threads) the server process has used so far."""
-        if self.proc is None or self.proc.poll() is not None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time (user + system, all threads) the server's processes have used so far."""
+        ticks = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -213,11 +228,11 @@ def load(
 # -- targets --------------------------------------------------------------------------------------
 
 
-def source_config(port: int) -> str:
+def source_config(port: int, workers: int = 1) -> str:
     """The benchmarked gateway's server, SQLite store and one revicom source with Basic auth
     (bench/run.py adds its destinations and routes to this)."""
     return f"""\
-server: {{host: 127.0.0.1, port: {port}, workers: 1}}
+server: {{host: 127.0.0.1, port: {port}, workers: {workers}}}
 store: sqlite:///var/gateway.db
 sources:
   revicom:

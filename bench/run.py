@@ -122,8 +122,9 @@ def gateway_config(
     destinations: int,
     concurrency: int | None,
     log_level: str | None = None,
+    workers: int = 1,
 ) -> str:
-    text = source_config(port)
+    text = source_config(port, workers)
     if concurrency:
         text += f"delivery: {{concurrency: {concurrency}}}\n"
     if log_level:
@@ -166,6 +167,7 @@ class Bench:
                 destinations,
                 self.args.delivery_concurrency,
                 self.args.log_level,
+                self.args.workers,
             )
         )
         if db is not None:
@@ -403,10 +405,12 @@ def report(b: Bench) -> str:
             f"backlog drain: {got}/{n} deliveries at {rate:.0f}/s (gateway CPU {cpu_us:.0f} us"
             f" per delivery, peak RSS {peak:.0f} MiB)"
         )
-    out.append("resident memory (VmRSS of the gateway process):")
+    out.append("resident memory (VmRSS of the gateway's processes):")
     out += [f"  {k:<58}{v:>7.0f} MiB" for k, v in b.memory.items()]
     out.append("")
     out.append("targets (same run):")
+    if b.args.workers != 1:
+        out.append(f"  (the gateway ran {b.args.workers} HTTP workers; the targets are for one)")
     out += targets(b, bare, ceiling)
     out += [f"note: {n}" for n in b.notes]
     return "\n".join(out)
@@ -472,6 +476,12 @@ def main() -> int:
         choices=["debug", "info", "warning", "error"],
         help="log_level in the gateway config (default: the gateway's, info)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server.workers of the gateway (1; the targets are for one, bare Sanic stays at one)",
+    )
     p.add_argument("--no-node-red", action="store_true", help="skip the Node-RED target")
     p.add_argument(
         "--phases",
@@ -497,7 +507,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-run-"))
     print(
         f"bench/run.py: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
-        f" {a.duration:g}s per run, wrk 1 thread, workdir {work}",
+        f" {a.duration:g}s per run, wrk 1 thread, gateway workers {a.workers}, workdir {work}",
         flush=True,
     )
     b = Bench(a, work)
