@@ -7,6 +7,8 @@ so the grouping under test is deterministic rather than a matter of timing.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -219,3 +221,84 @@ async def test_stop_finishes_what_was_queued_before_it(db: Path) -> None:
     await committer.stop()
     assert len(await asyncio.gather(*tasks)) == 20
     assert len(stored(db)) == 20
+
+
+async def test_a_write_waits_for_the_lock_file_and_goes_on_when_it_is_released(
+    tmp_path: Path, db: Path,
+) -> None:
+    # Another process's writer holds the lock (a separate open file: flock conflicts as it
+    # would between processes). Our write must not start its transaction until it is released.
+    lock_path = tmp_path / "committer.db-lock"
+    committer = Committer(connect_to(db), name="test", lock_path=lock_path)  # type: ignore[arg-type]
+    committer.start()
+    other = os.open(lock_path, os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        write = asyncio.ensure_future(committer.run(insert("a")))
+        done, _ = await asyncio.wait({write}, timeout=0.5)
+        assert not done, "the write did not wait for the other writer's lock"
+        assert stored(db) == set()
+        fcntl.flock(other, fcntl.LOCK_UN)
+        assert await asyncio.wait_for(write, 5) == "a"
+        assert stored(db) == {"a"}
+        # A group that only reads does not take the lock.
+        fcntl.flock(other, fcntl.LOCK_EX)
+        rows = await asyncio.wait_for(
+            committer.run(lambda c: c.execute("SELECT name FROM t").fetchall(), write=False), 5
+        )
+        assert rows == [("a",)]
+    finally:
+        os.close(other)
+        await committer.stop()
+
+
+def _hammer(path: str, prefix: str, count: int, busy_timeout: float) -> None:
+    """One process of the test below: `count` ingests of 20 events each, 32 always in flight,
+    so that its committer writes back to back on the shared file."""
+    import asyncio as aio
+
+    from gateway.store import IncomingEvent
+    from gateway.store.sqlite import SQLiteStore
+
+    async def main() -> None:
+        store = SQLiteStore(Path(path), busy_timeout=busy_timeout)
+        await store.open()
+        slots = aio.Semaphore(32)
+
+        async def one(i: int) -> None:
+            async with slots:
+                items = [
+                    IncomingEvent("{}", f"{prefix}{i}.{j}", f"{prefix}{i}", "x") for j in range(20)
+                ]
+                await store.ingest("s", items, 1.0)
+
+        try:
+            await aio.gather(*(one(i) for i in range(count)))
+        finally:
+            await store.close()
+
+    aio.run(main())
+
+
+def test_two_processes_writing_steadily_both_get_through(tmp_path: Path) -> None:
+    # Two real processes on one SQLite file, each committing groups back to back, with a busy
+    # timeout of 0.1 s. Left to SQLite's sleeping back-off, one of them loses the write lock
+    # again and again until its timeout runs out ("database is locked"); taking turns through
+    # the lock file, every ingest of both gets through.
+    import multiprocessing
+
+    path = str(tmp_path / "shared.db")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_hammer, args=(path, name, 1500, 0.1)) for name in ("a", "b")
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (60000,)
+    finally:
+        conn.close()

@@ -7,17 +7,28 @@ the others), then COMMITs the whole group once, so N concurrent requests cost on
 A caller's future resolves only after that COMMIT returned, i.e. after the data is durable
 (``synchronous=FULL``). If the COMMIT fails, every operation of the group fails with
 `StoreError` and none of it is stored.
+
+Several processes on one database file (Sanic workers, the CLI) take turns through `lock_path`:
+an exclusive ``flock`` held from BEGIN to COMMIT of every group that writes. SQLite's own busy
+handler would also serialise them, but it waits by sleeping with a growing back-off (up to
+100 ms a try), so under steady writes from two processes one of them kept losing: acks took
+seconds and some requests ran out of the busy timeout. A blocked ``flock`` wakes as soon as the
+holder lets go. The lock is only held around a transaction, whose own waits are bounded by the
+busy timeout; a process that dies releases it with its file descriptors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import StoreError
@@ -37,8 +48,15 @@ class _Op:
 class Committer:
     """Owns one SQLite connection on a dedicated thread; see the module docstring."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str = "store") -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        name: str = "store",
+        lock_path: Path | None = None,
+    ) -> None:
         self._connect = connect
+        self._lock_path = lock_path
+        self._lock_fd: int | None = None
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"{name}-committer", daemon=True)
         self._ready = threading.Event()
@@ -77,6 +95,14 @@ class Committer:
             self._startup_error = e
             self._ready.set()
             return
+        if self._lock_path is not None:
+            try:
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                conn.close()
+                self._startup_error = e
+                self._ready.set()
+                return
         self._ready.set()
         try:
             while True:
@@ -99,6 +125,8 @@ class Committer:
                     break
         finally:
             conn.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
             # Anything still queued after close fails instead of hanging its caller.
             while True:
                 try:
@@ -110,6 +138,16 @@ class Committer:
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
         writes = any(op.write for op in group)
+        if not writes or self._lock_fd is None:
+            self._transaction(conn, group, writes)
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # blocks with the GIL released
+        try:
+            self._transaction(conn, group, writes)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _transaction(self, conn: sqlite3.Connection, group: list[_Op], writes: bool) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
         except sqlite3.Error as e:

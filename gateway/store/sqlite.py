@@ -1,8 +1,9 @@
 """SQLite store: WAL journal, ``synchronous=FULL`` (every COMMIT fsyncs the WAL, so an
 acknowledged callback survives power loss), group commit through `Committer`.
 
-Several processes (Sanic workers, the CLI) may open the same file; SQLite's locking and a busy
-timeout serialise their writers, and claims are atomic conditional UPDATEs.
+Several processes (Sanic workers, the CLI) may open the same file; their writers take turns
+through a lock file beside it (``<file>-lock``, see `Committer`), SQLite's locking and busy
+timeout stay underneath, and claims are atomic conditional UPDATEs.
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ class SQLiteStore(Store):
         self.busy_timeout = busy_timeout
         self._committer: Committer | None = None
 
+    @property
+    def lock_path(self) -> Path:
+        """Writers on this file take turns through a ``flock`` on this file (see `Committer`)."""
+        return self.path.with_name(self.path.name + "-lock")
+
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
@@ -89,7 +95,9 @@ class SQLiteStore(Store):
 
     async def open(self) -> None:
         if self._committer is None:
-            self._committer = Committer(self._connect, name=f"sqlite:{self.path.name}")
+            self._committer = Committer(
+                self._connect, name=f"sqlite:{self.path.name}", lock_path=self.lock_path
+            )
             self._committer.start()
 
     async def close(self) -> None:
