@@ -97,7 +97,8 @@ class Committer:
             return
         if self._lock_path is not None:
             try:
-                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+                # Read-only is enough for flock, so a lock file another user created still opens.
+                self._lock_fd = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
             except OSError as e:
                 conn.close()
                 self._startup_error = e
