@@ -284,9 +284,10 @@ async def test_the_lease_holder_finishes_an_event_leased_at_ingest(store: Store)
 
 
 async def test_finish_events_finishes_each_and_skips_one_already_finished(store: Store) -> None:
-    ids = [await one_event(store, k) for k in ("a", "b", "c")]
+    ids = [await one_event(store, k) for k in ("a", "b", "c", "d", "e")]
     await store.claim_events("r", 10, LEASE, T0 + 1)
     await store.finish_event(ids[2], "unmatched", [], T0 + 1, "no route")
+    await store.finish_event(ids[3], "unmatched", [], T0 + 1, "no route")
     late = delivery(ids[2], "hook", T0 + 2)
     news = [delivery(ids[0], "hook", T0 + 2), delivery(ids[0], "mail", T0 + 2)]
     await store.finish_events(
@@ -294,11 +295,17 @@ async def test_finish_events_finishes_each_and_skips_one_already_finished(store:
             FinishedEvent(ids[0], "routed", news, T0 + 2),
             FinishedEvent(ids[1], "filtered", [], T0 + 2, "stale"),
             FinishedEvent(ids[2], "routed", [late], T0 + 2),
+            # Finished already, and a verdict without deliveries: left as it was.
+            FinishedEvent(ids[3], "filtered", [], T0 + 2, "stale"),
+            FinishedEvent(ids[4], "filtered", [], T0 + 2, "stale"),
         ]
     )
     states = [(await store.get_event(i)) for i in ids]
     assert [(e.state, e.reason) for e in states] == [
-        ("routed", None), ("filtered", "stale"), ("unmatched", "no route")]
+        ("routed", None), ("filtered", "stale"), ("unmatched", "no route"),
+        ("unmatched", "no route"), ("filtered", "stale")]
+    # Finished events are no longer leased: nothing for another router to claim later.
+    assert await store.claim_events("other", 10, LEASE, T0 + 2 * LEASE) == []
     assert [await store.get_delivery(d.id) is not None for d in news] == [True, True]
     assert await store.get_delivery(late.id) is None
     assert await store.finish_events([]) is None

@@ -206,8 +206,24 @@ class SQLiteStore(Store):
         # One operation for the router's whole batch: one future and one turn of the
         # committer instead of one per event.
         def op(c: sqlite3.Connection) -> None:
+            # Verdicts without deliveries (unmatched, filtered) need nothing back from their
+            # row: one UPDATE per distinct verdict instead of one per event, each statement
+            # being a GIL hand-off between the committer and the event loop.
+            plain: dict[tuple[str, str | None, float], list[str]] = {}
             for f in finished:
-                _finish_event(c, f)
+                if f.deliveries:
+                    _finish_event(c, f)
+                else:
+                    plain.setdefault((f.state, f.reason, f.now), []).append(f.event_id)
+            for (state, reason, now), ids in plain.items():
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    c.execute(
+                        "UPDATE events SET state = ?, reason = ?, lease_until = NULL,"
+                        " leased_by = NULL, recheck = 0, updated_at = ?"
+                        f" WHERE state = 'received' AND id IN ({', '.join('?' * len(chunk))})",
+                        (state, reason, now, *chunk),
+                    )
 
         if finished:
             await self._write(op)
