@@ -92,7 +92,7 @@ async def _settle_heap(app: Sanic) -> None:
     plugins, templates) so that the cyclic garbage collector stops walking it again on every
     older-generation pass, and collect the young generation less often. Serving processes
     only (a frozen object is never collected, which a long test process would feel). Measured
-    in docs/performance.md ("Garbage collector")."""
+    in docs/performance.md ("Third round")."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
