@@ -1,6 +1,10 @@
 """Queue N pending deliveries directly in a gateway SQLite file, fast (a benchmark fixture).
 
     python bench/fill_backlog.py var/gateway.db 1000000 [--destinations hook] [--route bench]
+    python bench/fill_backlog.py var/gateway.db 1000000 --history
+
+With ``--history``: N events already routed, with their dedupe keys and no deliveries (a store
+after a day of traffic, for intake to write into).
 
 Creates the file with the gateway's own schema (`gateway.store.sqlite_schema.SCHEMA`), then
 inserts N routed events of the ``revicom`` source, each with one pending delivery per
@@ -16,6 +20,7 @@ about how the gateway stores acknowledged callbacks (always ``synchronous=FULL``
 from __future__ import annotations
 
 import argparse
+import json
 import sqlite3
 import sys
 import time
@@ -93,13 +98,60 @@ def fill(db: Path, n: int, destinations: list[str], route: str, source: str = "r
     return time.perf_counter() - started
 
 
+def fill_history(db: Path, n: int, source: str = "revicom") -> float:
+    """Insert `n` events already routed (``unmatched``) with their dedupe keys, as a store holds
+    them after a day of traffic: nothing pending, but full tables and indexes for intake to
+    insert into. The keys are the ``revicom`` format's own. Returns the seconds it took."""
+    from plugins.revicom import RevicomFormat
+
+    fmt = RevicomFormat()
+    started = time.perf_counter()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.executescript(SCHEMA)
+        now = time.time()
+        stamp = new_id("evt", now)[4:14]
+        conn.execute("BEGIN")
+        for start in range(0, n, CHUNK):
+            events, keys = [], []
+            for i in range(start, min(n, start + CHUNK)):
+                eid = f"evt_{stamp}{i:016d}"
+                raw = RAW % i
+                element = json.loads(raw)
+                events.append((eid, source, now, raw, element["message_uuid"], now))
+                keys.append((source, fmt.dedupe_key(element, raw, {}, 0), eid, now))
+            conn.executemany(
+                "INSERT INTO events (id, source, received_at, raw, state, message_uuid, event,"
+                " updated_at) VALUES (?, ?, ?, ?, 'unmatched', ?, 'delivered', ?)",
+                events,
+            )
+            conn.executemany(
+                "INSERT INTO dedupe (source, key, event_id, first_seen) VALUES (?, ?, ?, ?)", keys
+            )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return time.perf_counter() - started
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("db", type=Path)
     p.add_argument("n", type=int)
     p.add_argument("--destinations", default="hook", help="comma-separated (hook)")
     p.add_argument("--route", default="bench")
+    p.add_argument(
+        "--history", action="store_true", help="routed events with dedupe keys, no deliveries"
+    )
     args = p.parse_args()
+    if args.history:
+        seconds = fill_history(args.db, args.n)
+        print(f"stored {args.n} routed events with dedupe keys in {seconds:.1f}s into {args.db}")
+        return
     seconds = fill(args.db, args.n, args.destinations.split(","), args.route)
     print(f"queued {args.n} events x {args.destinations} in {seconds:.1f}s into {args.db}")
 

@@ -9,12 +9,14 @@ One run, one machine, one target at a time, all on 127.0.0.1 (see docs/performan
 1. ``bare-sanic``: bench/bare_sanic.py parses the JSON and answers 200 (the framework ceiling);
 2. ``gateway``: durable intake (Basic auth, validation, dedupe, SQLite WAL + synchronous=FULL
    group commit; the router runs, no routes), with resident memory idle and under load;
-3. ``e2e-1`` / ``e2e-3``: the gateway with one / three webhook destinations per event, all on
+3. ``gw-history``: the same intake at 32 connections on a store already holding `--history`
+   routed events and their dedupe keys (does intake slow down as the store fills?);
+4. ``e2e-1`` / ``e2e-3``: the gateway with one / three webhook destinations per event, all on
    bench/e2e_receiver.py, which measures receiver arrival minus post time;
-4. ``node-red``: http in -> http response + http request to the same receiver (if installable);
-5. drain: `--drain` deliveries queued in the SQLite file (bench/fill_backlog.py), then the
+5. ``node-red``: http in -> http response + http request to the same receiver (if installable);
+6. drain: `--drain` deliveries queued in the SQLite file (bench/fill_backlog.py), then the
    gateway started: deliveries/s until the receiver has them all;
-6. memory with `--backlog` pending deliveries: VmRSS of the gateway after start and while it
+7. memory with `--backlog` pending deliveries: VmRSS of the gateway after start and while it
    drains.
 
 Load: wrk (bench/intake_post.lua, one thread, every request a distinct callback) at each of
@@ -48,9 +50,9 @@ from bench_intake import (  # noqa: E402
     run_wrk,
     source_config,
 )
-from fill_backlog import fill  # noqa: E402
+from fill_backlog import fill, fill_history  # noqa: E402
 
-PHASES = ("bare", "intake", "e2e1", "e2e3", "node-red", "drain", "backlog")
+PHASES = ("bare", "intake", "history", "e2e1", "e2e3", "node-red", "drain", "backlog")
 
 
 @dataclass
@@ -277,6 +279,18 @@ class Bench:
             self.memory["under load (peak during intake runs)"] = rss.peak
             gw.stop()
 
+        if "history" in phases:
+            print(f"[history] durable intake on a store holding {a.history} events", flush=True)
+            db = self.work / "history.db"
+            secs = fill_history(db, a.history)
+            size = db.stat().st_size / 2**20
+            print(f"  stored {a.history} events in {secs:.1f}s ({size:.0f} MiB file)", flush=True)
+            gw = self.gateway("gw-history", db=db).start(timeout=120)
+            with RssSampler(gw) as rss:
+                self.intake(gw, [32])
+            self.memory[f"intake on a store holding {a.history} events (peak)"] = rss.peak
+            gw.stop()
+
         for per_event in (1, 3):
             if f"e2e{per_event}" not in phases:
                 continue
@@ -405,6 +419,12 @@ def report(b: Bench) -> str:
             f"backlog drain: {got}/{n} deliveries at {rate:.0f}/s (gateway CPU {cpu_us:.0f} us"
             f" per delivery, peak RSS {peak:.0f} MiB)"
         )
+    rows = {(r.target, r.conns): r for r in b.rows}
+    if (h := rows.get(("gw-history", 32))) and (g := rows.get(("gateway", 32))):
+        out.append(
+            f"intake on a store holding {b.args.history} events: {h.rps:.0f} req/s at 32"
+            f" connections = {h.rps / g.rps:.0%} of the same on an empty store"
+        )
     out.append("resident memory (VmRSS of the gateway's processes):")
     out += [f"  {k:<58}{v:>7.0f} MiB" for k, v in b.memory.items()]
     out.append("")
@@ -464,6 +484,9 @@ def main() -> int:
     p.add_argument("--e2e-connections", default="1,32", help="end-to-end runs (1,32)")
     p.add_argument("--drain", type=int, help="deliveries for the drain phase (100000)")
     p.add_argument("--backlog", type=int, help="pending deliveries for memory (1000000)")
+    p.add_argument(
+        "--history", type=int, help="routed events already stored for the history phase (1000000)"
+    )
     p.add_argument("--drain-timeout", type=float, default=300.0, help="bound per drain (300 s)")
     p.add_argument(
         "--delivery-concurrency",
@@ -495,6 +518,7 @@ def main() -> int:
     a.warmup = a.warmup if a.warmup is not None else (1.0 if q else 2.0)
     a.drain = a.drain or (20_000 if q else 100_000)
     a.backlog = a.backlog or (200_000 if q else 1_000_000)
+    a.history = a.history or (200_000 if q else 1_000_000)
     a.phases = set(a.phases.split(","))
     if a.phases - set(PHASES):
         p.error(f"--phases: unknown {', '.join(sorted(a.phases - set(PHASES)))}")
