@@ -37,15 +37,22 @@ RAW = (
 CHUNK = 50_000
 
 
+def _open(db: Path) -> sqlite3.Connection:
+    """The fixture's connection: the gateway's schema, WAL, and no fsync (nobody was promised
+    this data is durable)."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.executescript(SCHEMA)
+    return conn
+
+
 def fill(db: Path, n: int, destinations: list[str], route: str, source: str = "revicom") -> float:
     """Insert the backlog; return the seconds it took."""
     started = time.perf_counter()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(db, isolation_level=None)
+    conn = _open(db)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=OFF")
-        conn.executescript(SCHEMA)
         indexes = [
             r[0]
             for r in conn.execute(
@@ -106,12 +113,8 @@ def fill_history(db: Path, n: int, source: str = "revicom") -> float:
 
     fmt = RevicomFormat()
     started = time.perf_counter()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(db, isolation_level=None)
+    conn = _open(db)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=OFF")
-        conn.executescript(SCHEMA)
         now = time.time()
         stamp = new_id("evt", now)[4:14]
         conn.execute("BEGIN")
