@@ -28,8 +28,9 @@ from bench_http_client import start_receiver
 
 from gateway.clock import SystemClock
 from gateway.config import load_config_text
-from gateway.delivery import DeliveryEngine, make_http_client
-from gateway.destination import Services
+from gateway.delivery.engine import DeliveryEngine
+from gateway.destination.base import Services
+from gateway.destination.http import make_http_client
 from gateway.store import IncomingEvent, NewDelivery
 from gateway.store.sqlite import SQLiteStore, new_delivery_id
 

@@ -24,7 +24,7 @@ import aiohttp
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gateway.delivery.http import make_http_client
+from gateway.destination.http import make_http_client
 
 BODY = (b'[{"message_uuid": "063474ec-a34f-4558-90c5-984395000004", "channel_type": "SMS",'
         b' "callback_event": "delivered", "status": "delivered",'

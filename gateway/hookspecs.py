@@ -21,7 +21,7 @@ def register_source_formats(register: Any) -> None:
 
     :param register: call ``register(name, component)`` once per format. A component is a class
         with an ``Options`` pydantic model (validated from ``sources.<name>.options``) whose
-        instances implement ``gateway.components.SourceFormat``. A name registered twice is a
+        instances implement ``gateway.plugin.components.SourceFormat``. A name registered twice is a
         startup error naming both plugins.
     """
 
@@ -31,7 +31,8 @@ def register_filters(register: Any) -> None:
     """Make filters available to routes (``filter: [name]``) and to ``filters:`` in the config.
 
     :param register: ``register(name, component)``; the component is a class with an
-        ``Options`` model and a ``keep(event, meta)`` method (see ``gateway.components.Filter``).
+        ``Options`` model and a ``keep(event, meta)`` method (see
+        ``gateway.plugin.components.Filter``).
         ``keep`` returns ``True`` (or ``None``) to keep the event for the route, ``False`` or a
         reason string to drop it for that route; it may be ``async``. It sees the provider's
         fields plus enrichments, and ``meta`` with ``route``, ``dry_run`` (true under
@@ -58,7 +59,7 @@ def register_destinations(register: Any) -> None:
 
     :param register: ``register(name, component)``; the component is a class with an
         ``Options`` model whose instances deliver one delivery and classify the outcome
-        (see ``gateway.components.Destination``).
+        (see ``gateway.plugin.components.Destination``).
     """
 
 
@@ -105,7 +106,7 @@ def delivery_finished(delivery: dict[str, Any], outcome: dict[str, Any]) -> None
 def startup(gateway: Any) -> None:
     """Called once per process after the store is open and before traffic is served.
 
-    :param gateway: the running ``gateway.app.GatewayContext`` (config, store, http client).
+    :param gateway: the running ``gateway.server.app.GatewayContext`` (config, store, http client).
     """
 
 

@@ -68,8 +68,8 @@ from pydantic import (
 
 from gateway import hookimpl
 from gateway.config.redact import scrub
-from gateway.delivery.payload import _ENV, template_context
-from gateway.destination import Outcome, Services
+from gateway.destination.base import Outcome, Services
+from gateway.destination.payload import _ENV, template_context
 from gateway.store import DeliveryRecord
 from gateway.units import parse_duration
 

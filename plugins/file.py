@@ -5,7 +5,7 @@ Options (``destinations.<name>``)::
     path: var/events.jsonl      # relative to the working directory; the parent is created
     fsync: false                # true: fsync after every line (slower, survives power loss)
 
-Each line is the envelope (see `gateway.delivery.payload`): ``{"id", "event_id", "source",
+Each line is the envelope (see `gateway.destination.payload`): ``{"id", "event_id", "source",
 "route", "received_at", "event", "enrichment"}``. Lines are written with one ``write()`` on a
 file opened for appending, so lines from several processes do not interleave on a local disk.
 A retried delivery may appear twice (at-least-once); readers drop repeats by ``id``.
@@ -21,8 +21,8 @@ from typing import IO, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import hookimpl
-from gateway.delivery.payload import envelope_text
-from gateway.destination import Outcome, Services
+from gateway.destination.base import Outcome, Services
+from gateway.destination.payload import envelope_text
 from gateway.store import DeliveryRecord
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway import hookimpl
-from gateway.components import NoOptions
+from gateway.plugin.components import NoOptions
 
 STR, INT, NUM, TIME, OBJ = "string", "integer", "number", "time", "object"
 

@@ -14,7 +14,7 @@ Options (``destinations.<name>``), exactly one of the two modes::
     timeout: 10s                  # the whole request
 
 Templates are sandboxed Jinja2 over ``event`` (provider fields with enrichments) and ``meta``
-(see `gateway.delivery.payload.template_context`). Every value a template prints is escaped for
+(see `gateway.destination.payload.template_context`). Every value a template prints is escaped for
 Slack (``&``, ``<``, ``>``; https://api.slack.com/reference/surfaces/formatting#escaping), so text
 from a customer cannot mention ``<!channel>`` or forge links; write links and mentions literally
 in the template (``<{{ event.url }}|open>``), or print a trusted value with ``|safe``.
@@ -58,9 +58,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from gateway import hookimpl
 from gateway.config.redact import scrub
-from gateway.delivery.http import parse_retry_after, read_capped
-from gateway.delivery.payload import _ENV, template_context
-from gateway.destination import Outcome, Services
+from gateway.destination.base import Outcome, Services
+from gateway.destination.http import parse_retry_after, read_capped
+from gateway.destination.payload import _ENV, template_context
 from gateway.store import DeliveryRecord
 from gateway.units import parse_duration
 

@@ -33,9 +33,9 @@ import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from gateway import hookimpl
-from gateway.delivery.http import parse_retry_after, read_capped
-from gateway.delivery.payload import JsonTemplate, envelope_text, original_body
-from gateway.destination import Outcome, Services
+from gateway.destination.base import Outcome, Services
+from gateway.destination.http import parse_retry_after, read_capped
+from gateway.destination.payload import JsonTemplate, envelope_text, original_body
 from gateway.store import DeliveryRecord
 from gateway.units import parse_duration
 

@@ -19,8 +19,9 @@ from typing import Any
 from manual_clock import ManualClock
 
 from gateway.config import load_config_text
-from gateway.delivery import DeliveryEngine, make_http_client
-from gateway.destination import Services
+from gateway.delivery.engine import DeliveryEngine
+from gateway.destination.base import Services
+from gateway.destination.http import make_http_client
 from gateway.store import AttemptRecord, DeliveryRecord, IncomingEvent, NewDelivery
 from gateway.store.sqlite import SQLiteStore, new_delivery_id
 

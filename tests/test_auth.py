@@ -1,4 +1,4 @@
-"""gateway.auth: Basic credentials, the client address behind proxies, and the allowlist."""
+"""gateway.intake.auth: Basic credentials, the client address behind proxies, and the allowlist."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from gateway.auth import BasicAuth, address_allowed, client_address
+from gateway.intake.auth import BasicAuth, address_allowed, client_address
 
 
 def basic(userpass: str | bytes) -> str:

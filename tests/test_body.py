@@ -1,4 +1,4 @@
-"""gateway.body.split_elements: each element keeps the exact text the provider sent."""
+"""gateway.intake.body.split_elements: each element keeps the exact text the provider sent."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.body import BodyError, split_elements
+from gateway.intake.body import BodyError, split_elements
 
 
 def raws(body: bytes) -> list[str]:

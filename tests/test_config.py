@@ -17,7 +17,7 @@ from gateway import hookimpl
 from gateway.config import load_config, load_config_text, redact
 from gateway.config.redact import MASK, collect_secrets, scrub
 from gateway.errors import ConfigError
-from gateway.pluginmanager import make_plugin_manager
+from gateway.plugin.manager import make_plugin_manager
 
 # -- an inline destination plugin, so option checks do not depend on the built-in destinations
 

@@ -1,4 +1,4 @@
-"""The shared outbound client's helpers (gateway/delivery/http.py)."""
+"""The shared outbound client's helpers (gateway/destination/http.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from gateway.delivery.http import make_http_client, parse_retry_after
+from gateway.destination.http import make_http_client, parse_retry_after
 
 NOW = 1_800_000_000.0
 

@@ -26,7 +26,7 @@ import pytest
 from e2e_helpers import body, event
 from gateway_process import GatewayProcess
 
-from gateway.body import split_elements
+from gateway.intake.body import split_elements
 
 pytestmark = pytest.mark.slow
 

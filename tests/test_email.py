@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from smtp_server import Cert, SmtpServer, make_cert
 
 from gateway.config import load_config_text
-from gateway.destination import Services
+from gateway.destination.base import Services
 from gateway.store import DeliveryRecord
 
 PASSWORD = "s3cret-pa55"

@@ -10,7 +10,7 @@ import pytest
 
 from gateway import hookimpl
 from gateway.config import load_config_text
-from gateway.explain import explain
+from gateway.routing.explain import explain
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CONFIG = """
@@ -182,7 +182,7 @@ async def test_explain_never_prints_secrets():
 
 
 async def test_explain_body_splits_a_request_body_and_picks_the_first_source(sample):
-    from gateway.explain import explain_body
+    from gateway.routing.explain import explain_body
     from gateway.samples import load
 
     loaded = load_config_text(textwrap.dedent(CONFIG), env={})
@@ -198,7 +198,7 @@ async def test_explain_body_splits_a_request_body_and_picks_the_first_source(sam
 
 async def test_explain_body_refuses_bad_input_with_one_line():
     from gateway.errors import UsageError
-    from gateway.explain import explain_body
+    from gateway.routing.explain import explain_body
 
     loaded = load_config_text(textwrap.dedent(CONFIG), env={})
     with pytest.raises(UsageError, match="cannot explain this body: body is empty"):

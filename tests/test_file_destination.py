@@ -10,7 +10,7 @@ from delivery_harness import SAMPLE, EngineHarness
 from gateway_plugins.file import FileDestination, Options
 from manual_clock import ManualClock
 
-from gateway.destination import Services
+from gateway.destination.base import Services
 from gateway.store import DeliveryRecord
 
 PRETTY = '{\n  "message_uuid": "u-2",\n  "callback_event": "sent",\n  "note": "a\\nb"\n}'

@@ -1,4 +1,4 @@
-"""A serving gateway freezes its start-up heap for the garbage collector (`gateway.cli_run`).
+"""A serving gateway freezes its start-up heap for the garbage collector (`gateway.cli.run`).
 
 Checked inside real `python -m gateway run` processes, one worker and two: a plugin's
 `enrich_event` hook, which runs in the process that routes the event, writes down that process's
@@ -17,7 +17,7 @@ import pytest
 from e2e_helpers import event
 from gateway_process import GatewayProcess
 
-from gateway.cli_run import GC_GEN0_THRESHOLD
+from gateway.cli.run import GC_GEN0_THRESHOLD
 
 PROBE = '''
 import gc, json, os

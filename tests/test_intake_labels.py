@@ -6,7 +6,7 @@ from gateway_plugins.revicom import RevicomFormat
 
 from gateway.clock import SystemClock
 from gateway.config.models import SourceConfig
-from gateway.intake import MAX_EVENT_LABELS, SourceEndpoint
+from gateway.intake.endpoint import MAX_EVENT_LABELS, SourceEndpoint
 
 
 def endpoint() -> SourceEndpoint:

@@ -1,4 +1,4 @@
-"""gateway.logs: records are written by the logging thread, scrubbed, tracebacks included."""
+"""gateway.ops.logs: records are written by the logging thread, scrubbed, tracebacks included."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from gateway import logs
+from gateway.ops import logs
 
 SECRET = "s3cret-token-value"
 
@@ -65,7 +65,7 @@ def test_hot_path_lines_keep_level_format_order_and_scrubbing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     logs.setup_logging("text", {SECRET}, "info")
-    log = logging.getLogger("gateway.intake")
+    log = logging.getLogger("gateway.intake.endpoint")
     logs.line(log, logging.DEBUG, "not shown")
     logs.line(log, logging.INFO, "source=%s status=%d", "revicom", 200)
     log.warning("ordinary record in between")
@@ -73,9 +73,9 @@ def test_hot_path_lines_keep_level_format_order_and_scrubbing(
     out = written(capsys).splitlines()
     assert "not shown" not in "\n".join(out)
     assert [line.split(" ", 1)[1] for line in out] == [
-        "INFO gateway.intake: source=revicom status=200",
-        "WARNING gateway.intake: ordinary record in between",
-        "WARNING gateway.intake: error=token *** refused",
+        "INFO gateway.intake.endpoint: source=revicom status=200",
+        "WARNING gateway.intake.endpoint: ordinary record in between",
+        "WARNING gateway.intake.endpoint: error=token *** refused",
     ]
 
 
@@ -94,5 +94,5 @@ def test_hot_path_lines_without_setup_are_ordinary_records(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.INFO):
-        logs.line(logging.getLogger("gateway.intake"), logging.INFO, "x=%d", 1)
+        logs.line(logging.getLogger("gateway.intake.endpoint"), logging.INFO, "x=%d", 1)
     assert [r.getMessage() for r in caplog.records] == ["x=1"]

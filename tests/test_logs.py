@@ -119,7 +119,7 @@ def servers(
 
 
 def request_lines(gw: GatewayProcess) -> list[str]:
-    return [line for line in gw.logs().splitlines() if "gateway.intake" in line]
+    return [line for line in gw.logs().splitlines() if "gateway.intake.endpoint" in line]
 
 
 def exchange(gw: GatewayProcess) -> list[tuple[str, int]]:

@@ -10,7 +10,7 @@ import pytest
 from gateway_plugins.ordering import position
 
 from gateway.config import load_config_text
-from gateway.routing import Chain
+from gateway.routing.chain import Chain
 from gateway.store import store_from_url
 
 CONFIG = """

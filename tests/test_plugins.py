@@ -22,9 +22,9 @@ from receiver import Receiver
 from gateway import hookimpl
 from gateway.config import load_config_text
 from gateway.errors import ConfigError
-from gateway.pluginmanager import call_each, make_plugin_manager
-from gateway.plugins_report import plugins_info, plugins_report
-from gateway.routing import Chain
+from gateway.plugin.manager import call_each, make_plugin_manager
+from gateway.plugin.report import plugins_info, plugins_report
+from gateway.routing.chain import Chain
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gateway-plugin-example"
 BASE = """

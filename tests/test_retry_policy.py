@@ -7,7 +7,7 @@ import pytest
 
 from gateway.config.models import RetryConfig
 from gateway.delivery.retry import RetryPolicy
-from gateway.destination import Outcome
+from gateway.destination.base import Outcome
 from gateway.store import DeliveryRecord
 
 T0 = 1_000_000.0

@@ -10,8 +10,8 @@ import pytest
 
 from gateway import hookimpl
 from gateway.config import load_config_text
-from gateway.router import Router, hold_delay
 from gateway.routing.chain import Chain
+from gateway.routing.router import Router, hold_delay
 from gateway.store import DeliveryFilter, IncomingEvent, store_from_url
 
 CONFIG = """

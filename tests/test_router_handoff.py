@@ -18,14 +18,14 @@ import pytest
 from gateway_plugins.json_format import JsonFormat
 from manual_clock import ManualClock
 
-from gateway import intake
-from gateway import router as router_module
 from gateway.config import load_config_text
 from gateway.config.models import SourceConfig
 from gateway.errors import StoreError
-from gateway.intake import SourceEndpoint
-from gateway.router import Router
+from gateway.intake import endpoint as intake
+from gateway.intake.endpoint import SourceEndpoint
+from gateway.routing import router as router_module
 from gateway.routing.chain import Chain
+from gateway.routing.router import Router
 from gateway.store import (
     DeliveryFilter,
     EventRecord,
@@ -234,7 +234,7 @@ async def test_a_failed_commit_of_a_hung_up_request_is_logged_once(
     slow.release.set()
     with pytest.raises(asyncio.CancelledError):
         await handler
-    with caplog.at_level(logging.ERROR, logger="gateway.intake"):
+    with caplog.at_level(logging.ERROR, logger="gateway.intake.endpoint"):
         await asyncio.gather(*intake._commits, return_exceptions=True)
         await asyncio.sleep(0)  # done callbacks run on the next turn of the loop
     assert [r.getMessage() for r in caplog.records] == [

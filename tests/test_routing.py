@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from gateway import hookimpl
 from gateway.config import load_config_text
 from gateway.errors import ConfigError, PluginError
-from gateway.routing import Chain
+from gateway.routing.chain import Chain
 
 META = {"event_id": "ev-1", "source": "revicom", "received_at": 1602874300.0}
 UNDELIVERED = {

@@ -18,7 +18,7 @@ import pytest
 from gateway_process import GatewayProcess
 from manual_clock import ManualClock
 
-from gateway.silence import RESUMED, SILENT, SilenceWatcher
+from gateway.ops.silence import RESUMED, SILENT, SilenceWatcher
 from gateway.store import Store, store_from_url
 
 T0 = 1_700_000_000.0

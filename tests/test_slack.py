@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from slack_server import WEBHOOK_PATH, SlackServer, api_error, webhook_error
 
 from gateway.config import load_config_text
-from gateway.destination import Services
+from gateway.destination.base import Services
 from gateway.store import DeliveryRecord
 from gateway.store.sqlite import SQLiteStore
 

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from receiver import Receiver, Reply
 from standardwebhooks import Webhook as Verifier
 
-from gateway.delivery.http import make_http_client
-from gateway.destination import Services
+from gateway.destination.base import Services
+from gateway.destination.http import make_http_client
 from gateway.store import DeliveryRecord
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from gateway.components import Registry
 from gateway.config.models import DeliveryConfig, DestinationConfig
+from gateway.plugin.components import Registry
 
 if TYPE_CHECKING:
     from gateway.config.load import Loaded

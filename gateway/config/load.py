@@ -19,13 +19,13 @@ import pluggy
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from gateway.components import Registry, build_registry
 from gateway.config.interpolate import interpolate
 from gateway.config.models import Config
 from gateway.config.paths import format_loc, join_path
 from gateway.config.redact import collect_secrets
 from gateway.errors import ConfigError
-from gateway.pluginmanager import make_plugin_manager
+from gateway.plugin.components import Registry, build_registry
+from gateway.plugin.manager import make_plugin_manager
 
 
 @dataclass

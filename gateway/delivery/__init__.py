@@ -1,14 +1,7 @@
-"""Delivery: the engine that claims and sends deliveries, its retry policy, rate limiter,
-payload shapes, the shared outbound HTTP client, and admin operations (list/show/replay/pause).
+"""Delivery: the engine that claims due deliveries and calls destinations, its retry policy,
+rate limiter, batching, and the admin operations (list, show, replay, pause) that the CLI, the
+admin API and the console share.
 
-Modules: `engine` (DeliveryEngine), `retry` (RetryPolicy), `ratelimit` (TokenBucket),
-`payload` (original/envelope/template bodies), `http` (make_http_client, Retry-After),
-`admin` (operations shared by the CLI and the admin API).
+Role: get every delivery to its destination or to the dead letters. May import config, the
+plugin system, the destination kit, the store, ops and the leaves; never intake or routing.
 """
-
-from __future__ import annotations
-
-from gateway.delivery.engine import DeliveryEngine
-from gateway.delivery.http import make_http_client
-
-__all__ = ["DeliveryEngine", "make_http_client"]

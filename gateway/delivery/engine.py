@@ -1,6 +1,6 @@
 """The delivery engine: one dispatcher per destination, claiming due deliveries under a lease.
 
-Contract (what `gateway.app` relies on):
+Contract (what `gateway.server.app` relies on):
 
 - `start()` instantiates each enabled destination once (its registered type, with the options
   ``check`` validated) and starts one dispatcher task per destination.
@@ -36,15 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from gateway import logs
 from gateway.clock import Clock
 from gateway.config.redact import scrub
 from gateway.delivery import admin
 from gateway.delivery.batch import batch_step
 from gateway.delivery.ratelimit import TokenBucket
 from gateway.delivery.retry import RetryPolicy
-from gateway.destination import Outcome, Services
-from gateway.pluginmanager import await_me_maybe
+from gateway.destination.base import Outcome, Services
+from gateway.ops import logs
+from gateway.plugin.manager import await_me_maybe
 from gateway.store import AttemptRecord, DeliveryRecord, Store
 from gateway.units import Rate, parse_rate
 
@@ -114,7 +114,7 @@ class DeliveryEngine:
         self.dispatchers: dict[str, _Dispatcher] = {}
         #: ``(destination, outcome) -> n`` tries finished by this process, for metrics.
         self.counters: Counter[tuple[str, str]] = Counter()
-        #: Prometheus metrics (`gateway.metrics.Metrics`), set by the app; None in unit tests.
+        #: Prometheus metrics (`gateway.ops.metrics.Metrics`), set by the app; None in unit tests.
         self.metrics: Any = None
         self._stopping = False
 

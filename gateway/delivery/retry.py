@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import tenacity
 
 from gateway.config.models import RetryConfig
-from gateway.destination import Outcome
+from gateway.destination.base import Outcome
 from gateway.store import DeliveryRecord
 
 #: Fraction of each backoff wait that is random (taken off the top).

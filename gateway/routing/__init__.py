@@ -1,10 +1,6 @@
-"""Routing: the plugin chain (filters, enrichers, routes) that decides where an event goes.
+"""Routing: the router and the plugin chain (filters, enrichers, routes) that decide where a
+committed event goes, and ``explain``, the same decision as a dry run.
 
-`Chain(loaded, store, clock).evaluate(event, meta)` returns a `Decision`: its state (``routed``,
-``unmatched``, ``filtered``), one `Target` per (route, destination), the reason, and a trace that
-``explain`` renders. `match` compiles route ``match:`` conditions, `expressions` their ``when:``.
+Role: turn ``received`` events into deliveries. May import config, the plugin system, the
+destination kit (for previews), the store, ops and the leaves; never intake or delivery.
 """
-
-from gateway.routing.chain import Chain, Decision, Step, Target
-
-__all__ = ["Chain", "Decision", "Step", "Target"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError, PluginError
-from gateway.pluginmanager import await_me_maybe, call_each
+from gateway.plugin.manager import await_me_maybe, call_each
 from gateway.routing.expressions import ExpressionError, compile_when, evaluate_when
 from gateway.routing.marks import Marks
 from gateway.routing.match import Matcher, MatchSpecError, compile_match

@@ -1,4 +1,4 @@
-"""Durable storage. `open_store(url)` picks the backend from the URL scheme."""
+"""Durable storage. `store_from_url(url)` picks the backend from the URL scheme."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 event hooks. See README.md for configuration.
 
 Everything here uses only the public plugin API: ``from gateway import hookimpl``, the hook
-names in ``gateway.hookspecs``, and ``gateway.destination.Outcome`` / ``Services`` for the
+names in ``gateway.hookspecs``, and ``gateway.destination.base.Outcome`` / ``Services`` for the
 destination. Components are classes with an ``Options`` pydantic model, which the gateway
 validates (so ``callback-gateway check`` reports bad options with their key path).
 """
@@ -20,7 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import hookimpl
-from gateway.destination import Outcome, Services
+from gateway.destination.base import Outcome, Services
 
 __version__ = "0.1.0"
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from sanic.response import HTTPResponse
 
 from gateway.delivery import admin
 from gateway.errors import ConfigError, StoreError
-from gateway.http_errors import error
+from gateway.intake.responses import error
 
 Handler = Callable[..., Awaitable[HTTPResponse]]
 
@@ -165,7 +165,7 @@ def admin_blueprint() -> Blueprint:
     @bp.post("/reload")
     @guarded
     async def reload(request: Request) -> HTTPResponse:
-        from gateway.reload import reload_gateway
+        from gateway.server.reload import reload_gateway
 
         try:
             await reload_gateway(request.app)

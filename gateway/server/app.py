@@ -24,15 +24,15 @@ from sanic import Request, Sanic, response
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
-from gateway.admin_api import admin_blueprint
 from gateway.clock import Clock, SystemClock
 from gateway.config.load import Loaded
 from gateway.errors import StoreError
-from gateway.housekeeping import Housekeeper
-from gateway.http_errors import SANIC_CODES, error
-from gateway.intake import SourceEndpoint
-from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
-from gateway.pluginmanager import call_each
+from gateway.intake.endpoint import SourceEndpoint
+from gateway.intake.responses import SANIC_CODES, error
+from gateway.ops.housekeeping import Housekeeper
+from gateway.ops.metrics import CONTENT_TYPE_LATEST, Metrics
+from gateway.plugin.manager import call_each
+from gateway.server.admin_api import admin_blueprint
 from gateway.store import EventRecord, IngestResult, Lease, Store, store_from_url
 
 log = logging.getLogger("gateway")
@@ -193,7 +193,7 @@ async def _start(app: Sanic) -> None:
         await start_background(ctx)
     await call_each(ctx.loaded.pm.hook.startup, gateway=ctx)
     if ctx.background and app.state.workers == 1:
-        from gateway.reload import reload_logged
+        from gateway.server.reload import reload_logged
 
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload_logged(app)))
@@ -201,10 +201,10 @@ async def _start(app: Sanic) -> None:
 
 async def start_background(ctx: GatewayContext) -> None:
     """Start the router, delivery engine, housekeeping and silence alarm for `ctx.loaded`."""
-    from gateway.delivery.http import make_http_client
-    from gateway.router import Router
+    from gateway.destination.http import make_http_client
+    from gateway.ops.silence import SilenceWatcher
     from gateway.routing.chain import Chain
-    from gateway.silence import SilenceWatcher
+    from gateway.routing.router import Router
 
     assert ctx.store is not None
     ctx.http = make_http_client()
@@ -224,7 +224,7 @@ async def start_background(ctx: GatewayContext) -> None:
 
 def make_engine(ctx: GatewayContext) -> Any:
     from gateway.delivery.engine import DeliveryEngine
-    from gateway.destination import Services
+    from gateway.destination.base import Services
 
     assert ctx.store is not None
     services = Services(ctx.http, ctx.clock, ctx.store, ctx.loaded.secrets)

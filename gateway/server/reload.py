@@ -22,9 +22,9 @@ from gateway.errors import ConfigError
 if TYPE_CHECKING:
     from sanic import Sanic
 
-    from gateway.app import GatewayContext
+    from gateway.server.app import GatewayContext
 
-log = logging.getLogger("gateway.reload")
+log = logging.getLogger("gateway.server.reload")
 
 
 async def reload_gateway(app: Sanic) -> None:
@@ -37,9 +37,9 @@ async def reload_gateway(app: Sanic) -> None:
 
 
 async def _reload(ctx: GatewayContext) -> None:
-    from gateway.app import make_engine
+    from gateway.ops.silence import SilenceWatcher
     from gateway.routing.chain import Chain
-    from gateway.silence import SilenceWatcher
+    from gateway.server.app import make_engine
 
     if ctx.loaded.path is None:
         raise ConfigError(["reload: this gateway was not started from a file"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gateway.components import KINDS
+from gateway.plugin.components import KINDS
 
 if TYPE_CHECKING:
     from gateway.config.load import Loaded

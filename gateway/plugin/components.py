@@ -15,7 +15,7 @@ import pluggy
 from pydantic import BaseModel, ConfigDict
 
 from gateway.errors import ConfigError
-from gateway.pluginmanager import plugin_name_of
+from gateway.plugin.manager import plugin_name_of
 
 KINDS = ("source_formats", "filters", "enrichers", "destinations")
 

@@ -15,18 +15,18 @@ from typing import Any, Protocol
 from sanic import Request, response
 from sanic.response import HTTPResponse
 
-from gateway import logs
-from gateway.auth import BasicAuth, address_allowed, client_address
-from gateway.body import BodyError, split_elements
 from gateway.clock import Clock
-from gateway.components import SourceFormat
 from gateway.config.models import Network, SourceConfig
 from gateway.errors import StoreError
-from gateway.http_errors import error
-from gateway.metrics import Metrics
+from gateway.intake.auth import BasicAuth, address_allowed, client_address
+from gateway.intake.body import BodyError, split_elements
+from gateway.intake.responses import error
+from gateway.ops import logs
+from gateway.ops.metrics import Metrics
+from gateway.plugin.components import SourceFormat
 from gateway.store import EventRecord, IncomingEvent, IngestResult, Lease, Store
 
-log = logging.getLogger("gateway.intake")
+log = logging.getLogger("gateway.intake.endpoint")
 #: Distinct event names per source counted under their own metric label (see `_event_label`).
 MAX_EVENT_LABELS = 64
 
@@ -55,7 +55,7 @@ def raw_key(raw: str) -> str:
 
 
 class Handoff(Protocol):
-    """Where committed events go next (the process's router; see `gateway.app`)."""
+    """Where committed events go next (the process's router; see `gateway.server.app`)."""
 
     def intake_lease(self) -> Lease | None:
         """The lease to commit fresh events with, or None to commit them unleased."""

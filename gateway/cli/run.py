@@ -17,7 +17,7 @@ from sanic import Sanic
 from gateway.config import load_config
 from gateway.config.load import Loaded
 from gateway.errors import GatewayError
-from gateway.logs import setup_logging
+from gateway.ops.logs import setup_logging
 
 log = logging.getLogger("gateway")
 
@@ -47,10 +47,10 @@ def check(args: argparse.Namespace) -> int:
 def explain(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway.body import BodyError, split_elements
-    from gateway.cli_send import body_from
+    from gateway.cli.send import body_from
     from gateway.errors import UsageError
-    from gateway.explain import explain as render
+    from gateway.intake.body import BodyError, split_elements
+    from gateway.routing.explain import explain as render
 
     loaded = load_config(args.config)
     sources = list(loaded.config.sources)
@@ -66,7 +66,7 @@ def explain(args: argparse.Namespace) -> int:
 
 
 def plugins(args: argparse.Namespace) -> int:
-    from gateway.plugins_report import plugins_report
+    from gateway.plugin.report import plugins_report
 
     print(plugins_report(load_config(args.config)), end="")
     return 0
@@ -74,7 +74,7 @@ def plugins(args: argparse.Namespace) -> int:
 
 def _app_from_file(path: str) -> Sanic:
     """Factory for Sanic worker processes (workers > 1): each loads the config itself."""
-    from gateway.app import create_app
+    from gateway.server.app import create_app
 
     loaded = load_config(path)
     setup_logging(loaded.config.log_format, loaded.secrets, loaded.config.log_level)
@@ -109,7 +109,7 @@ def _multiprocess_metrics() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.app import create_app
+    from gateway.server.app import create_app
 
     loaded: Loaded = load_runnable(args.config)
     cfg = loaded.config
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         from sanic.worker.loader import AppLoader
 
-        from gateway.reload import restart_workers_on_sighup
+        from gateway.server.reload import restart_workers_on_sighup
 
         _multiprocess_metrics()
         loader = AppLoader(factory=functools.partial(_app_from_file, args.config))

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import PluginError, StoreError
-from gateway.metrics import Metrics
+from gateway.ops.metrics import Metrics
 from gateway.store import EventRecord, FinishedEvent, Lease, NewDelivery, Store
 from gateway.store.sqlite import new_delivery_id
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from gateway.config.load import Loaded
     from gateway.routing.chain import Chain
 
-log = logging.getLogger("gateway.router")
+log = logging.getLogger("gateway.routing.router")
 
 BATCH = 256
 MAX_HOLD = 300.0

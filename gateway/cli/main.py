@@ -110,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
-    from gateway import cli_inspect, cli_run, cli_send
+    from gateway.cli import admin as cli_inspect
+    from gateway.cli import run as cli_run
+    from gateway.cli import send as cli_send
 
     return {
         "run": cli_run.run,

@@ -23,7 +23,7 @@ from gateway.clock import Clock
 from gateway.errors import StoreError
 from gateway.store import IncomingEvent, Store
 
-log = logging.getLogger("gateway.silence")
+log = logging.getLogger("gateway.ops.silence")
 
 SILENT, RESUMED = "source_silent", "source_resumed"
 

@@ -86,7 +86,7 @@ class Metrics:
     def child(self, metric: str, *labels: str) -> Any:
         """``self.<metric>.labels(*labels)``, looked up once: prometheus-client's ``labels()``
         takes a lock and builds a key on every call, and the hot paths count every request,
-        event and delivery. Callers bound the label values (see `gateway.intake`)."""
+        event and delivery. Callers bound the label values (see `gateway.intake.endpoint`)."""
         key = (metric, *labels)
         found = self._children.get(key)
         if found is None:

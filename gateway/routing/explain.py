@@ -75,7 +75,7 @@ async def explain_body(
     """`explain` for a request body (a JSON array, or one object), as the CLI reads it from
     ``--sample`` or ``--file``. `source` defaults to the first configured source. Raises
     `UsageError` for a body that is not JSON or a source that is not configured."""
-    from gateway.body import BodyError, split_elements
+    from gateway.intake.body import BodyError, split_elements
 
     sources = list(loaded.config.sources)
     if source is None:
@@ -203,7 +203,7 @@ class Previews:
             options = self.loaded.destination_options.get(name)
             if dest is not None and options is not None:
                 try:
-                    from gateway.destination import Services
+                    from gateway.destination.base import Services
 
                     cls = self.loaded.registry.get("destinations", dest.type)
                     services = Services(http=None, clock=self.clock, store=None,  # type: ignore[arg-type]
@@ -225,7 +225,7 @@ class Previews:
                     return f"(cannot render: {e})", "the delivery would be dead"
                 return _as_text(value), _payload_note(options)
         try:
-            from gateway.delivery.payload import envelope_text
+            from gateway.destination.payload import envelope_text
         except ImportError:
             return _compact(_envelope(delivery)), "envelope"
         return envelope_text(delivery), "envelope"

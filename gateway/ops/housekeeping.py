@@ -16,7 +16,7 @@ from gateway.config.models import RetentionConfig
 from gateway.errors import StoreError
 from gateway.store import Store
 
-log = logging.getLogger("gateway.housekeeping")
+log = logging.getLogger("gateway.ops.housekeeping")
 
 INTERVAL = 600.0
 
