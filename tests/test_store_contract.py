@@ -24,6 +24,7 @@ from gateway.ids import new_id
 from gateway.store import (
     AttemptRecord,
     DeliveryFilter,
+    DeliveryPage,
     FinishedEvent,
     IncomingEvent,
     IngestResult,
@@ -633,6 +634,102 @@ async def test_replay_never_resets_a_delivery_in_flight(store: Store) -> None:
 async def test_replay_of_unknown_ids_replays_nothing(store: Store) -> None:
     assert await store.replay_deliveries(["msg_nope"], None, T0) == []
     assert await store.replay_deliveries([], None, T0) == []
+
+
+# -- the console's reads -----------------------------------------------------------------------
+
+
+async def test_message_events_lists_every_event_of_a_message_with_its_decision(
+    store: Store,
+) -> None:
+    first = (await store.ingest(SOURCE, [item("a1", uuid="m-1", event="sent")], T0)).event_ids[0]
+    bad = (await store.ingest(SOURCE, [item("a2", "no status", uuid="m-1")], T0 + 1)).event_ids[0]
+    late = (await store.ingest(SOURCE, [item("a3", uuid="m-1")], T0 + 2)).event_ids[0]
+    await one_event(store, "other", T0 + 3)
+    await store.claim_events("router", 1000, LEASE, T0 + 3)
+    await store.finish_event(first, "routed", [delivery(first, "crm", T0)], T0 + 3)
+    await store.finish_event(late, "filtered", [], T0 + 3, "route 'crm': out of order")
+    found = await store.message_events("m-1")
+    assert [e.id for e in found] == [first, bad, late]
+    assert [(e.state, e.reason) for e in found] == [
+        ("routed", None), ("quarantined", "no status"), ("filtered", "route 'crm': out of order")]
+    assert found[1].raw == item("a2", "no status", uuid="m-1").raw
+    assert [e.id for e in await store.message_events("m-1", limit=2)] == [first, bad]
+    assert await store.message_events("nobody") == []
+
+
+async def test_page_deliveries_walks_newest_first_by_keyset(store: Store) -> None:
+    made: list[tuple[float, str, str]] = []  # (created_at, id, destination)
+    for n in range(7):
+        dest = "crm" if n % 2 else "slack"
+        _, (did,) = await routed(store, f"k{n}", [dest], T0 + (n // 2))  # pairs share a time
+        made.append((T0 + (n // 2), did, dest))
+    newest = [d for _, d, _ in sorted(made, reverse=True)]
+
+    async def walk(**kw: object) -> list[str]:
+        seen: list[str] = []
+        before = None
+        while True:
+            page = await store.page_deliveries(DeliveryPage(before=before, limit=2, **kw))
+            assert len(page) <= 2
+            seen += [d.id for d in page]
+            if len(page) < 2:
+                return seen
+            before = (page[-1].created_at, page[-1].id)
+
+    assert await walk() == newest
+    assert await walk(destination="crm") == [d for _, d, dest in sorted(made, reverse=True)
+                                             if dest == "crm"]
+    assert await walk(since=T0 + 1, until=T0 + 3) == [
+        d for t, d, _ in sorted(made, reverse=True) if T0 + 1 <= t < T0 + 3]
+    dead_one = await dead(store, "z", "crm", T0 + 50)
+    assert await walk(state="dead") == [dead_one]
+    assert await walk(state="dead", destination="slack") == []
+    assert await walk(state="pending", destination="slack") == [
+        d for _, d, dest in sorted(made, reverse=True) if dest == "slack"]
+    one = (await store.page_deliveries(DeliveryPage(limit=1)))[0]
+    assert (one.id, one.state, one.raw != "") == (dead_one, "dead", True)
+
+
+async def test_source_activity_counts_recent_arrivals_and_quarantine(store: Store) -> None:
+    await store.ingest(SOURCE, [item("old")], T0)
+    await store.ingest(SOURCE, [item("new"), item("bad", "broken")], T0 + 600)
+    await store.ingest("other", [item("x")], T0 + 700)
+    found = await store.source_activity([SOURCE, "other", "silent"], T0 + 300)
+    assert [(a.source, a.last_received_at, a.received, a.quarantined) for a in found] == [
+        (SOURCE, T0 + 600, 2, 1), ("other", T0 + 700, 1, 0), ("silent", None, 0, 0)]
+
+
+async def test_delivered_since_counts_by_finishing_time_per_destination(store: Store) -> None:
+    _, (early, late, other) = await routed(store, "a", ["crm", "crm", "slack"], T0)
+    for did, dest, at in ((early, "crm", T0 + 10), (late, "crm", T0 + 900),
+                          (other, "slack", T0 + 900)):
+        await store.claim_deliveries("w", dest, 10, LEASE, at)
+        await store.finish_attempt(did, attempt(at, "delivered", 200), "delivered", None, True,
+                                   at)
+    await routed(store, "b", ["crm"], T0 + 950)  # pending: not counted
+    assert await store.delivered_since(["crm", "slack", "none"], T0 + 500) == {
+        "crm": 1, "slack": 1, "none": 0}
+    assert (await store.delivered_since(["crm"], T0))["crm"] == 2
+
+
+async def test_recent_errors_lists_the_latest_failures_first(store: Store) -> None:
+    older = await dead(store, "a", "crm", T0)
+    _, (retrying, fine) = await routed(store, "b", ["slack", "email"], T0 + 100)
+    await store.claim_deliveries("w", "slack", 10, LEASE, T0 + 100)
+    await store.finish_attempt(retrying, attempt(T0 + 100, "retry", None, "timed out"),
+                               "pending", T0 + 200, True, T0 + 101)
+    await store.claim_deliveries("w", "email", 10, LEASE, T0 + 100)
+    await store.finish_attempt(fine, attempt(T0 + 100, "delivered", 250), "delivered", None,
+                               True, T0 + 102)
+    errors = await store.recent_errors(10)
+    assert [(d.id, d.last_error) for d in errors] == [(retrying, "timed out"),
+                                                       (older, "HTTP 500")]
+    assert [d.id for d in await store.recent_errors(1)] == [retrying]
+    await store.claim_deliveries("w", "slack", 10, LEASE, T0 + 200)
+    await store.finish_attempt(retrying, attempt(T0 + 200, "delivered", 200), "delivered", None,
+                               True, T0 + 201)
+    assert [d.id for d in await store.recent_errors(10)] == [older]
 
 
 # -- purge, counts -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from gateway.errors import ConfigError
 from gateway.store.base import (
     AttemptRecord,
     DeliveryFilter,
+    DeliveryPage,
     DeliveryRecord,
     EventRecord,
     FinishedEvent,
@@ -15,6 +16,7 @@ from gateway.store.base import (
     IngestResult,
     Lease,
     NewDelivery,
+    SourceActivity,
     Store,
 )
 
@@ -39,6 +41,7 @@ def store_from_url(url: str, base: Path | None = None) -> Store:
 __all__ = [
     "AttemptRecord",
     "DeliveryFilter",
+    "DeliveryPage",
     "DeliveryRecord",
     "EventRecord",
     "FinishedEvent",
@@ -46,6 +49,7 @@ __all__ = [
     "IngestResult",
     "Lease",
     "NewDelivery",
+    "SourceActivity",
     "Store",
     "store_from_url",
 ]

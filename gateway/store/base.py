@@ -150,6 +150,39 @@ class DeliveryFilter:
 
 
 @dataclass(frozen=True)
+class DeliveryPage:
+    """One page of deliveries, newest first by ``(created_at, id)``, read by keyset: `before`
+    is the ``(created_at, id)`` of the last row of the previous page (rows strictly after it in
+    this order follow), never an offset. `since` (inclusive) and `until` (exclusive) bound
+    ``created_at``."""
+
+    state: str | None = None
+    destination: str | None = None
+    since: float | None = None
+    until: float | None = None
+    before: tuple[float, str] | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True)
+class SourceActivity:
+    """What `Store.source_activity` says about one source."""
+
+    source: str
+    #: ``received_at`` of its latest stored event (any state), or None.
+    last_received_at: float | None
+    #: Events stored (accepted or quarantined) at or after the `since` asked for.
+    received: int
+    #: Events of the source now in quarantine.
+    quarantined: int
+
+
+#: `Store.source_activity` and `Store.delivered_since` answer exactly for a `since` no older
+#: than this many seconds before the newest write; backends may forget older detail.
+ACTIVITY_WINDOW = 3600.0
+
+
+@dataclass(frozen=True)
 class Lease:
     """Events ingested with a lease are already claimed by `owner` until `until`: the
     process that received them routes them from memory, and no other process claims them
@@ -291,6 +324,35 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def replay_quarantined(self, ids: list[str] | None, now: float) -> list[str]:
         """Send quarantined events (all, or `ids`) back to the router, to be checked again."""
+
+    # -- the console's reads (all answered through indexes, fast on a store of millions) ----------
+    @abc.abstractmethod
+    async def message_events(self, message_uuid: str, limit: int = 500) -> list[EventRecord]:
+        """Events (every state, quarantined ones included) carrying `message_uuid`, oldest
+        first by ``(received_at, id)``, at most `limit`. Their ``state`` and ``reason`` are the
+        routing decision (``routed`` with the routes that suppressed it, ``unmatched``,
+        ``filtered`` with why, ``quarantined`` with the problems, ``received`` = not yet)."""
+
+    @abc.abstractmethod
+    async def page_deliveries(self, page: DeliveryPage) -> list[DeliveryRecord]:
+        """Up to ``page.limit`` deliveries matching `page`, newest first (see `DeliveryPage`).
+        The cost depends on the page size, not on how many deliveries are stored."""
+
+    @abc.abstractmethod
+    async def source_activity(self, sources: list[str], since: float) -> list[SourceActivity]:
+        """One `SourceActivity` per name in `sources`, in that order (zeros for a source with
+        no events). `since` within `ACTIVITY_WINDOW` of now."""
+
+    @abc.abstractmethod
+    async def delivered_since(self, destinations: list[str], since: float) -> dict[str, int]:
+        """Per name in `destinations`: deliveries that became ``delivered`` at or after `since`
+        (by their finishing time); a delivery purged since may still count. `since` within
+        `ACTIVITY_WINDOW`."""
+
+    @abc.abstractmethod
+    async def recent_errors(self, limit: int = 20) -> list[DeliveryRecord]:
+        """Deliveries whose latest attempt failed (``last_error`` set; pending, in flight or
+        dead), the most recently failed first, at most `limit`."""
 
     @abc.abstractmethod
     async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:

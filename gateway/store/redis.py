@@ -47,6 +47,11 @@ Key layout (``P`` = prefix)::
     P dl:msg:<message_uuid>                set of delivery ids
     P dl:done                              zset of delivered deliveries by finish time (purge)
     P m:<key>  /  P marks                  mark hash / zset by update time (purge)
+    P ev:msg:<message_uuid>                set of event ids (the console's message timeline)
+    P src:last  /  P src:recent:<source>   hash source->latest arrival / zset of the last
+                                           ~hour's event ids by arrival (trimmed at ingest)
+    P dl:ok:<dest>                         zset of the last ~hour's delivered ids by finish time
+    P dl:err                               zset of the newest 1000 failed deliveries by time
 """
 
 from __future__ import annotations
@@ -65,17 +70,20 @@ from redis.exceptions import RedisError, ResponseError
 
 from gateway.errors import StoreError
 from gateway.ids import new_id
+from gateway.store import redis_reads
 from gateway.store.base import (
     DELIVERY_STATES,
     EVENT_STATES,
     AttemptRecord,
     DeliveryFilter,
+    DeliveryPage,
     DeliveryRecord,
     EventRecord,
     IncomingEvent,
     IngestResult,
     Lease,
     NewDelivery,
+    SourceActivity,
     Store,
 )
 from gateway.store.redis_batch import Batcher
@@ -382,6 +390,27 @@ class RedisStore(Store):
             replayed += await self._run("replay_quarantined", num(now), "0",
                                         *ids[i : i + BATCH])
         return replayed
+
+    # -- the console's reads (gateway.store.redis_reads) --------------------------------------
+    async def message_events(self, message_uuid: str, limit: int = 500) -> list[EventRecord]:
+        with self._mapped():
+            return await redis_reads.message_events(self, message_uuid, limit)
+
+    async def page_deliveries(self, page: DeliveryPage) -> list[DeliveryRecord]:
+        with self._mapped():
+            return await redis_reads.page_deliveries(self, page)
+
+    async def source_activity(self, sources: list[str], since: float) -> list[SourceActivity]:
+        with self._mapped():
+            return await redis_reads.source_activity(self, sources, since)
+
+    async def delivered_since(self, destinations: list[str], since: float) -> dict[str, int]:
+        with self._mapped():
+            return await redis_reads.delivered_since(self, destinations, since)
+
+    async def recent_errors(self, limit: int = 20) -> list[DeliveryRecord]:
+        with self._mapped():
+            return await redis_reads.recent_errors(self, limit)
 
     async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
         total = [0, 0, 0]

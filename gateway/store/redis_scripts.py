@@ -65,6 +65,9 @@ local function want_type(key, t)
     error(P .. key .. ' holds a ' .. found .. ', not a ' .. t)
   end
 end
+-- Seconds of recent arrivals and deliveries kept for the console (ACTIVITY_WINDOW and more).
+local RECENT = 3900
+local ERRORS_KEPT = 1000
 local function with_id(id, flat) table.insert(flat, 'id'); table.insert(flat, id); return flat end
 local function delivery_record(id)
   local flat = redis.call('HGETALL', P .. 'd:' .. id)
@@ -117,6 +120,9 @@ local function ingest_one(b)
       redis.call('HSET', k, 'source', source, 'received_at', now, 'raw', ARGV[j + 2],
         'state', state, 'updated_at', now, 'route_attempts', 0, 'next_route_at', 0, 'recheck', 0)
       set_opt(k, 'message_uuid', ARGV[j + 4])
+      local uuid = opt(ARGV[j + 4])
+      if uuid then redis.call('SADD', P .. 'ev:msg:' .. uuid, id) end
+      redis.call('ZADD', P .. 'src:recent:' .. source, now, id)
       set_opt(k, 'event', ARGV[j + 5])
       set_opt(k, 'reason', ARGV[j + 6])
       ev_move(id, nil, state)
@@ -132,6 +138,14 @@ local function ingest_one(b)
       end
     end
   end
+  -- The console's per-source figures: the latest arrival, and the last hour and a bit of
+  -- arrivals (older ones are trimmed here, so the set stays small without a purge).
+  local last = redis.call('HGET', P .. 'src:last', source)
+  if not last or tonumber(last) < tonumber(now) then
+    redis.call('HSET', P .. 'src:last', source, now)
+  end
+  redis.call('ZREMRANGEBYSCORE', P .. 'src:recent:' .. source, '-inf',
+    '(' .. (tonumber(now) - RECENT))
   return table.concat(flags)
 end
 return batch(function(b) return 5 + tonumber(ARGV[b + 4]) * 7 end, ingest_one)
@@ -298,8 +312,19 @@ local function finish_one(b)
   end
   if state == 'delivered' then
     redis.call('ZADD', P .. 'dl:done', now, id)
+    -- Delivered lately per destination (the console), trimmed to the recent window here.
+    local ok = P .. 'dl:ok:' .. c[2]
+    redis.call('ZADD', ok, now, id)
+    redis.call('ZREMRANGEBYSCORE', ok, '-inf', '(' .. (tonumber(now) - RECENT))
   else
     redis.call('ZREM', P .. 'dl:done', id)
+  end
+  -- The latest failures (the console), capped to the newest ERRORS_KEPT.
+  if ARGV[b + 7] ~= '' and state ~= 'delivered' then
+    redis.call('ZADD', P .. 'dl:err', now, id)
+    redis.call('ZREMRANGEBYRANK', P .. 'dl:err', 0, -(ERRORS_KEPT + 1))
+  else
+    redis.call('ZREM', P .. 'dl:err', id)
   end
   return '1'
 end

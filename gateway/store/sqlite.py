@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.ids import new_id
+from gateway.store import sqlite_reads
 from gateway.store.base import (
     AttemptRecord,
     DeliveryFilter,
+    DeliveryPage,
     DeliveryRecord,
     EventRecord,
     FinishedEvent,
@@ -24,6 +26,7 @@ from gateway.store.base import (
     IngestResult,
     Lease,
     NewDelivery,
+    SourceActivity,
     Store,
 )
 from gateway.store.committer import Committer
@@ -459,6 +462,22 @@ class SQLiteStore(Store):
             return targets
 
         return await self._write(op)
+
+    # -- the console's reads (gateway.store.sqlite_reads) -------------------------------------
+    async def message_events(self, message_uuid: str, limit: int = 500) -> list[EventRecord]:
+        return await self._read(lambda c: sqlite_reads.message_events(c, message_uuid, limit))
+
+    async def page_deliveries(self, page: DeliveryPage) -> list[DeliveryRecord]:
+        return await self._read(lambda c: sqlite_reads.page_deliveries(c, page))
+
+    async def source_activity(self, sources: list[str], since: float) -> list[SourceActivity]:
+        return await self._read(lambda c: sqlite_reads.source_activity(c, sources, since))
+
+    async def delivered_since(self, destinations: list[str], since: float) -> dict[str, int]:
+        return await self._read(lambda c: sqlite_reads.delivered_since(c, destinations, since))
+
+    async def recent_errors(self, limit: int = 20) -> list[DeliveryRecord]:
+        return await self._read(lambda c: sqlite_reads.recent_errors(c, limit))
 
     async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
         def op(c: sqlite3.Connection) -> dict[str, int]:

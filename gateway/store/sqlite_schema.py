@@ -20,6 +20,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_todo ON events (next_route_at) WHERE state = 'received';
 CREATE INDEX IF NOT EXISTS events_state ON events (state, id);
 CREATE INDEX IF NOT EXISTS events_message ON events (message_uuid);
+-- The console's per-source figures: latest callback and callbacks in the last hour.
+CREATE INDEX IF NOT EXISTS events_source ON events (source, received_at);
 
 CREATE TABLE IF NOT EXISTS dedupe (
     source TEXT NOT NULL,
@@ -55,6 +57,11 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, next_attem
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, destination, created_at);
 CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries (message_uuid);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+-- The console: delivered per destination lately, and the latest failures.
+CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries (destination, updated_at)
+    WHERE state = 'delivered';
+CREATE INDEX IF NOT EXISTS deliveries_failed ON deliveries (updated_at)
+    WHERE last_error IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id TEXT NOT NULL,
