@@ -75,7 +75,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
             f"{secret}}}\n", env={})
         http = make_http_client(args.transport)
         engine = DeliveryEngine(loaded, store, Services(http, clock, store, loaded.secrets),
-                                clock, "bench", loaded.pm)
+                                clock, "bench")
         before = peak = rss_mib()
         t0, cpu0 = time.perf_counter(), time.process_time()
         await engine.start()

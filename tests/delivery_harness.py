@@ -55,7 +55,7 @@ class EngineHarness:
 
     def new_engine(self, owner: str) -> DeliveryEngine:
         return DeliveryEngine(
-            self.loaded, self.store, self.services, self.clock, owner, self.loaded.pm)
+            self.loaded, self.store, self.services, self.clock, owner)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.engine.stop(0)

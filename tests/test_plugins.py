@@ -22,7 +22,8 @@ from receiver import Receiver
 from gateway import hookimpl
 from gateway.config import load_config_text
 from gateway.errors import ConfigError
-from gateway.plugin.manager import call_each, make_plugin_manager
+from gateway.plugin.hooks import call_hook
+from gateway.plugin.manager import make_plugin_manager
 from gateway.plugin.report import plugins_info, plugins_report
 from gateway.routing.chain import Chain
 
@@ -152,8 +153,8 @@ async def test_async_and_sync_implementations_of_one_hook_both_run():
         entry_points=False,
         extra=[named("one", startup=a_start), named("two", startup=s_start, shutdown=a_stop)],
     )
-    await call_each(pm.hook.startup, gateway="ctx")
-    await call_each(pm.hook.shutdown, gateway="ctx")
+    await call_hook(pm.hook.startup, gateway="ctx")
+    await call_hook(pm.hook.shutdown, gateway="ctx")
     assert sorted(seen) == [("async", "ctx"), ("stopped", "ctx"), ("sync", "ctx")]
 
 
@@ -334,9 +335,12 @@ async def test_tracing_prints_the_calls_the_chain_makes(monkeypatch, capsys):
                               env={}, extra_plugins=[tagger])
     await Chain(loaded, None, _Clock()).evaluate({"status": "sent"}, META)
     err = capsys.readouterr().err
-    assert "[plugins] enrich_event -> tagger\n" in err
-    assert "[plugins] route r: enrich -> status_text (enrichers)\n" in err
-    assert "[plugins] route r: filter -> ordering (ordering)\n" in err
+    # pluggy's own tracer: the call with its arguments, who implements it, the result.
+    assert "[plugins]   enrich_event [hook]\n      event: {'status': 'sent'}" in err
+    assert "[plugins]   enrich_event -> tagger [hook]\n" in err
+    assert "[plugins]   finish enrich_event --> [{'team': 'ops'}] [hook]\n" in err
+    assert "[plugins] route r: enrich -> status_text (enrichers) [component]\n" in err
+    assert "[plugins] route r: filter -> ordering (ordering) [component]\n" in err
 
 
 def test_the_example_readme_configuration_is_valid(monkeypatch):

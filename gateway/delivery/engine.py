@@ -34,8 +34,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
 from gateway.clock import Clock
 from gateway.config.redact import scrub
 from gateway.delivery import admin
@@ -43,7 +41,10 @@ from gateway.delivery.batch import batch_step
 from gateway.delivery.ratelimit import TokenBucket
 from gateway.delivery.retry import RetryPolicy
 from gateway.destination.base import Outcome, Services
+from gateway.errors import PluginError
 from gateway.ops import logs
+from gateway.ops.metrics import Metrics
+from gateway.plugin.hooks import call_hook
 from gateway.plugin.manager import await_me_maybe
 from gateway.store import AttemptRecord, DeliveryRecord, Store
 from gateway.units import Rate, parse_rate
@@ -100,7 +101,7 @@ class DeliveryEngine:
 
     def __init__(
         self, loaded: Loaded, store: Store, services: Services, clock: Clock, owner: str,
-        pm: pluggy.PluginManager,
+        metrics: Metrics | None = None,
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
@@ -108,14 +109,14 @@ class DeliveryEngine:
         self.services = services
         self.clock = clock
         self.owner = owner
-        self.pm = pm
+        self.pm = loaded.pm
         self.secrets = set(loaded.secrets) | set(services.secrets)
         self.lease = self.config.delivery.lease
         self.dispatchers: dict[str, _Dispatcher] = {}
         #: ``(destination, outcome) -> n`` tries finished by this process, for metrics.
         self.counters: Counter[tuple[str, str]] = Counter()
-        #: Prometheus metrics (`gateway.ops.metrics.Metrics`), set by the app; None in unit tests.
-        self.metrics: Any = None
+        #: Prometheus metrics; None in unit tests.
+        self.metrics = metrics
         self._stopping = False
 
     async def start(self) -> None:
@@ -375,8 +376,10 @@ class _Dispatcher:
     async def notify(
         self, d: DeliveryRecord, state: str, error: str | None, status: int | None, counts: bool
     ) -> None:
-        impls = self.engine.pm.hook.delivery_finished.get_hookimpls()
-        if not impls:
+        """The ``delivery_finished`` hook, through pluggy's caller. A failure is logged with the
+        plugin's name and otherwise ignored (the delivery is already recorded)."""
+        hook = self.engine.pm.hook.delivery_finished
+        if not hook.get_hookimpls():
             return
         delivery = {
             "id": d.id, "event_id": d.event_id, "source": d.source, "route": d.route,
@@ -384,11 +387,8 @@ class _Dispatcher:
             "state": state, "message_uuid": d.message_uuid,
         }
         outcome = {"state": state, "error": error, "status": status}
-        # Each implementation separately: one failing observer must not silence the others.
-        for impl in reversed(impls):
-            kwargs = {"delivery": delivery, "outcome": outcome}
-            try:
-                await await_me_maybe(impl.function(*[kwargs[a] for a in impl.argnames]))
-            except Exception as e:
-                log.error("plugin %r failed in delivery_finished (ignored): %s: %s",
-                          impl.plugin_name, type(e).__name__, scrub(str(e), self.engine.secrets))
+        try:
+            await call_hook(hook, delivery=delivery, outcome=outcome)
+        except PluginError as e:
+            log.error("plugin %r failed in delivery_finished (ignored): %s: %s", e.plugin,
+                      type(e.error).__name__, scrub(str(e.error), self.engine.secrets))

@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Protocol
 import pluggy
 from pydantic import BaseModel, ConfigDict
 
-from gateway.errors import ConfigError
-from gateway.plugin.manager import plugin_name_of
+from gateway.errors import ConfigError, PluginError
+from gateway.plugin.hooks import call_hook_sync, current_plugin
 
 KINDS = ("source_formats", "filters", "enrichers", "destinations")
 
@@ -86,32 +86,30 @@ class Registry:
 
 
 def build_registry(pm: pluggy.PluginManager) -> Registry:
-    """Call every ``register_*`` hook; a name registered twice is an error naming both plugins."""
+    """Call every ``register_*`` hook through pluggy; a name registered twice is an error naming
+    both plugins, a component without an ``Options`` model an error naming its plugin."""
     registry = Registry()
     problems: list[str] = []
     for kind in KINDS:
-        hook = getattr(pm.hook, f"register_{kind}")
-        for impl in reversed(hook.get_hookimpls()):
-            plugin = plugin_name_of(pm, impl.plugin)
 
-            def register(
-                name: str, component: Any, _kind: str = kind, _plugin: str = plugin
-            ) -> None:
-                table = registry.kinds[_kind]
-                if name in table:
-                    problems.append(
-                        f"plugins: {_kind[:-1].replace('_', ' ')} {name!r} is registered by both"
-                        f" {table[name].plugin!r} and {_plugin!r}"
-                    )
-                    return
-                if not isinstance(getattr(component, "Options", None), type):
-                    problems.append(
-                        f"plugins: {_plugin!r} registered {name!r} without an Options model"
-                    )
-                    return
-                table[name] = Registration(name, component, _plugin)
+        def register(name: str, component: Any, _kind: str = kind) -> None:
+            plugin = current_plugin() or "?"
+            table = registry.kinds[_kind]
+            if name in table:
+                problems.append(
+                    f"plugins: {_kind[:-1].replace('_', ' ')} {name!r} is registered by both"
+                    f" {table[name].plugin!r} and {plugin!r}"
+                )
+                return
+            if not isinstance(getattr(component, "Options", None), type):
+                problems.append(f"plugins: {plugin!r} registered {name!r} without an Options model")
+                return
+            table[name] = Registration(name, component, plugin)
 
-            impl.function(register=register)
+        try:
+            call_hook_sync(getattr(pm.hook, f"register_{kind}"), register=register)
+        except PluginError as e:
+            problems.append(f"plugins: {e}")
     if problems:
         raise ConfigError(problems)
     return registry

@@ -2,15 +2,18 @@
 
 `make_plugin_manager()` is a factory (never a module global): entry points of the group
 ``callback_gateway`` (built-ins are registered there by our own pyproject), then modules named
-under ``plugins:`` in the config. ``check_pending()`` makes a misspelled hook implementation
-fail at startup. ``CALLBACK_GATEWAY_TRACE_PLUGINS=1`` prints every hook call to stderr.
+under ``plugins:`` in the config (each registered under its module name), then `extra` objects
+(tests). ``check_pending()`` makes a misspelled hook implementation fail at startup. Every
+registered implementation is bridged for `gateway.plugin.hooks.call_hook` (async
+implementations awaited in pluggy's call order). ``CALLBACK_GATEWAY_TRACE_PLUGINS=1`` turns on
+pluggy's own tracing (``pm.trace``), written to stderr: every hook call, its arguments and
+its result.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import inspect
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +23,21 @@ import pluggy
 
 from gateway import PROJECT, hookspecs
 from gateway.errors import ConfigError
+from gateway.plugin.hooks import bridge_plugin
+
+#: Set to anything non-empty to trace every hook call on stderr.
+TRACE_ENV = "CALLBACK_GATEWAY_TRACE_PLUGINS"
+
+
+class GatewayPluginManager(pluggy.PluginManager):
+    """A `pluggy.PluginManager` whose plugins' implementations are bridged for `call_hook` as
+    they are registered, whoever registers them."""
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        registered = super().register(plugin, name)
+        if registered is not None:
+            bridge_plugin(self, plugin)
+        return registered
 
 
 def make_plugin_manager(
@@ -33,7 +51,7 @@ def make_plugin_manager(
     Raises `ConfigError` (key path ``plugins[i]``) for a module that cannot be imported and for
     hook implementations that match no hook.
     """
-    pm = pluggy.PluginManager(PROJECT)
+    pm = GatewayPluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
     problems: list[str] = []
     if entry_points:
@@ -46,7 +64,10 @@ def make_plugin_manager(
             continue
         if pm.is_registered(module) or pm.get_plugin(name) is not None:
             continue
-        pm.register(module, name=name)
+        try:
+            pm.register(module, name=name)
+        except pluggy.PluginValidationError as e:
+            problems.append(f"plugins[{i}]: {e}")
     for obj in extra:
         pm.register(obj)
     try:
@@ -55,8 +76,8 @@ def make_plugin_manager(
         problems.append(f"plugins: {e}")
     if problems:
         raise ConfigError(problems)
-    if os.environ.get("CALLBACK_GATEWAY_TRACE_PLUGINS"):
-        _trace(pm)
+    if os.environ.get(TRACE_ENV):
+        trace_to_stderr(pm)
     return pm
 
 
@@ -74,22 +95,21 @@ def _load_entry_points(pm: pluggy.PluginManager, problems: list[str]) -> None:
             )
 
 
-def _trace(pm: pluggy.PluginManager) -> None:
-    def before(
-        hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]
-    ) -> None:
-        names = ", ".join(impl.plugin_name for impl in impls)
-        print(f"[plugins] {hook_name} -> {names}", file=sys.stderr)
+def trace_to_stderr(pm: pluggy.PluginManager) -> None:
+    """pluggy's tracing (``pm.enable_tracing``: each call with its arguments and result), its
+    lines prefixed ``[plugins]`` on stderr, plus one line per call naming the implementations
+    in the order pluggy calls them (``[plugins] enrich_event -> tagger, other``)."""
+    write = pm.trace.root.get("hook")
+    pm.trace.root.setwriter(lambda line: print(f"[plugins] {line}", end="", file=sys.stderr))
 
-    def after(
-        outcome: pluggy.Result[Any],
-        hook_name: str,
-        impls: Sequence[pluggy.HookImpl],
-        kwargs: Mapping[str, Any],
-    ) -> None:
+    def before(name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
+        write(name, "->", ", ".join(i.plugin_name for i in reversed(impls)))
+
+    def after(*args: Any) -> None:
         pass
 
     pm.add_hookcall_monitoring(before, after)
+    pm.enable_tracing()
 
 
 def plugin_name_of(pm: pluggy.PluginManager, plugin: object) -> str:
@@ -102,33 +122,9 @@ def plugin_name_of(pm: pluggy.PluginManager, plugin: object) -> str:
 
 
 async def await_me_maybe(value: Any) -> Any:
-    """Await `value` when a hook implementation returned an awaitable; else return it."""
+    """Await `value` when a component method returned an awaitable; else return it."""
+    import inspect
+
     if inspect.isawaitable(value):
         return await value
     return value
-
-
-async def call_each(
-    hook: Any, *, tracing: bool | None = None, **kwargs: Any
-) -> list[tuple[str, Any]]:
-    """Call every implementation of `hook` separately, awaiting each result.
-
-    Returns ``(plugin_name, result)`` pairs. An implementation that raises is re-raised as
-    `gateway.errors.PluginError` carrying its plugin's name, so callers can hold the event.
-    `tracing` (default: ``CALLBACK_GATEWAY_TRACE_PLUGINS`` is set) prints each call; callers
-    on the per-event path pass the flag they read once.
-    """
-    from gateway.errors import PluginError
-
-    results = []
-    if tracing is None:
-        tracing = bool(os.environ.get("CALLBACK_GATEWAY_TRACE_PLUGINS"))
-    for impl in reversed(hook.get_hookimpls()):  # pluggy order: last registered first
-        if tracing:
-            print(f"[plugins] {hook.name} -> {impl.plugin_name}", file=sys.stderr)
-        try:
-            value = await await_me_maybe(impl.function(*[kwargs[a] for a in impl.argnames]))
-        except Exception as e:
-            raise PluginError(impl.plugin_name, e) from e
-        results.append((impl.plugin_name, value))
-    return results

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError, PluginError
-from gateway.plugin.manager import await_me_maybe, call_each
+from gateway.plugin.hooks import call_hook_traced
+from gateway.plugin.manager import await_me_maybe
 from gateway.routing.expressions import ExpressionError, compile_when, evaluate_when
 from gateway.routing.marks import Marks
 from gateway.routing.match import Matcher, MatchSpecError, compile_match
@@ -135,7 +134,9 @@ class Chain:
         self.clock = clock
         #: Dry-run mark writes, kept across calls so `explain` of a batch shows ordering.
         self._overlay: dict[str, tuple[str, str] | None] = {}
-        self._tracing = bool(os.environ.get("CALLBACK_GATEWAY_TRACE_PLUGINS"))
+        #: Component calls (route enrichers and filters) go to pluggy's tracer too, which
+        #: writes only when tracing is on (``CALLBACK_GATEWAY_TRACE_PLUGINS``).
+        self._tracer = self.pm.trace.root.get("component")
         problems: list[str] = []
         self.components: dict[str, dict[str, Component]] = {
             kind: self._build(kind, problems) for kind in ("filters", "enrichers")
@@ -199,9 +200,7 @@ class Chain:
 
     # -- evaluation -----------------------------------------------------------------------
     def _trace(self, what: str, who: str) -> None:
-        """``CALLBACK_GATEWAY_TRACE_PLUGINS``: the calls this chain makes, on stderr."""
-        if self._tracing:
-            print(f"[plugins] {what} -> {who}", file=sys.stderr)
+        self._tracer(what, "->", who)  # formatted only when a writer is set
 
     async def evaluate(
         self, event: dict[str, Any], meta: dict[str, Any], *, dry_run: bool = False
@@ -211,15 +210,17 @@ class Chain:
         meta = dict(meta)
         # A `json` source may carry non-object elements: routes then see no fields.
         event = dict(event) if isinstance(event, dict) else {}
-        verdicts = await call_each(
-            self.pm.hook.filter_event, tracing=self._tracing, event=dict(event), meta=meta
+        verdicts, call = await call_hook_traced(
+            self.pm.hook.filter_event, event=dict(event), meta=meta
         )
-        for plugin, result in verdicts:
-            if result is False:
-                trace.append(Step("filter_event", plugin, False, "returned False"))
-                dropped_by = f"dropped by filter_event of plugin {plugin!r}"
-                return Decision("filtered", [], dropped_by, trace)
-            trace.append(Step("filter_event", plugin, True, "kept" if result else "abstained"))
+        for plugin, result in call.returned:
+            trace.append(Step("filter_event", plugin, result is not False,
+                              "returned False" if result is False else
+                              "kept" if result else "abstained"))
+        if any(v is False for v in verdicts):
+            droppers = [p for p, r in call.returned if r is False] or ["a filter_event wrapper"]
+            dropped_by = f"dropped by filter_event of plugin {droppers[0]!r}"
+            return Decision("filtered", [], dropped_by, trace)
 
         enrichment = await self._enrich_event(event, meta, trace)
         dry = dry_run or self.store is None
@@ -257,22 +258,28 @@ class Chain:
     async def _enrich_event(
         self, event: dict[str, Any], meta: dict[str, Any], trace: list[Step]
     ) -> dict[str, Any]:
+        # One pluggy call. Each implementation's dict is merged into the event the next one
+        # receives, so later implementations (pluggy order) see what earlier ones added;
+        # wrappers see, and may replace, the list of results that makes the enrichment.
+        seen = dict(event)
+
+        def merge(plugin: str, added: Any) -> None:
+            if added is not None and not isinstance(added, dict):
+                raise TypeError(f"enrich_event returned {type(added).__name__}, not a dict")
+            _json_safe("enrich_event", added)
+            seen.update(added or {})
+            trace.append(Step("enrich_event", plugin, True, "", None, dict(added or {})))
+
+        results, _ = await call_hook_traced(
+            self.pm.hook.enrich_event, on_result=merge, event=seen, meta=dict(meta)
+        )
         enrichment: dict[str, Any] = {}
-        # One call per implementation (not pluggy's all-at-once) so each sees what earlier
-        # ones added, and a failure names its plugin.
-        for impl in reversed(self.pm.hook.enrich_event.get_hookimpls()):
-            args = {"event": {**event, **enrichment}, "meta": dict(meta)}
-            self._trace("enrich_event", impl.plugin_name)
-            try:
-                added = await await_me_maybe(impl.function(*[args[a] for a in impl.argnames]))
-                if added is not None and not isinstance(added, dict):
-                    raise TypeError(f"enrich_event returned {type(added).__name__}, not a dict")
-                _json_safe("enrich_event", added)
-            except Exception as e:
-                raise PluginError(impl.plugin_name, e) from e
-            if added:
-                enrichment.update(added)
-            trace.append(Step("enrich_event", impl.plugin_name, True, "", None, dict(added or {})))
+        for added in results:
+            if not isinstance(added, dict):
+                raise PluginError(
+                    "a enrich_event wrapper", TypeError(f"{type(added).__name__} is not a dict")
+                )
+            enrichment.update(added)
         return enrichment
 
     def _matches(

@@ -106,15 +106,19 @@ class Router:
         `grace` seconds; what is left is claimed from the store when its lease expires)."""
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
         try:
             async with asyncio.timeout(grace):
+                if self._task is not None:
+                    # Let the batch in progress commit its verdicts: cancelled mid-way, its
+                    # events would wait out their lease before anyone routed them.
+                    await asyncio.shield(self._task)
                 while self._fresh:
                     await self._route_fresh()
         except (TimeoutError, StoreError) as e:
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             log.warning("router: %d fresh event(s) left to their lease: %s", len(self._fresh), e)
 
     async def _loop(self) -> None:
@@ -133,6 +137,8 @@ class Router:
             await self._idle()
 
     async def _idle(self) -> None:
+        if self._stopping:
+            return
         now = self.clock.now()
         if now >= self._next_claim:
             # Ask the store when its next event falls due (a held event's retry, a lease

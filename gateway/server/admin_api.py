@@ -27,6 +27,7 @@ from sanic.response import HTTPResponse
 from gateway.delivery import admin
 from gateway.errors import ConfigError, StoreError
 from gateway.intake.responses import error
+from gateway.runtime import Gateway
 
 Handler = Callable[..., Awaitable[HTTPResponse]]
 
@@ -51,8 +52,9 @@ def admin_blueprint() -> Blueprint:
             )
         return None
 
-    def ctx(request: Request) -> Any:
-        return request.app.ctx.gateway
+    def ctx(request: Request) -> Gateway:
+        gw: Gateway = request.app.ctx.gateway
+        return gw
 
     def guarded(fn: Handler) -> Handler:
         async def wrapper(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
@@ -72,7 +74,7 @@ def admin_blueprint() -> Blueprint:
         q = request.args
         since = q.get("since")
         records = await admin.list_deliveries(
-            ctx(request).store,
+            ctx(request).open_store(),
             q.get("state"),
             q.get("destination"),
             q.get("message_uuid"),
@@ -84,7 +86,7 @@ def admin_blueprint() -> Blueprint:
     @bp.get("/deliveries/<delivery_id>")
     @guarded
     async def delivery(request: Request, delivery_id: str) -> HTTPResponse:
-        found = await admin.show_delivery(ctx(request).store, delivery_id)
+        found = await admin.show_delivery(ctx(request).open_store(), delivery_id)
         if found is None:
             return error(404, "not_found", f"no delivery with id {delivery_id!r}")
         return response.json(admin.delivery_detail(*found))
@@ -98,28 +100,26 @@ def admin_blueprint() -> Blueprint:
         c = ctx(request)
         now = c.clock.now()
         if body.get("quarantined"):
-            ids = await c.store.replay_quarantined(body.get("ids") or None, now)
-            if c.router is not None:
-                c.router.wake()
+            ids = await c.open_store().replay_quarantined(body.get("ids") or None, now)
+            c.wake_router()
             return response.json({"replayed": ids})
         since = body.get("since")
         ids = await admin.replay(
-            c.store,
+            c.open_store(),
             now,
             body.get("ids") or None,
             body.get("state"),
             body.get("destination"),
             float(since) if since is not None else None,
         )
-        if c.engine is not None:
-            c.engine.wake()
+        c.wake_engine()
         return response.json({"replayed": ids})
 
     @bp.get("/quarantine")
     @guarded
     async def quarantine(request: Request) -> HTTPResponse:
         limit = int(request.args.get("limit", 1000))
-        events = await admin.list_quarantined(ctx(request).store, limit)
+        events = await admin.list_quarantined(ctx(request).open_store(), limit)
         return response.json([e.as_dict() for e in events])
 
     @bp.get("/destinations")
@@ -127,7 +127,7 @@ def admin_blueprint() -> Blueprint:
     async def destinations(request: Request) -> HTTPResponse:
         c = ctx(request)
         names = list(c.config.destinations)
-        paused = await admin.paused_destinations(c.store, names)
+        paused = await admin.paused_destinations(c.open_store(), names)
         local = c.engine.status() if c.engine is not None else {}
         return response.json(
             [
@@ -155,11 +155,11 @@ def admin_blueprint() -> Blueprint:
             if c.engine is not None:
                 await c.engine.pause(name, reason)
             else:
-                await admin.pause_destination(c.store, name, reason, now)
+                await admin.pause_destination(c.open_store(), name, reason, now)
         elif c.engine is not None:
             await c.engine.resume(name)
         else:
-            await admin.resume_destination(c.store, name, now)
+            await admin.resume_destination(c.open_store(), name, now)
         return response.json({"name": name, "paused": action == "pause"})
 
     @bp.post("/reload")

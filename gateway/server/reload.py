@@ -1,11 +1,11 @@
 """Configuration reload (SIGHUP, ``callback-gateway reload``, ``POST /admin/reload``).
 
 The file is validated first; a file with problems is refused, every problem is logged, and the
-old configuration keeps serving. A valid file replaces sources, routes, plugins' options and
-destinations in place: intake switches to the new source table in one step (no request is
-dropped), the router takes the new chain for the next event, and a new delivery engine starts
-before the old one finishes its in-flight attempts. ``store`` and ``server`` (address, workers)
-take effect on the next restart; the log says so.
+old configuration keeps serving. A valid file builds a new `gateway.runtime.Runtime` (sources,
+chain, router, delivery engine, alarms) which starts and becomes current in one step (no request
+is dropped: intake hands events to whichever runtime is current when they commit); then the old
+one stops, its delivery engine finishing in-flight attempts. ``store`` and ``server`` (address,
+workers) take effect on the next restart; the log says so.
 
 With several workers (``server.workers > 1``) the main process validates the file and asks Sanic
 to restart the workers one by one, each loading the file anew (no downtime).
@@ -17,12 +17,12 @@ import logging
 from typing import TYPE_CHECKING
 
 from gateway.config import load_config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
     from sanic import Sanic
 
-    from gateway.server.app import GatewayContext
+    from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway.server.reload")
 
@@ -30,41 +30,27 @@ log = logging.getLogger("gateway.server.reload")
 async def reload_gateway(app: Sanic) -> None:
     """Validate and apply the configuration file; raise `ConfigError` (nothing changed) when
     it has problems."""
-    ctx: GatewayContext = app.ctx.gateway
-    # Two SIGHUPs close together must not interleave (one would leave an old engine running).
-    async with ctx.reload_lock:
-        await _reload(ctx)
+    gw: Gateway = app.ctx.gateway
+    # Two SIGHUPs close together must not interleave (one would leave an old runtime running).
+    async with gw.reload_lock:
+        await _reload(gw)
 
 
-async def _reload(ctx: GatewayContext) -> None:
-    from gateway.ops.silence import SilenceWatcher
-    from gateway.routing.chain import Chain
-    from gateway.server.app import make_engine
-
-    if ctx.loaded.path is None:
+async def _reload(gw: Gateway) -> None:
+    if gw.loaded.path is None:
         raise ConfigError(["reload: this gateway was not started from a file"])
-    new = load_config(ctx.loaded.path)
-    chain = Chain(new, ctx.store, ctx.clock)  # components that reject options fail here
-    old = ctx.loaded.config
+    new = load_config(gw.loaded.path)
+    old = gw.config
     for key in ("store", "server"):
         if getattr(new.config, key) != getattr(old, key):
             log.warning("reload: %r changed; it takes effect on the next restart", key)
     new.config = new.config.model_copy(update={"store": old.store, "server": old.server})
-    ctx.loaded = new
-    ctx.build_endpoints()
-    if ctx.background and ctx.store is not None:
-        ctx.router.loaded = new
-        ctx.router.chain = chain
-        previous = ctx.engine
-        ctx.engine = make_engine(ctx)
-        await ctx.engine.start()
-        await previous.stop(grace=30.0)
-        ctx.housekeeper.retention = new.config.retention
-        await ctx.silence.stop()
-        expect = {n: s.expect_within for n, s in new.config.sources.items() if s.expect_within}
-        ctx.silence = SilenceWatcher(ctx.store, ctx.clock, expect)
-        await ctx.silence.start()
-        ctx.router.wake()
+    try:
+        await gw.swap(new)  # components that reject their options fail here; nothing changes
+    except GatewayError:
+        raise
+    except Exception as e:
+        raise ConfigError([f"reload: {type(e).__name__}: {e}"]) from e
     cfg = new.config
     log.info(
         "reload: configuration loaded (%d sources, %d destinations, %d routes)",
