@@ -1,6 +1,7 @@
 -- wrk script for bench/run.py and bench/bench_intake.py: POST distinct contract-shaped
 -- callbacks with Basic auth.
---   wrk -t1 -c32 -d10s -s bench/intake_post.lua URL -- PREFIX BASE64_USER_COLON_PASSWORD
+--   wrk -t1 -c32 -d10s -s bench/intake_post.lua URL -- PREFIX BASE64_USER_COLON_PASSWORD [EVENTS]
+-- EVENTS (default 1) is the number of events in each body's array (a provider batch).
 -- Each request carries a new message_uuid (PREFIX-thread-counter) so none is a duplicate, and a
 -- "sent_at" field (epoch seconds, microsecond resolution, taken just before the request is
 -- written) that the bench receiver subtracts from its arrival time for end-to-end latency.
@@ -22,6 +23,7 @@ end
 local threads = {}
 local counter = 0
 local prefix = "bench"
+local per_request = 1
 
 function setup(thread)
   table.insert(threads, thread)
@@ -30,6 +32,7 @@ end
 
 function init(args)
   prefix = args[1] or "bench"
+  per_request = tonumber(args[3] or "1") or 1
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   if args[2] and args[2] ~= "" then
@@ -37,13 +40,17 @@ function init(args)
   end
 end
 
+local EVENT = '{"message_uuid":"%s-%d-%d","channel_type":"SMS","callback_event":"delivered",'
+  .. '"status":"delivered","status_time":"2020-10-16T18:51:13Z","sent_at":%.6f}'
+
 function request()
-  counter = counter + 1
-  local body = string.format(
-    '[{"message_uuid":"%s-%d-%d","channel_type":"SMS","callback_event":"delivered",'
-      .. '"status":"delivered","status_time":"2020-10-16T18:51:13Z","sent_at":%.6f}]',
-    prefix, thread_id or 0, counter, now())
-  return wrk.format(nil, nil, nil, body)
+  local sent = now()
+  local parts = {}
+  for i = 1, per_request do
+    counter = counter + 1
+    parts[i] = string.format(EVENT, prefix, thread_id or 0, counter, sent)
+  end
+  return wrk.format(nil, nil, nil, "[" .. table.concat(parts, ",") .. "]")
 end
 
 function done(summary, latency, requests)
