@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.intake.body import BodyError, split_elements
+from gateway.intake.body import BodyError, parse_element, split_elements
 
 
 def raws(body: bytes) -> list[str]:
@@ -135,3 +135,72 @@ def test_absurd_nesting_is_a_body_error_not_a_crash() -> None:
 def test_the_error_message_says_where_the_json_broke() -> None:
     with pytest.raises(BodyError, match="line 2 column"):
         split_elements(b'[\n{"a" 1}]')
+
+
+# -- strict JSON (RFC 8259 with I-JSON's number and string rules) -------------------------------
+
+
+@pytest.mark.parametrize(
+    "literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1E+309", b"1" + b"0" * 400 + b".5"]
+)
+def test_values_strict_json_has_no_number_for_are_malformed(literal: bytes) -> None:
+    with pytest.raises(BodyError) as info:
+        split_elements(b'[{"ok": 1}, {"x": ' + literal + b"}]")
+    assert info.value.code == "malformed_json"
+    assert info.value.status == 400
+
+
+def test_an_integer_of_five_thousand_digits_is_malformed_not_a_crash() -> None:
+    with pytest.raises(BodyError) as info:
+        split_elements(b'[{"x": ' + b"7" * 5000 + b"}]")
+    assert "does not fit a double" in str(info.value)
+    assert "5000 digits" in str(info.value)
+
+
+def test_numbers_that_fit_a_double_are_kept_verbatim() -> None:
+    big = "9" * 300  # an integer above 2**53 still fits a double's range
+    body = f'[{{"a": {big}, "b": 1e-400, "c": 1.7976931348623157e308, "d": -0}}]'.encode()
+    [(value, raw)] = split_elements(body)
+    assert raw == body.decode()[1:-1]
+    assert value["a"] == int(big)
+    assert value["b"] == 0.0
+
+
+@pytest.mark.parametrize("escape", [b"\\ud800", b"\\uDFFF", b"x\\ud83d", b"\\ude00\\ud83d"])
+def test_a_lone_surrogate_escape_is_malformed(escape: bytes) -> None:
+    with pytest.raises(BodyError) as info:
+        split_elements(b'[{"text": "' + escape + b'"}]')
+    assert "surrogate" in str(info.value)
+
+
+def test_a_lone_surrogate_in_a_key_is_malformed() -> None:
+    with pytest.raises(BodyError):
+        split_elements(b'{"\\udbff": 1}')
+
+
+def test_a_surrogate_pair_is_one_character_and_fine() -> None:
+    [(value, _)] = split_elements(b'[{"text": "\\ud83d\\ude00 \\\\ud800"}]')
+    assert value["text"] == "\U0001f600 \\ud800"
+
+
+def test_repeated_keys_are_reported_per_element_not_as_malformed() -> None:
+    elements = split_elements(b'[{"a": 1, "a": 2}, {"b": 1}, {"c": {"d": 1, "d": 1, "e": 0}}]')
+    assert elements[0][1] == '{"a": 1, "a": 2}'
+    assert elements.duplicates == {0: ["a"], 2: ["d"]}
+
+
+def test_too_many_elements_is_413_and_parsing_stops_at_the_limit() -> None:
+    assert len(split_elements(b"[1, 2, 3]", max_events=3)) == 3
+    with pytest.raises(BodyError) as info:
+        # The fourth element is not even JSON: the limit is hit before it is parsed.
+        split_elements(b"[1, 2, 3, nonsense", max_events=3)
+    assert (info.value.status, info.value.code) == (413, "too_many_events")
+    assert "more than 3 elements" in str(info.value)
+
+
+def test_parse_element_reports_repeated_keys_and_refuses_non_strict_json() -> None:
+    problem = "duplicate key 'a': the element is ambiguous"
+    assert parse_element('{"a": 1, "a": 2}') == ({"a": 2}, [problem])
+    assert parse_element("[1, 2]") == ([1, 2], [])
+    with pytest.raises(BodyError):
+        parse_element('{"a": NaN}')

@@ -110,10 +110,12 @@ def _multiprocess_metrics() -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gateway.server.app import create_app
+    from gateway.server.limits import GuardedProtocol, raise_fd_limit
 
     loaded: Loaded = load_runnable(args.config)
     cfg = loaded.config
     setup_logging(cfg.log_format, loaded.secrets, cfg.log_level)
+    raise_fd_limit(cfg.server.max_connections)
     host = args.host or cfg.server.host
     port = cfg.server.port if args.port is None else args.port
     log.info(
@@ -128,7 +130,14 @@ def run(args: argparse.Namespace) -> int:
             # One process: SIGKILL takes down everything at once and nothing is left orphaned.
             app = create_app(loaded)
             app.register_listener(_settle_heap, "after_server_start")
-            app.run(host=host, port=port, single_process=True, access_log=False, motd=False)
+            app.run(
+                host=host,
+                port=port,
+                single_process=True,
+                access_log=False,
+                motd=False,
+                protocol=GuardedProtocol,
+            )
             return 0
         from sanic.worker.loader import AppLoader
 
@@ -137,7 +146,14 @@ def run(args: argparse.Namespace) -> int:
         _multiprocess_metrics()
         loader = AppLoader(factory=functools.partial(_app_from_file, args.config))
         app = loader.load()
-        app.prepare(host=host, port=port, workers=cfg.server.workers, access_log=False, motd=False)
+        app.prepare(
+            host=host,
+            port=port,
+            workers=cfg.server.workers,
+            access_log=False,
+            motd=False,
+            protocol=GuardedProtocol,
+        )
         restart_workers_on_sighup(app, args.config)
         Sanic.serve(primary=app, app_loader=loader)
         return 0

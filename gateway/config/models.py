@@ -46,6 +46,16 @@ class ServerConfig(Strict):
     trusted_proxies: Networks = []
     #: Where `run` writes its process id, so `callback-gateway reload` can signal it.
     pid_file: str = "var/gateway.pid"
+    #: Open client connections per worker process (see gateway.server.limits).
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    #: The whole request header must arrive within this (408 otherwise).
+    header_timeout: Duration = Field(default=10.0, gt=0)
+    #: The whole body must arrive within this once the header is in (408 otherwise).
+    body_timeout: Duration = Field(default=30.0, gt=0)
+    #: An idle connection between two requests is closed after this.
+    keep_alive_timeout: Duration = Field(default=75.0, gt=0)
+    #: A larger request header is answered 431.
+    max_header_size: Size = Field(default=8 * 1024, ge=1024, le=1024 * 1024)
 
 
 class BasicAuthConfig(Strict):
@@ -64,6 +74,9 @@ class SourceConfig(Strict):
     format: str = "revicom"
     auth: AuthConfig = AuthConfig()
     on_invalid: Literal["quarantine", "reject"] = "quarantine"
+    #: Elements one request body may hold; a body with more is refused with 413 before any of
+    #: it is stored, which also bounds what one request can add to the quarantine.
+    max_events: int = Field(default=10_000, ge=1)
     #: Options for the source format (for `json`: how to derive the dedupe key).
     options: dict[str, Any] = {}
     #: Raise a ``source_silent`` event when nothing arrived for this long (and

@@ -19,7 +19,7 @@ from gateway.clock import Clock
 from gateway.config.models import Network, SourceConfig
 from gateway.errors import StoreError
 from gateway.intake.auth import BasicAuth, address_allowed, client_address
-from gateway.intake.body import BodyError, split_elements
+from gateway.intake.body import BodyError, Elements, duplicate_problems, split_elements
 from gateway.intake.responses import error
 from gateway.ops import logs
 from gateway.ops.metrics import Metrics
@@ -101,12 +101,26 @@ class SourceEndpoint:
 
     async def handle(self, request: Request) -> HTTPResponse:
         started = time.perf_counter()
-        answer = await self._handle(request)
+        try:
+            answer = await self._handle(request)
+        except Exception:  # a bug (ours or a plugin's): answered, counted and logged once
+            log.exception("source=%s status=500 error=internal_error", self.name)
+            answer = error(500, "internal_error", "internal error; nothing was acknowledged")
         if self.metrics is not None:
             self._child("requests", str(answer.status)).inc()
             if answer.status == 200:
                 self._child("ack_seconds").observe(time.perf_counter() - started)
         return answer
+
+    def refused(self, request: Request, status: int, code: str) -> None:
+        """A request to this source that the server answered before `handle` ran (413 for a
+        body over ``max_body_size``, 408 for a body that did not arrive in time): counted and
+        logged like every other answer."""
+        if self.metrics is not None:
+            self._child("requests", str(status)).inc()
+        log.warning(
+            "source=%s status=%d error=%s client=%s", self.name, status, code, request.ip
+        )
 
     def _child(self, metric: str, *labels: str) -> Any:
         assert self.metrics is not None
@@ -117,9 +131,9 @@ class SourceEndpoint:
         if refused is not None:
             return refused
         try:
-            elements = split_elements(request.body)
+            elements = split_elements(request.body, self.config.max_events)
         except BodyError as e:
-            return self._answer(400, e.code, str(e))
+            return self._answer(e.status, e.code, str(e))
         items, invalid = self._check(elements, request.headers)
         if invalid and self.config.on_invalid == "reject":
             self._count(items, ["rejected"] * len(items))
@@ -199,12 +213,16 @@ class SourceEndpoint:
     def _refuse(self, request: Request) -> HTTPResponse | None:
         allow = self.config.auth.allow_ips
         if allow is not None:
-            addr = client_address(request.ip, request.headers.get("x-forwarded-for"), self.trusted)
+            addr = self._client(request)
             if not address_allowed(addr, allow):
-                return self._answer(403, "forbidden", f"address {addr} is not allowed")
+                return self._answer(403, "forbidden", f"address {addr} is not allowed", addr=addr)
         if self.auth is not None and not self.auth.check(request.headers.get("authorization")):
             return self._answer(
-                401, "unauthorized", "valid Basic credentials are required", self.challenge
+                401,
+                "unauthorized",
+                "valid Basic credentials are required",
+                self.challenge,
+                self._client(request),
             )
         ctype = request.headers.get("content-type", "")
         if ctype.split(";", 1)[0].strip().lower() != "application/json":
@@ -216,13 +234,24 @@ class SourceEndpoint:
             )
         return None
 
+    def _client(self, request: Request) -> str:
+        """The client's address: the peer, or behind a trusted proxy the right-most untrusted
+        hop of every ``X-Forwarded-For`` line, combined in order (RFC 9110 section 5.3)."""
+        if not self.trusted:
+            return str(request.ip)
+        lines = request.headers.getall("x-forwarded-for", [])
+        return client_address(request.ip, ", ".join(lines) or None, self.trusted)
+
     def _check(
-        self, elements: list[tuple[Any, str]], headers: Any
+        self, elements: Elements, headers: Any
     ) -> tuple[list[IncomingEvent], list[dict[str, Any]]]:
         items: list[IncomingEvent] = []
         invalid: list[dict[str, Any]] = []
+        repeated = elements.duplicates
         for index, (value, raw) in enumerate(elements):
             problems = self.format.check(value)
+            if index in repeated:
+                problems = [*duplicate_problems(repeated[index]), *problems]
             uuid, event = self.format.describe(value)
             if problems:
                 invalid.append({"index": index, "problems": problems})
@@ -256,7 +285,15 @@ class SourceEndpoint:
         return HTTPResponse(body, content_type="application/json")
 
     def _answer(
-        self, status: int, code: str, detail: Any, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        detail: Any,
+        headers: dict[str, str] | None = None,
+        addr: str | None = None,
     ) -> HTTPResponse:
-        log.warning("source=%s status=%d error=%s", self.name, status, code)
+        if addr is None:
+            log.warning("source=%s status=%d error=%s", self.name, status, code)
+        else:
+            log.warning("source=%s status=%d error=%s client=%s", self.name, status, code, addr)
         return error(status, code, detail, headers)

@@ -21,6 +21,7 @@ SANIC_CODES = {
     405: "method_not_allowed",
     408: "request_timeout",
     413: "too_large",
+    431: "header_too_large",
     500: "internal_error",
     503: "unavailable",
 }

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import PluginError, StoreError
+from gateway.intake.body import BodyError, parse_element
 from gateway.ops.metrics import Metrics
 from gateway.store import EventRecord, FinishedEvent, Lease, NewDelivery, Store
 from gateway.store.sqlite import new_delivery_id
@@ -209,13 +209,14 @@ class Router:
         """Run the chain on one event. None when the event was held or quarantined (already
         written); otherwise its verdict, for the caller to commit."""
         now = self.clock.now()
+        repeated: list[str] = []
         if element is None:
             try:
-                element = json.loads(event.raw)
-            except ValueError as e:  # cannot happen for stored events, but never loop on one
+                element, repeated = parse_element(event.raw)
+            except BodyError as e:  # only events stored before intake was strict JSON
                 await self.store.quarantine_event(event.id, f"stored body is not JSON: {e}", now)
                 return None
-        if event.recheck and (problems := self._recheck(event, element)):
+        if event.recheck and (problems := repeated + self._recheck(event, element)):
             await self.store.quarantine_event(event.id, "; ".join(problems), now)
             self._count_state(event.source, "quarantined")
             return None

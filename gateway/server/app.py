@@ -20,7 +20,7 @@ import signal
 import socket
 
 from sanic import Request, Sanic, response
-from sanic.exceptions import SanicException
+from sanic.exceptions import RequestCancelled, SanicException
 from sanic.response import HTTPResponse
 
 from gateway.clock import Clock, SystemClock
@@ -30,6 +30,7 @@ from gateway.intake.responses import SANIC_CODES, error
 from gateway.ops.metrics import CONTENT_TYPE_LATEST
 from gateway.plugin.hooks import call_hook
 from gateway.runtime import Gateway
+from gateway.server import limits
 from gateway.server.admin_api import admin_blueprint
 from gateway.store import store_from_url
 
@@ -47,7 +48,7 @@ def create_app(loaded: Loaded, *, clock: Clock | None = None, background: bool =
     app.config.ACCESS_LOG = False
     app.config.MOTD = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
-    app.config.KEEP_ALIVE_TIMEOUT = 75
+    limits.configure(app, config.server)
     owner = f"{socket.gethostname()}:{os.getpid()}"
     app.ctx.gateway = Gateway(loaded, clock or SystemClock(), owner, background)
 
@@ -105,8 +106,13 @@ async def _sanic_error(request: Request, exception: SanicException) -> HTTPRespo
     if status == 413:
         limit = request.app.config.REQUEST_MAX_SIZE
         detail = f"the body exceeds server.max_body_size ({limit} bytes)"
-    if status >= 500:
+    endpoint = request.app.ctx.gateway.endpoints.get(request.path)
+    if endpoint is not None and request.method == "POST":
+        endpoint.refused(request, status, code)
+    elif status >= 500 and not isinstance(exception, RequestCancelled):
         log.error("unhandled error on %s %s", request.method, request.path, exc_info=exception)
+    elif status in (408, 431):
+        log.warning("status=%d error=%s client=%s", status, code, request.ip)
     return error(status, code, detail, getattr(exception, "headers", None) or None)
 
 
