@@ -32,6 +32,7 @@ from gateway.delivery.engine import DeliveryEngine
 from gateway.destination.base import Services
 from gateway.destination.http import make_http_client
 from gateway.store import IncomingEvent, NewDelivery
+from gateway.store.marks import Marks
 from gateway.store.sqlite import SQLiteStore, new_delivery_id
 
 RAW = ('{"message_uuid": "%s", "channel_type": "SMS", "callback_event": "delivered",'
@@ -74,8 +75,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
             f"destinations:\n  hook: {{type: webhook, url: '{url}', payload: {args.payload}"
             f"{secret}}}\n", env={})
         http = make_http_client(args.transport)
-        engine = DeliveryEngine(loaded, store, Services(http, clock, store, loaded.secrets),
-                                clock, "bench")
+        services = Services(http, clock, Marks(store, clock), loaded.secrets)
+        engine = DeliveryEngine(loaded, store, services, clock, "bench")
         before = peak = rss_mib()
         t0, cpu0 = time.perf_counter(), time.process_time()
         await engine.start()

@@ -36,6 +36,7 @@ from gateway.ops.silence import SilenceWatcher
 from gateway.routing.chain import Chain
 from gateway.routing.router import Router
 from gateway.store import EventRecord, IngestResult, Lease, Store
+from gateway.store.marks import Marks
 
 if TYPE_CHECKING:
     import httpx
@@ -80,7 +81,9 @@ class Runtime:
         self.silence: SilenceWatcher | None = None
         if background:
             assert gateway.http is not None
-            services = Services(gateway.http, gateway.clock, store, loaded.secrets)
+            services = Services(
+                gateway.http, gateway.clock, Marks(store, gateway.clock), loaded.secrets
+            )
             self.engine = DeliveryEngine(
                 loaded, store, services, gateway.clock, gateway.owner, gateway.metrics
             )

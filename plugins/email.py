@@ -56,7 +56,7 @@ from email.message import EmailMessage
 from typing import Annotated, Any
 
 import aiosmtplib
-from jinja2 import Template, TemplateSyntaxError
+from jinja2 import Template
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -68,8 +68,15 @@ from pydantic import (
 
 from gateway import hookimpl
 from gateway.config.redact import scrub
-from gateway.destination.base import Outcome, Services
-from gateway.destination.payload import _ENV, template_context
+from gateway.destination import (
+    Batching,
+    Outcome,
+    Services,
+    compile_template,
+    environment,
+    render_error,
+    template_context,
+)
 from gateway.store import DeliveryRecord
 from gateway.units import parse_duration
 
@@ -104,17 +111,18 @@ def _none_empty(value: Any) -> Any:
     return "" if value is None else value
 
 
-# Overlays of the payload module's sandboxed environment: `null` prints as nothing, and the
-# HTML part escapes what it prints.
-TEXT_ENV = _ENV.overlay(finalize=_none_empty)
-HTML_ENV = _ENV.overlay(finalize=_none_empty, autoescape=True)
+# Overlays of the kit's sandbox: `null` prints as nothing, and the HTML part escapes what it
+# prints.
+TEXT_ENV = environment(finalize=_none_empty)
+HTML_ENV = environment(finalize=_none_empty, autoescape=True)
 
 
 def _compile(source: str, env: Any) -> Template:
+    """`source` compiled; `ValueError` for a syntax error (its key path comes from pydantic)."""
     try:
-        return env.from_string(source)
-    except TemplateSyntaxError as e:
-        raise ValueError(f"template syntax error on line {e.lineno}: {e.message}") from None
+        return compile_template(source, "template", env)
+    except ValueError as e:
+        raise ValueError(str(e).removeprefix("template: ")) from None
 
 
 def _address(value: str) -> str:
@@ -223,8 +231,8 @@ class Email:
         self.html = _compile(options.html, HTML_ENV) if options.html else None
         digest = options.digest
         self.digest_subject = _compile(digest.subject, TEXT_ENV) if digest else None
-        #: ``(window seconds, max events)`` when the engine should hand over batches.
-        self.batch = (digest.window, digest.max_events) if digest else None
+        #: A digest: the engine hands over batches (`gateway.destination.BatchDestination`).
+        self.batching = Batching(digest.window, digest.max_events) if digest else None
         self.secrets = set(services.secrets) | ({options.password} if options.password else set())
         self.sender = email.utils.parseaddr(options.from_)[1]
         self.recipients = [email.utils.parseaddr(a)[1] for a in [*options.to, *options.cc]]
@@ -241,7 +249,7 @@ class Email:
             text = self.body.render(context)
             html = self.html.render(context) if self.html else None
         except Exception as e:  # sandbox violations, filter errors
-            raise ValueError(f"template failed: {type(e).__name__}: {e}") from None
+            raise ValueError(render_error(e)) from None
         return self._compose(subject, text, html, delivery.id)
 
     def digest_message(self, deliveries: list[DeliveryRecord]) -> EmailMessage:
@@ -258,7 +266,7 @@ class Email:
             texts = [self.body.render(c) for c in contexts]
             htmls = [self.html.render(c) for c in contexts] if self.html else None
         except Exception as e:
-            raise ValueError(f"template failed: {type(e).__name__}: {e}") from None
+            raise ValueError(render_error(e)) from None
         count = f"{len(deliveries)} event{'s' if len(deliveries) != 1 else ''}"
         text = f"{count}:\n\n" + DIGEST_RULE.join(texts)
         html = f"<p>{count}:</p>" + "<hr>".join(htmls) if htmls is not None else None

@@ -22,7 +22,6 @@ the destination is paused; 3xx permanent (redirects are never followed); other 4
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -33,16 +32,18 @@ import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from gateway import hookimpl
-from gateway.destination.base import Outcome, Services
-from gateway.destination.http import parse_retry_after, read_capped
-from gateway.destination.payload import JsonTemplate, envelope_text, original_body
+from gateway.destination import (
+    HTTPDestination,
+    JsonTemplate,
+    Outcome,
+    Services,
+    envelope_text,
+    original_body,
+)
 from gateway.store import DeliveryRecord
 from gateway.units import parse_duration
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-RETRYABLE = frozenset({408, 425})
-#: How much of an error response's body goes into the attempt record.
-SNIPPET = 300
 
 
 class WebhookOptions(BaseModel):
@@ -112,15 +113,15 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(mac).decode("ascii")
 
 
-class Webhook:
-    """See the module docstring."""
+class Webhook(HTTPDestination):
+    """See the module docstring; sending and classification come from `HTTPDestination`."""
 
     Options = WebhookOptions
+    options: WebhookOptions
 
     def __init__(self, name: str, options: WebhookOptions, services: Services) -> None:
-        self.name = name
-        self.options = options
-        self.services = services
+        super().__init__(name, options, services)
+        self.secrets |= set(options.headers.values())  # receivers may echo them back
         self.key = signing_key(options.secret) if options.secret else None
         self.template = JsonTemplate(options.body) if options.body else None
         self.url = httpx.URL(options.url)  # parsed once, not on every request
@@ -150,56 +151,11 @@ class Webhook:
         try:
             body = self.body(delivery)
         except ValueError as e:
-            return Outcome.permanent(str(e))
-        opts = self.options
-        try:
-            async with asyncio.timeout(opts.timeout):
-                async with self.services.http.stream(
-                    opts.method,
-                    self.url,
-                    content=body,
-                    headers=self.headers(delivery, body),
-                    timeout=opts.timeout,
-                ) as resp:
-                    data = await read_capped(resp)
-        except TimeoutError:
-            return Outcome.retry(f"timed out after {opts.timeout:g}s")
-        except httpx.TimeoutException as e:
-            return Outcome.retry(f"timed out after {opts.timeout:g}s ({type(e).__name__})")
-        except httpx.TransportError as e:
-            return Outcome.retry(f"connection error: {type(e).__name__}: {e}".rstrip(": "))
-        except httpx.HTTPError as e:
-            return Outcome.retry(f"HTTP error: {type(e).__name__}: {e}")
-        return self.classify(resp, data)
-
-    def classify(self, resp: httpx.Response, data: bytes) -> Outcome:
-        """The outcome of one answer (see the module docstring)."""
-        status = resp.status_code
-        if 200 <= status < 300:
-            return Outcome.delivered(status)
-        text = f"HTTP {status}"
-        snippet = data[:SNIPPET].decode("utf-8", "replace").strip()
-        if snippet:
-            text += f": {snippet}"
-        retry_after = parse_retry_after(resp.headers.get("retry-after"), self.services.clock.now())
-        if status == 429:
-            return Outcome.throttled(text, retry_after, status)
-        if status in RETRYABLE or status >= 500:
-            return Outcome.retry(text, status, retry_after)
-        if status == 410:
-            return Outcome.permanent(
-                f"{text} (410 Gone: destination {self.name!r} paused until resumed)",
-                status,
-                pause=True,
-            )
-        if 300 <= status < 400:
-            where = resp.headers.get("location", "?")
-            return Outcome.permanent(
-                f"HTTP {status} redirect to {where} not followed (redirects are never followed;"
-                " configure the final URL)",
-                status,
-            )
-        return Outcome.permanent(text, status)
+            return Outcome.permanent(self.scrub(str(e)))
+        answer = await self.request(
+            self.options.method, self.url, body, self.headers(delivery, body)
+        )
+        return answer if isinstance(answer, Outcome) else self.classify(answer)
 
 
 @hookimpl

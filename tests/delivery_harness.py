@@ -23,6 +23,7 @@ from gateway.delivery.engine import DeliveryEngine
 from gateway.destination.base import Services
 from gateway.destination.http import make_http_client
 from gateway.store import AttemptRecord, DeliveryRecord, IncomingEvent, NewDelivery
+from gateway.store.marks import Marks
 from gateway.store.sqlite import SQLiteStore, new_delivery_id
 
 SAMPLE = (
@@ -49,7 +50,8 @@ class EngineHarness:
         await self.store.open()
         self.loaded = load_config_text(self.config, env={}, extra_plugins=self.extra_plugins)
         self.http = make_http_client(self.transport)
-        self.services = Services(self.http, self.clock, self.store, set(self.loaded.secrets))
+        self.services = Services(
+            self.http, self.clock, Marks(self.store, self.clock), set(self.loaded.secrets))
         self.engine = self.new_engine(self.owner)
         return self
 

@@ -12,13 +12,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from gateway_plugins.slack import MAX_BLOCKS, Options, Slack, clip
+from gateway_plugins.slack import Options, Slack
+from gateway_plugins.slack_blocks import MAX_BLOCKS, clip
 from manual_clock import ManualClock
 from pydantic import ValidationError
 from slack_server import WEBHOOK_PATH, SlackServer, api_error, webhook_error
 
 from gateway.config import load_config_text
-from gateway.destination.base import Services
+from gateway.destination import Marks, Services
 from gateway.store import DeliveryRecord
 from gateway.store.sqlite import SQLiteStore
 
@@ -89,7 +90,8 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
     store = SQLiteStore(tmp_path / "gw.db")
     await store.open()
     http = httpx.AsyncClient(verify=TLS, follow_redirects=False, trust_env=False)
-    yield Services(http, ManualClock(), store, {TOKEN})
+    clock = ManualClock()
+    yield Services(http, clock, Marks(store, clock), {TOKEN})
     await http.aclose()
     await store.close()
 
@@ -137,7 +139,9 @@ async def test_webhook_error_strings_are_permanent_and_name_the_error(
     outcome = await webhook(slack, services).deliver(record(UNDELIVERED))
     assert (outcome.kind, outcome.status) == ("permanent", status)
     assert code in (outcome.error or "")
-    assert not outcome.pause_destination
+    # 410 Gone (an archived channel) pauses the destination, as for every HTTP destination:
+    # every later message would fail the same way until someone acts.
+    assert outcome.pause_destination == (status == 410)
 
 
 async def test_webhook_429_is_throttled_for_retry_after(
@@ -340,7 +344,8 @@ async def test_later_events_of_a_message_reply_in_its_thread(
     assert bodies[1]["thread_ts"] == root
     assert "thread_ts" not in bodies[2]
     assert bodies[3]["thread_ts"] == root
-    mark = await services.store.get_mark(
+    assert services.marks is not None
+    mark = await services.marks.get(
         f"slack-thread:ops-slack:#ops:{UNDELIVERED['message_uuid']}")
     assert mark == ("2", root)
 
@@ -350,7 +355,8 @@ async def test_an_event_waits_while_its_thread_root_is_being_posted(
 ) -> None:
     key = f"slack-thread:ops-slack:#ops:{UNDELIVERED['message_uuid']}"
     now = services.clock.now()
-    await services.store.set_mark(key, f"dlv_other {now!r}", now, rank="1")
+    assert services.marks is not None
+    await services.marks.set(key, f"dlv_other {now!r}", rank="1")
     dest = api(slack, services, thread=True)
     outcome = await dest.deliver(record(UNDELIVERED, 2))
     assert outcome.kind == "throttled" and outcome.status is None
@@ -358,7 +364,7 @@ async def test_an_event_waits_while_its_thread_root_is_being_posted(
     services.clock.advance(301)  # type: ignore[attr-defined]  # the root's poster died
     assert (await dest.deliver(record(UNDELIVERED, 2))).kind == "delivered"
     assert "thread_ts" not in slack.requests[0].json
-    assert (await services.store.get_mark(key))[0] == "2"  # type: ignore[index]
+    assert (await services.marks.get(key))[0] == "2"  # type: ignore[index]
 
 
 async def test_a_failed_root_lets_the_next_event_start_the_thread(

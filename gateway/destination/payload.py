@@ -13,22 +13,10 @@ are exactly what the provider sent.
 
 from __future__ import annotations
 
-import datetime
 import json
-from typing import Any
 
-from jinja2 import TemplateSyntaxError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
+from gateway.destination.templates import compile_template, isotime, render_error, template_context
 from gateway.store import DeliveryRecord
-
-_ENV = ImmutableSandboxedEnvironment(autoescape=False, keep_trailing_newline=False)
-
-
-def isotime(epoch: float) -> str:
-    """RFC 3339 UTC with milliseconds."""
-    dt = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def original_body(delivery: DeliveryRecord) -> bytes:
@@ -51,18 +39,6 @@ def envelope_text(delivery: DeliveryRecord, one_line: bool = False) -> str:
     return f'{head[:-1]},"event":{raw},"enrichment":{tail}}}'
 
 
-def template_context(delivery: DeliveryRecord) -> dict[str, Any]:
-    """``event`` (provider fields with enrichments merged over them) and ``meta``."""
-    fields = delivery.event
-    event = {**fields, **delivery.enrichment} if isinstance(fields, dict) else fields
-    meta = {
-        "id": delivery.id, "event_id": delivery.event_id, "source": delivery.source,
-        "route": delivery.route, "destination": delivery.destination,
-        "received_at": isotime(delivery.received_at), "attempt": delivery.attempts + 1,
-    }
-    return {"event": event, "meta": meta}
-
-
 class JsonTemplate:
     """A sandboxed Jinja2 template that must render valid JSON.
 
@@ -71,18 +47,18 @@ class JsonTemplate:
     """
 
     def __init__(self, source: str) -> None:
-        try:
-            self.template = _ENV.from_string(source)
-        except TemplateSyntaxError as e:
-            raise ValueError(f"template syntax error on line {e.lineno}: {e.message}") from None
+        self.template = compile_template(source, "body")
 
     def render(self, delivery: DeliveryRecord) -> bytes:
         try:
             text = self.template.render(template_context(delivery))
         except Exception as e:  # sandbox violations, undefined attributes, filter errors
-            raise ValueError(f"template failed: {type(e).__name__}: {e}") from None
+            raise ValueError(render_error(e)) from None
         try:
             json.loads(text)
         except ValueError as e:
             raise ValueError(f"template did not render valid JSON: {e}: {text[:200]!r}") from None
         return text.encode("utf-8")
+
+
+__all__ = ["JsonTemplate", "envelope_text", "isotime", "original_body", "template_context"]

@@ -28,8 +28,8 @@ from gateway.errors import ConfigError, PluginError
 from gateway.plugin.hooks import call_hook_traced
 from gateway.plugin.manager import await_me_maybe
 from gateway.routing.expressions import ExpressionError, compile_when, evaluate_when
-from gateway.routing.marks import Marks
 from gateway.routing.match import Matcher, MatchSpecError, compile_match
+from gateway.store.marks import Marks
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -206,7 +206,7 @@ class Previews:
                     from gateway.destination.base import Services
 
                     cls = self.loaded.registry.get("destinations", dest.type)
-                    services = Services(http=None, clock=self.clock, store=None,  # type: ignore[arg-type]
+                    services = Services(http=None, clock=self.clock, marks=None,  # type: ignore[arg-type]
                                         secrets=self.loaded.secrets)
                     self._instances[name] = cls(name, options, services)
                 except Exception:

@@ -1,4 +1,5 @@
-"""Durable per-key state lent to filters and enrichers as ``meta["marks"]``.
+"""Durable per-key state lent to filters and enrichers (``meta["marks"]``) and to destinations
+(``services.marks``).
 
 A thin view over the store's marks (`Store.advance_mark`, `get_mark`, `set_mark`) that knows the
 clock, and that in a dry run (``explain``, or no store) reads the store when there is one but
