@@ -39,6 +39,7 @@ async def test_partly_refused_recipients_are_kept_in_the_attempt_history(tmp_pat
         assert "Message 063474ec-a34f-4558-90c5-984395000004 is delivered." in message.text()
         assert [a.outcome for a in attempts] == ["delivered"]
         assert "refused gone@example.com: 550 5.1.1 No such user" in attempts[0].error
+        assert attempts[0].details == {"refused": {"gone@example.com": "550 5.1.1 No such user"}}
         assert record.last_error == attempts[0].error
 
 

@@ -22,7 +22,7 @@ from gateway_process import GatewayProcess
 from receiver import Receiver, Reply
 from redis_support import delete_prefix, store_url, unique_prefix
 
-from gateway.delivery.engine import RECORDING_BACKLOG
+from gateway.delivery.dispatcher import RECORDING_BACKLOG
 from gateway.store.redis import RedisStore
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -492,6 +494,16 @@ async def test_finish_attempt_records_history_with_increasing_numbers(store: Sto
     assert await store.claim_deliveries("w", "crm", 1, LEASE, T0 + 1000) == []
 
 
+async def test_an_attempts_details_are_kept_with_it(store: Store) -> None:
+    _, (did,) = await routed(store, "a", ["support"])
+    await store.claim_deliveries("w", "support", 1, LEASE, T0)
+    refused = {"refused": {"gone@example.com": "550 5.1.1 No such user"}}
+    await store.finish_attempt(did, replace(attempt(T0, "delivered", 250), details=refused),
+                               "delivered", None, True, T0 + 1)
+    _, attempts = await store.get_delivery(did)
+    assert [a.details for a in attempts] == [refused]
+
+
 async def test_an_attempt_that_does_not_count_keeps_the_attempt_count(store: Store) -> None:
     _, (did,) = await routed(store, "a", ["slack"])
     await store.claim_deliveries("w", "slack", 1, LEASE, T0)
@@ -852,3 +864,27 @@ async def test_sqlite_a_failed_finish_event_creates_no_delivery(
         await sqlite_store.finish_event(event_id, "routed", news, T0 + 1)
     assert (await sqlite_store.get_event(event_id)).state == "received"
     assert await sqlite_store.list_deliveries(DeliveryFilter()) == []
+
+
+async def test_a_file_from_before_attempt_details_opens_and_keeps_details(tmp_path: Path) -> None:
+    """A database written before the ``details`` column existed is upgraded on open."""
+
+    from gateway.store.sqlite import SQLiteStore
+    from gateway.store.sqlite_schema import SCHEMA
+
+    path = tmp_path / "old.db"
+    old_schema = re.sub(r"\n    details TEXT,[^\n]*", "", SCHEMA)
+    assert "details" not in old_schema
+    with sqlite3.connect(path) as conn:
+        conn.executescript(old_schema)
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        _, (did,) = await routed(store, "a", ["support"])
+        await store.claim_deliveries("w", "support", 1, LEASE, T0)
+        await store.finish_attempt(did, replace(attempt(T0, "retry", 451), details={"x": 1}),
+                                   "pending", T0 + 5, True, T0 + 1)
+        _, attempts = await store.get_delivery(did)
+        assert attempts[0].details == {"x": 1}
+    finally:
+        await store.close()

@@ -125,6 +125,8 @@ def _show(args: argparse.Namespace) -> int:
             f"  #{a['number']} {_when(a['started_at'])} {a['outcome']:<9} {status}"
             f" {a['error'] or ''}"
         )
+        if a.get("details"):
+            print(f"      details: {json.dumps(a['details'], ensure_ascii=False)}")
     return 0
 
 

@@ -48,7 +48,7 @@ def delivery_detail(record: DeliveryRecord, attempts: list[AttemptRecord]) -> di
     out["first_attempt_at"] = record.first_attempt_at
     out["attempt_history"] = [
         {"number": a.number, "started_at": a.started_at, "finished_at": a.finished_at,
-         "outcome": a.outcome, "status": a.status, "error": a.error}
+         "outcome": a.outcome, "status": a.status, "error": a.error, "details": a.details}
         for a in attempts
     ]
     return out

@@ -8,6 +8,7 @@ for `gateway.destination.BatchDestination` types. `guarded_call` bounds one dest
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable
@@ -40,6 +41,19 @@ RECORDING_BACKLOG = 4
 #: Share of the lease a single try may take before it is abandoned as a timeout.
 TRY_SHARE_OF_LEASE = 0.9
 
+
+
+def recordable(details: dict[str, Any], secrets: set[str]) -> dict[str, Any]:
+    """`Outcome.details` as the attempt record keeps them: JSON (values that are not become
+    their text) with secrets scrubbed."""
+    if not details:
+        return {}
+    text = scrub(json.dumps(details, default=str, ensure_ascii=False), secrets)
+    try:
+        kept: dict[str, Any] = json.loads(text)
+    except ValueError:  # a mask landed inside JSON syntax: keep the text
+        return {"text": text}
+    return kept
 
 
 class Engine(Protocol):
@@ -222,7 +236,10 @@ class Dispatcher:
         finished = engine.clock.now()
         decision = self.policy.decide(d, outcome, started, finished)
         error = scrub(decision.error, engine.secrets) if decision.error else None
-        attempt = AttemptRecord(started, finished, decision.attempt_outcome, outcome.status, error)
+        attempt = AttemptRecord(
+            started, finished, decision.attempt_outcome, outcome.status, error,
+            details=recordable(outcome.details, engine.secrets),
+        )
         try:
             await engine.store.finish_attempt(
                 d.id, attempt, decision.state, decision.next_attempt_at, decision.counts,

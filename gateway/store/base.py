@@ -138,6 +138,8 @@ class AttemptRecord:
     status: int | None = None
     error: str | None = None
     number: int = 0
+    #: The destination's `Outcome.details` (JSON-serializable), for example refused recipients.
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

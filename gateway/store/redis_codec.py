@@ -100,7 +100,7 @@ def attempt_args(delivery_id: str, attempt: AttemptRecord, state: str,
     """One call's arguments for the FINISH_ATTEMPT script."""
     text = json.dumps({"started_at": attempt.started_at, "finished_at": attempt.finished_at,
                        "outcome": attempt.outcome, "status": attempt.status,
-                       "error": attempt.error})
+                       "error": attempt.error, "details": attempt.details or None})
     due = None if next_attempt_at is None else num(next_attempt_at)
     return [delivery_id, text, state, opt(due), 1 if counts else 0, num(now),
             num(attempt.started_at), opt(attempt.error), opt(attempt.status)]
@@ -140,7 +140,7 @@ def delivery_record(h: dict[str, str]) -> DeliveryRecord:
 def attempt_record(number: int, text: str) -> AttemptRecord:
     a = json.loads(text)
     return AttemptRecord(a["started_at"], a["finished_at"], a["outcome"], a["status"],
-                         a["error"], number)
+                         a["error"], number, a.get("details") or {})
 
 
 def split_url(url: str) -> tuple[str, str]:

@@ -30,7 +30,7 @@ from gateway.store.base import (
     Store,
 )
 from gateway.store.committer import Committer
-from gateway.store.sqlite_schema import SCHEMA
+from gateway.store.sqlite_schema import SCHEMA, add_missing_columns
 
 _EVENT_COLS = (
     "id, source, received_at, raw, state, message_uuid, event, reason, route_attempts,"
@@ -94,6 +94,7 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(SCHEMA)
+        add_missing_columns(conn)
         return conn
 
     async def open(self) -> None:
@@ -304,8 +305,8 @@ class SQLiteStore(Store):
         def op(c: sqlite3.Connection) -> None:
             c.execute(
                 "INSERT INTO attempts (delivery_id, number, started_at, finished_at, outcome,"
-                " status, error) VALUES (?, (SELECT COALESCE(MAX(number), 0) + 1 FROM attempts"
-                " WHERE delivery_id = ?), ?, ?, ?, ?, ?)",
+                " status, error, details) VALUES (?, (SELECT COALESCE(MAX(number), 0) + 1"
+                " FROM attempts WHERE delivery_id = ?), ?, ?, ?, ?, ?, ?)",
                 (
                     delivery_id,
                     delivery_id,
@@ -314,6 +315,7 @@ class SQLiteStore(Store):
                     attempt.outcome,
                     attempt.status,
                     attempt.error,
+                    json.dumps(attempt.details) if attempt.details else None,
                 ),
             )
             c.execute(
@@ -393,10 +395,10 @@ class SQLiteStore(Store):
             if row is None:
                 return None
             attempts = [
-                AttemptRecord(r[0], r[1], r[2], r[3], r[4], r[5])
+                AttemptRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6] or "{}"))
                 for r in c.execute(
-                    "SELECT started_at, finished_at, outcome, status, error, number FROM attempts"
-                    " WHERE delivery_id = ? ORDER BY number",
+                    "SELECT started_at, finished_at, outcome, status, error, number, details"
+                    " FROM attempts WHERE delivery_id = ? ORDER BY number",
                     (delivery_id,),
                 )
             ]

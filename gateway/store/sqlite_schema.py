@@ -1,5 +1,7 @@
 """The SQLite schema. Statements are idempotent; the file is created on first open."""
 
+import sqlite3
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -71,6 +73,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     outcome TEXT NOT NULL,
     status INTEGER,
     error TEXT,
+    details TEXT,                      -- the destination's Outcome.details as JSON, or NULL
     PRIMARY KEY (delivery_id, number)
 ) WITHOUT ROWID;
 
@@ -81,3 +84,16 @@ CREATE TABLE IF NOT EXISTS marks (
     updated_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+#: Columns added after the first release: (table, column, declaration). A file written by an
+#: earlier release gets them on open (``ALTER TABLE ... ADD COLUMN``; existing rows get NULL).
+ADDED_COLUMNS = (("attempts", "details", "TEXT"),)
+
+
+def add_missing_columns(conn: "sqlite3.Connection") -> None:
+    """Upgrade a file written by an earlier release in place (see `ADDED_COLUMNS`)."""
+    for table, column, decl in ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
