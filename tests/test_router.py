@@ -153,3 +153,53 @@ async def test_replayed_quarantine_is_checked_against_todays_format(store) -> No
     await store.replay_quarantined([event_id], clock.now())
     await router_for(loaded(text=relaxed), store, clock).route_due()
     assert (await store.get_event(event_id)).state == "routed"
+
+
+AGREEMENT = """
+store: sqlite:///gw.db
+sources:
+  provider: {path: /cb, format: json}
+destinations:
+  archive: {type: file, path: out.jsonl}
+  crm: {type: file, path: crm.jsonl, enabled: false}
+  ops: {type: file, path: ops.jsonl}
+routes:
+  - {name: inbound, match: {kind: inbound}, to: [crm]}
+  - {name: failures, match: {status: failed}, to: [crm, ops]}
+  - {name: archive, match: {kind: status}, to: [archive]}
+"""
+
+
+async def test_the_router_and_explain_reach_the_same_decision_on_the_same_events(store) -> None:
+    """One decision function serves both: what explain says is what the router does, also for
+    routes that lead to an ``enabled: false`` destination."""
+    from gateway.routing.explain import explain
+
+    cfg = load_config_text(AGREEMENT, {})
+    events = [
+        {"id": 1, "kind": "inbound"},                    # only a disabled destination
+        {"id": 2, "kind": "status", "status": "failed"},  # one disabled, two enabled
+        {"id": 3, "kind": "status", "status": "ok"},
+        {"id": 4, "kind": "other"},
+    ]
+    ids = await ingest(store, *events)
+    clock = FakeClock()
+    await router_for(cfg, store, clock).route_due()
+    routed = {}
+    for event_id, element in zip(ids, events, strict=True):
+        record = await store.get_event(event_id)
+        deliveries = await store.list_deliveries(DeliveryFilter())
+        routed[element["id"]] = (record.state, sorted(
+            (d.route, d.destination) for d in deliveries if d.event_id == event_id))
+    chain = Chain(cfg, None, clock)
+    for element in events:
+        decision = await chain.evaluate(element, {"event_id": "x", "source": "provider",
+                                                  "received_at": 1_000.0}, dry_run=True)
+        planned = sorted((t.route, t.destination) for t in decision.targets)
+        assert (decision.state, planned) == routed[element["id"]], element
+    assert routed[1] == ("unmatched", [])
+    assert routed[2] == ("routed", [("archive", "archive"), ("failures", "ops")])
+    text = await explain(cfg, [(e, json.dumps(e)) for e in events], "provider")
+    assert "-> crm: SKIPPED (enabled: false: not delivered)" in text
+    assert "result: UNMATCHED: matching routes lead only to disabled destinations: crm" in text
+    assert "routed to 2 destination(s): ops (route failures), archive (route archive)" in text

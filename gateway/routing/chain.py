@@ -142,6 +142,8 @@ class Chain:
             kind: self._build(kind, problems) for kind in ("filters", "enrichers")
         }
         self.routes = [self._compile(i, r, problems) for i, r in enumerate(loaded.config.routes)]
+        #: Destinations with ``enabled: false``: routes to them yield no target.
+        self.disabled = {n for n, d in loaded.config.destinations.items() if not d.enabled}
         if problems:
             raise ConfigError(problems)
 
@@ -226,6 +228,7 @@ class Chain:
         dry = dry_run or self.store is None
         marks = Marks(self.store, self.clock, dry_run=dry, overlay=self._overlay if dry else None)
         targets: list[Target] = []
+        disabled: set[str] = set()
         suppressed: list[str] = []
         matched = 0
         for route in self.routes:
@@ -240,6 +243,10 @@ class Chain:
                 suppressed.append(f"route {route.name!r}: {dropped}")
             else:
                 for dest in route.to:
+                    if dest in self.disabled:
+                        disabled.add(dest)
+                        trace.append(Step("target", dest, False, "enabled: false", route.name))
+                        continue
                     targets.append(Target(route.name, dest, {**enrichment, **route_enrichment}))
                     trace.append(Step("target", dest, True, "", route.name))
             if route.stop:
@@ -249,6 +256,10 @@ class Chain:
         reason = "; ".join(suppressed) or None
         if targets:
             return Decision("routed", targets, reason, trace, enrichment)
+        if disabled:
+            names = ", ".join(sorted(disabled))
+            why = f"matching routes lead only to disabled destinations: {names}"
+            return Decision("unmatched", [], why, trace, enrichment)
         if matched:
             return Decision("filtered", [], reason, trace, enrichment)
         n = len(self.routes)

@@ -144,7 +144,7 @@ def _route_step(s: Step) -> str:
     if s.stage == "filter":
         return f"filter {s.name}: " + ("kept" if s.ok else f"DROPPED: {s.detail}")
     if s.stage == "target":
-        return f"-> {s.name}"
+        return f"-> {s.name}" if s.ok else f"-> {s.name}: SKIPPED ({s.detail}: not delivered)"
     if s.stage == "stop":
         return "stop: true: later routes are not evaluated"
     return f"{s.stage} {s.name}: {s.detail}"

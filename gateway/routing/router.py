@@ -234,18 +234,11 @@ class Router:
             self._next_claim = min(self._next_claim, retry_at)
             self._count_state(event.source, "held")
             return None
-        destinations = self.loaded.config.destinations
-        targets = [t for t in decision.targets if destinations[t.destination].enabled]
-        state, reason = decision.state, decision.reason
-        if decision.targets and not targets:
-            skipped = sorted({t.destination for t in decision.targets})
-            state = "unmatched"
-            reason = f"matching routes lead only to disabled destinations: {', '.join(skipped)}"
         deliveries = [
             NewDelivery(new_delivery_id(now), event.id, t.route, t.destination, now, t.enrichment)
-            for t in targets
+            for t in decision.targets
         ]
-        return FinishedEvent(event.id, state, deliveries, now, reason)
+        return FinishedEvent(event.id, decision.state, deliveries, now, decision.reason)
 
     def _count_state(self, source: str, state: str) -> None:
         if self.metrics is None:
