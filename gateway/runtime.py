@@ -41,7 +41,7 @@ from gateway.store.marks import Marks
 if TYPE_CHECKING:
     import httpx
 
-    from gateway.config.load import Loaded
+    from gateway.config.loaded import Loaded
     from gateway.config.models import Config
 
 log = logging.getLogger("gateway")

@@ -80,7 +80,7 @@ def test_python_examples_in_the_docs_are_valid_python():
 
 
 def test_the_match_operators_in_the_docs_are_the_implemented_ones():
-    from gateway.routing.match import OPERATORS
+    from gateway.conditions.match import OPERATORS
 
     for op in OPERATORS:
         assert f"`{op}`" in DOCS, op

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.routing.expressions import ExpressionError, compile_when, evaluate_when
-from gateway.routing.match import MatchSpecError, compile_match
+from gateway.conditions.expressions import ExpressionError, compile_when, evaluate_when
+from gateway.conditions.match import MatchSpecError, compile_match
 
 EVENT = {
     "message_uuid": "m-1",

@@ -20,11 +20,11 @@ from pydantic import BaseModel
 from receiver import Receiver
 
 from gateway import hookimpl
+from gateway.cli.plugins import plugins_info, plugins_report
 from gateway.config import load_config_text
 from gateway.errors import ConfigError
 from gateway.plugin.hooks import call_hook
 from gateway.plugin.manager import make_plugin_manager
-from gateway.plugin.report import plugins_info, plugins_report
 from gateway.routing.chain import Chain
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gateway-plugin-example"

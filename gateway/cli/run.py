@@ -15,7 +15,7 @@ from pathlib import Path
 from sanic import Sanic
 
 from gateway.config import load_config
-from gateway.config.load import Loaded
+from gateway.config.loaded import Loaded
 from gateway.errors import GatewayError
 from gateway.ops.logs import setup_logging
 
@@ -66,7 +66,7 @@ def explain(args: argparse.Namespace) -> int:
 
 
 def plugins(args: argparse.Namespace) -> int:
-    from gateway.plugin.report import plugins_report
+    from gateway.cli.plugins import plugins_report
 
     print(plugins_report(load_config(args.config)), end="")
     return 0

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from gateway.config.models import DeliveryConfig, DestinationConfig
+from gateway.config.problems import pydantic_problems, suggest
 from gateway.plugin.components import Registry
 
 if TYPE_CHECKING:
-    from gateway.config.load import Loaded
+    from gateway.config.loaded import Loaded
     from gateway.config.models import Config
 
 _COMMON_DESTINATION_KEYS = set(DestinationConfig.model_fields)
@@ -28,13 +29,12 @@ def check_components(
     problems: list[str],
 ) -> None:
     """Append a problem for every unknown component name or invalid component option."""
-    from gateway.config.load import _pydantic_problems, suggest
 
     def validate(model: type[BaseModel], options: Any, path: str) -> BaseModel | None:
         try:
             return model.model_validate(options)
         except ValidationError as e:
-            problems.extend(_pydantic_problems(e, model, options, prefix=path))
+            problems.extend(pydantic_problems(e, model, options, prefix=path))
             return None
 
     sources = _mapping(tree, "sources")

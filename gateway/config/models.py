@@ -187,7 +187,7 @@ class RouteConfig(Strict):
     @field_validator("match")
     @classmethod
     def _match(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from gateway.routing.match import compile_match
+        from gateway.conditions.match import compile_match
 
         compile_match(v)  # raises MatchSpecError (a ValueError) naming each bad key
         return v
@@ -196,7 +196,7 @@ class RouteConfig(Strict):
     @classmethod
     def _when(cls, v: str | None) -> str | None:
         if v is not None:
-            from gateway.routing.expressions import compile_when
+            from gateway.conditions.expressions import compile_when
 
             compile_when(v)  # raises ExpressionError (a ValueError) with Jinja's message
         return v

@@ -45,7 +45,7 @@ from gateway.store import Store
 from gateway.units import Rate, parse_rate
 
 if TYPE_CHECKING:
-    from gateway.config.load import Loaded
+    from gateway.config.loaded import Loaded
 
 log = logging.getLogger("gateway.delivery")
 

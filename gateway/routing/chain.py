@@ -24,18 +24,18 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.conditions.expressions import ExpressionError, compile_when, evaluate_when
+from gateway.conditions.match import Matcher, MatchSpecError, compile_match
 from gateway.errors import ConfigError, PluginError
 from gateway.plugin.hooks import call_hook_traced
 from gateway.plugin.manager import await_me_maybe
-from gateway.routing.expressions import ExpressionError, compile_when, evaluate_when
-from gateway.routing.match import Matcher, MatchSpecError, compile_match
 from gateway.store.marks import Marks
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from gateway.clock import Clock
-    from gateway.config.load import Loaded
+    from gateway.config.loaded import Loaded
     from gateway.store.base import Store
 
 #: The filter applied to every route unless the route says ``ordering: false``.

@@ -18,7 +18,7 @@ from gateway.errors import PluginError, UsageError
 from gateway.routing.chain import Chain, Decision, Step, Target
 
 if TYPE_CHECKING:
-    from gateway.config.load import Loaded
+    from gateway.config.loaded import Loaded
 
 MARK = {True: "[matched]", False: "[skipped]"}
 

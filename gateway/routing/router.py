@@ -30,7 +30,7 @@ from gateway.store.sqlite import new_delivery_id
 
 if TYPE_CHECKING:
     from gateway.clock import Clock
-    from gateway.config.load import Loaded
+    from gateway.config.loaded import Loaded
     from gateway.routing.chain import Chain
 
 log = logging.getLogger("gateway.routing.router")

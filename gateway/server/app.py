@@ -24,7 +24,7 @@ from sanic.exceptions import RequestCancelled, SanicException
 from sanic.response import HTTPResponse
 
 from gateway.clock import Clock, SystemClock
-from gateway.config.load import Loaded
+from gateway.config.loaded import Loaded
 from gateway.errors import StoreError
 from gateway.intake.responses import SANIC_CODES, error
 from gateway.ops.metrics import CONTENT_TYPE_LATEST

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.plugin.components import KINDS
 
 if TYPE_CHECKING:
-    from gateway.config.load import Loaded
+    from gateway.config.loaded import Loaded
 
 SELF_DIST = "callback-gateway"
 
