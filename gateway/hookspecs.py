@@ -2,10 +2,14 @@
 
 Plugins implement these with `@gateway.hookimpl`; the docstrings here are the reference
 documentation (``docs/plugins.md`` repeats them with examples, and a test keeps the two in step).
-Any hook may be written as ``async def``: the gateway awaits whatever a hook returns.
-Hook implementations must not give parameters default values (pluggy would not pass them).
-Implementations of one hook run in pluggy's order (the plugin registered last runs first);
-``@hookimpl(tryfirst=True)`` / ``trylast=True`` move one to the front or the back.
+
+Every call goes through pluggy's hook caller (`gateway.plugin.hooks.call_hook`), so pluggy's
+semantics hold: implementations run one at a time in pluggy's order (the plugin registered last
+first; ``@hookimpl(tryfirst=True)`` / ``trylast=True`` move one to the front or the back);
+``wrapper=True`` and ``hookwrapper=True`` implementations see the results and may replace them;
+a spec with ``firstresult=True`` stops at the first non-None result. Any implementation may be
+``async def``: it is awaited in its turn, before the next one starts. Implementations must not
+give parameters default values (pluggy would not pass them).
 """
 
 from __future__ import annotations
@@ -70,12 +74,13 @@ def enrich_event(event: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any] 
     Runs in the router (never on the request path), after ``filter_event`` and before routes
     are matched, so ``match`` and ``when`` see what it adds.
 
-    :param event: the provider's fields plus what earlier ``enrich_event`` implementations
-        added (a copy: changing it changes nothing).
+    :param event: the provider's fields plus what the implementations called before this one
+        added (do not modify it: return what to add).
     :param meta: gateway metadata: ``event_id``, ``source``, ``received_at`` (epoch seconds).
     :return: a JSON-serializable dict merged into the event's enrichment (every destination
-        sees it), or ``None`` to add nothing. Raising holds the event for a later retry with
-        this plugin's name and error visible.
+        sees it; results merge in call order, so a later one wins on a shared key), or ``None``
+        to add nothing. Raising holds the event for a later retry with this plugin's name and
+        error visible.
     """
 
 
@@ -86,8 +91,8 @@ def filter_event(event: dict[str, Any], meta: dict[str, Any]) -> bool | None:
     :param event: the provider's fields (a copy).
     :param meta: ``event_id``, ``source``, ``received_at``.
     :return: ``False`` to drop the event (recorded as filtered, with this plugin's name),
-        ``True`` or ``None`` to let it through. Any plugin returning ``False`` drops it.
-        Raising holds the event for a later retry.
+        ``True`` or ``None`` to let it through. Any ``False`` among the results (after
+        wrappers) drops it. Raising holds the event for a later retry.
     """
 
 
@@ -98,7 +103,8 @@ def delivery_finished(delivery: dict[str, Any], outcome: dict[str, Any]) -> None
     :param delivery: id, event_id, source, route, destination, attempts, state.
     :param outcome: ``state`` (``delivered``, ``pending`` for a scheduled retry, ``dead``),
         ``error`` (text or ``None``), ``status`` (HTTP/SMTP code or ``None``).
-        Errors raised here are logged and otherwise ignored.
+        The attempt is already recorded: an error raised here is logged with the plugin's name
+        and otherwise ignored (as in pluggy, it ends the call for the implementations after it).
     """
 
 
@@ -106,7 +112,8 @@ def delivery_finished(delivery: dict[str, Any], outcome: dict[str, Any]) -> None
 def startup(gateway: Any) -> None:
     """Called once per process after the store is open and before traffic is served.
 
-    :param gateway: the running ``gateway.server.app.GatewayContext`` (config, store, http client).
+    :param gateway: the process's ``gateway.runtime.Gateway``: ``config``, ``store``, ``http``
+        (the shared client), ``clock``, ``metrics``.
     """
 
 

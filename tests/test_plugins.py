@@ -351,3 +351,19 @@ def test_the_example_readme_configuration_is_valid(monkeypatch):
     loaded = load_config_text(config, env={})
     assert loaded.instances["filters"]["chat-only-apps"][0] == "only_channels"
     assert loaded.config.destinations["ops-chat"].type == "chat"
+
+
+def test_the_example_package_uses_only_public_names():
+    """A third-party plugin needs nothing private: the marker and the destination kit."""
+    import ast
+
+    public = {"gateway": {"hookimpl"}, "gateway.destination": set(
+        __import__("gateway.destination", fromlist=["__all__"]).__all__)}
+    for path in (EXAMPLE / "gateway_plugin_example").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gateway"):
+                assert node.module in public, f"{path.name}: imports {node.module}"
+                for alias in node.names:
+                    assert alias.name in public[node.module], f"{path.name}: {alias.name}"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("gateway") for a in node.names)

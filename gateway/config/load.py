@@ -75,7 +75,7 @@ def load_config_text(
     except ValidationError as e:
         problems.extend(pydantic_problems(e, Config, tree))
     pm, registry = _plugins(tree, problems, extra_plugins)
-    loaded = Loaded(config=config, raw=tree, pm=pm, registry=registry)  # type: ignore[arg-type]
+    loaded = Loaded(config=config, pm=pm, registry=registry)  # type: ignore[arg-type]
     if registry is not None:
         check_components(tree, config, registry, loaded, problems)
     if problems or config is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pluggy
 from pydantic import BaseModel
@@ -18,7 +17,6 @@ class Loaded:
     """A validated configuration with its plugins and every component's validated options."""
 
     config: Config
-    raw: dict[str, Any]
     pm: pluggy.PluginManager
     registry: Registry
     path: Path | None = None

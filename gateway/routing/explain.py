@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.clock import Clock, SystemClock
 from gateway.config.redact import scrub
+from gateway.destination.payload import envelope_text
 from gateway.errors import PluginError, UsageError
 from gateway.routing.chain import Chain, Decision, Step, Target
 
@@ -224,10 +225,6 @@ class Previews:
                 except Exception as e:
                     return f"(cannot render: {e})", "the delivery would be dead"
                 return _as_text(value), _payload_note(options)
-        try:
-            from gateway.destination.payload import envelope_text
-        except ImportError:
-            return _compact(_envelope(delivery)), "envelope"
         return envelope_text(delivery), "envelope"
 
 
@@ -288,9 +285,3 @@ def _as_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, indent=2, default=str)
-
-
-def _envelope(delivery: Any) -> dict[str, Any]:
-    return {"id": delivery.id, "event_id": delivery.event_id, "source": delivery.source,
-            "route": delivery.route, "received_at": delivery.received_at,
-            "event": json.loads(delivery.raw), "enrichment": delivery.enrichment}

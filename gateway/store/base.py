@@ -1,6 +1,6 @@
 """The store interface: events, dedupe keys, quarantine, deliveries and attempts.
 
-Every backend (SQLite here; Redis can follow) implements `Store` and passes the same contract
+Every backend (`sqlite`, `redis`) implements `Store` and passes the same contract
 tests (``tests/test_store_contract.py``). All methods are coroutines and all times are epoch
 seconds passed in by the caller (the caller owns the clock).
 

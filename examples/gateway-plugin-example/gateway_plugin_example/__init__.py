@@ -2,9 +2,10 @@
 event hooks. See README.md for configuration.
 
 Everything here uses only the public plugin API: ``from gateway import hookimpl``, the hook
-names in ``gateway.hookspecs``, and ``gateway.destination.base.Outcome`` / ``Services`` for the
-destination. Components are classes with an ``Options`` pydantic model, which the gateway
-validates (so ``callback-gateway check`` reports bad options with their key path).
+names in ``gateway.hookspecs``, and the destination kit ``gateway.destination`` (the
+``HTTPDestination`` base class, which sends and classifies, and the sandboxed template helpers).
+Components are classes with an ``Options`` pydantic model, which the gateway validates (so
+``callback-gateway check`` reports bad options with their key path).
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import logging
 import os
 from typing import Any
 
-import httpx
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway import hookimpl
-from gateway.destination.base import Outcome, Services
+from gateway.destination import (
+    HTTPDestination,
+    Outcome,
+    Services,
+    compile_template,
+    render_error,
+    template_context,
+)
 
 __version__ = "0.1.0"
 log = logging.getLogger(__name__)
@@ -64,12 +70,10 @@ class OnlyChannels:
 
 
 # -- a destination type ----------------------------------------------------------------------
-_TEMPLATES = ImmutableSandboxedEnvironment(autoescape=False)
-
-
-class Chat:
-    """Posts ``{"text": ...}`` to a chat incoming webhook. Classifies, never retries itself:
-    2xx delivered, 429 throttled, 5xx/408 and connection errors retry, other 4xx permanent."""
+class Chat(HTTPDestination):
+    """Posts ``{"text": ...}`` to a chat incoming webhook. `HTTPDestination` sends it within
+    ``timeout`` and classifies the answer (2xx delivered, 429 throttled, 408/425/5xx and
+    connection errors retry, 410 pauses the destination, other 4xx permanent)."""
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -77,38 +81,28 @@ class Chat:
         text: str = "{{ event.message_uuid }}: {{ event.status or event.callback_event }}"
         timeout: float = Field(10.0, gt=0)
 
+        @field_validator("text")
+        @classmethod
+        def _text(cls, v: str) -> str:
+            compile_template(v, "text")  # `check` reports a syntax error with its line
+            return v
+
     def __init__(self, name: str, options: Options, services: Services) -> None:
-        self.name = name
-        self.options = options
-        self.services = services
-        self.template = _TEMPLATES.from_string(options.text)
+        super().__init__(name, options, services)
+        self.template = compile_template(options.text, "text")
 
     def preview(self, delivery: Any) -> dict[str, Any]:
         """What `deliver` would post (``callback-gateway explain`` shows it)."""
-        fields = delivery.event if isinstance(delivery.event, dict) else {}
-        event = {**fields, **delivery.enrichment}
-        meta = {"id": delivery.id, "route": delivery.route, "source": delivery.source}
-        return {"text": self.template.render(event=event, meta=meta)}
+        return {"text": self.template.render(template_context(delivery))}
 
     async def deliver(self, delivery: Any) -> Outcome:
         try:
-            body = self.preview(delivery)
-        except Exception as e:
-            return Outcome.permanent(f"text template failed: {e}")
-        try:
-            resp = await self.services.http.post(
-                self.options.url, json=body, timeout=self.options.timeout,
-                headers={"webhook-id": delivery.id},
-            )
-        except httpx.HTTPError as e:
-            return Outcome.retry(f"{type(e).__name__}: {e}")
-        if resp.is_success:
-            return Outcome.delivered(resp.status_code)
-        if resp.status_code == 429:
-            return Outcome.throttled("HTTP 429", None)
-        if resp.status_code >= 500 or resp.status_code == 408:
-            return Outcome.retry(f"HTTP {resp.status_code}", resp.status_code)
-        return Outcome.permanent(f"HTTP {resp.status_code}", resp.status_code)
+            body = json.dumps(self.preview(delivery)).encode()
+        except Exception as e:  # sandbox violations, filter errors
+            return Outcome.permanent(render_error(e))
+        headers = {"content-type": "application/json", "webhook-id": delivery.id}
+        answer = await self.request("POST", self.options.url, body, headers)
+        return answer if isinstance(answer, Outcome) else self.classify(answer)
 
 
 # -- registration hooks ----------------------------------------------------------------------
