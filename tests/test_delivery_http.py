@@ -47,3 +47,17 @@ async def test_cookies_a_receiver_sets_are_not_sent_with_later_deliveries(transp
         finally:
             await client.aclose()
     assert "cookie" not in rx.requests[1].headers
+
+
+async def test_a_refused_plain_http_connection_says_so_without_ssl():
+    import httpx
+    from gateway_process import free_port
+
+    port = free_port()  # bound and released: nothing listens there
+    client = make_http_client("aiohttp")
+    try:
+        with pytest.raises(httpx.ConnectError) as info:
+            await client.post(f"http://127.0.0.1:{port}/in", content=b"[]")
+    finally:
+        await client.aclose()
+    assert str(info.value) == f"cannot connect to 127.0.0.1:{port}: Connection refused"

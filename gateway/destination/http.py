@@ -97,12 +97,26 @@ def _remap(e: httpx.TransportError, aiohttp: Any) -> httpx.TransportError:
         return e
     message = str(cause) or type(cause).__name__
     if isinstance(cause, aiohttp.ClientConnectorError):
+        if not isinstance(cause, aiohttp.ClientSSLError):  # TLS failures keep aiohttp's text
+            message = _connect_failure(cause)
         return httpx.ConnectError(message, request=e.request if _has_request(e) else None)
     if isinstance(cause, aiohttp.ServerDisconnectedError):
         return httpx.RemoteProtocolError(message)
     if isinstance(cause, aiohttp.ClientConnectionError) and isinstance(e, httpx.TimeoutException):
         return httpx.NetworkError(message)
     return e
+
+
+def _connect_failure(cause: Any) -> str:
+    """What went wrong connecting, without aiohttp's ``ssl:default`` (its text names the
+    connection key's TLS setting, which reads ``default`` even for a plain ``http://`` URL):
+    ``cannot connect to 127.0.0.1:8081: Connection refused``."""
+    err = cause.os_error
+    if isinstance(err.errno, int) and err.errno > 0:  # asyncio's text repeats the address
+        reason = os.strerror(err.errno)
+    else:
+        reason = err.strerror or str(err) or type(err).__name__
+    return f"cannot connect to {cause.host}:{cause.port}: {reason}"
 
 
 def _has_request(e: httpx.TransportError) -> bool:
