@@ -166,6 +166,27 @@ def test_a_dead_delivery_is_listed_shown_and_delivered_after_replay_with_the_sam
     assert [a["outcome"] for a in history] == ["dead", "delivered"]
 
 
+def test_a_listing_cut_short_by_its_limit_says_that_more_match(gw, api, rx):
+    for _ in range(3):  # to the file destination: other tests count what the receiver gets
+        post(gw, "/callbacks/orders", {"id": f"order-{uuid.uuid4()}", "type": "paid"})
+    eventually(lambda: len(api.get("/deliveries").json()) >= 3, what="three deliveries")
+    cut = api.get("/deliveries", params={"limit": 2})
+    assert len(cut.json()) == 2 and cut.headers["X-Has-More"] == "true"
+    whole = api.get("/deliveries", params={"limit": 100_000})
+    assert whole.headers["X-Has-More"] == "false"
+
+    text = cli(gw, "deliveries", "list", "--limit", "2")
+    assert text.returncode == 0, text.stderr
+    assert len(text.stdout.splitlines()) == 3  # header and two rows
+    assert text.stderr == ("showing the first 2 deliveries; more match (raise --limit, or narrow"
+                           " with --state, --destination or --since)\n")
+    as_json = cli(gw, "deliveries", "list", "--limit", "2", "--json")
+    assert as_json.returncode == 0 and len(json.loads(as_json.stdout)) == 2
+    assert as_json.stderr == text.stderr
+    everything = cli(gw, "deliveries", "list", "--limit", "100000", "--json")
+    assert everything.stderr == "" and len(json.loads(everything.stdout)) == len(whole.json())
+
+
 def test_replay_by_id_and_bad_requests(gw, api, rx):
     assert api.get("/deliveries/msg_unknown").status_code == 404
     assert api.get("/deliveries?state=lost").status_code == 400
@@ -189,6 +210,9 @@ def test_quarantined_events_are_listed_and_replayed_through_todays_chain(gw, api
     listed = [e for e in api.get("/quarantine").json() if e["event"] == held]
     assert len(listed) == 1 and "/type" in listed[0]["reason"]
     [quarantined] = listed
+    assert api.get("/quarantine", params={"limit": 0}).headers["X-Has-More"] == "true"
+    assert cli(gw, "quarantine", "list", "--limit", "0").stderr.startswith(
+        "showing the first 0 quarantined events; more match")
     from_cli = cli(gw, "quarantine", "list", "--json")
     assert from_cli.returncode == 0, from_cli.stderr
     assert quarantined["id"] in [e["id"] for e in json.loads(from_cli.stdout)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -75,12 +76,14 @@ def deliveries(args: argparse.Namespace) -> int:
     if args.action == "show":
         return _show(args)
     since = parse_since(args.since, time.time())
-    records = with_store(
+    records, more = with_store(
         args,
-        lambda s: admin.list_deliveries(
+        lambda s: admin.list_deliveries_page(
             s, args.state, args.destination, args.message_uuid, since, args.limit
         ),
     )
+    if more:
+        _more_notice(len(records), "deliveries", "--state, --destination or --since")
     if args.json:
         print(json.dumps([r.as_dict() for r in records], indent=2))
         return 0
@@ -101,6 +104,15 @@ def deliveries(args: argparse.Namespace) -> int:
     ]
     print(_table(rows, ["ID", "STATE", "DESTINATION", "ROUTE", "TRIES", "NEXT", "LAST ERROR"]))
     return 0
+
+
+def _more_notice(shown: int, what: str, narrow: str) -> None:
+    """Tell (on stderr, so that --json output stays one JSON array) that the listing stops at
+    --limit while more rows match."""
+    print(
+        f"showing the first {shown} {what}; more match (raise --limit, or narrow with {narrow})",
+        file=sys.stderr,
+    )
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -152,7 +164,9 @@ def replay(args: argparse.Namespace) -> int:
 
 
 def quarantine(args: argparse.Namespace) -> int:
-    events = with_store(args, lambda s: admin.list_quarantined(s, args.limit))
+    events, more = with_store(args, lambda s: admin.list_quarantined_page(s, args.limit))
+    if more:
+        _more_notice(len(events), "quarantined events", "replaying or fixing them")
     if args.json:
         print(json.dumps([e.as_dict() for e in events], indent=2))
         return 0

@@ -26,10 +26,20 @@ async def list_deliveries(
 ) -> list[DeliveryRecord]:
     """Deliveries matching every given filter, oldest first (``as_dict()`` is the --json shape).
     `since` is epoch seconds (creation time). `ValueError` for an unknown state."""
+    return (await list_deliveries_page(store, state, destination, message_uuid, since, limit))[0]
+
+
+async def list_deliveries_page(
+    store: Store, state: str | None = None, destination: str | None = None,
+    message_uuid: str | None = None, since: float | None = None, limit: int = 1000,
+) -> tuple[list[DeliveryRecord], bool]:
+    """`list_deliveries`, and whether more deliveries than `limit` match (the listing was cut
+    short; callers say so rather than let the first `limit` rows pass for all of them)."""
     _check_state(state)
-    return await store.list_deliveries(
+    records = await store.list_deliveries(
         DeliveryFilter(state=state, destination=destination, message_uuid=message_uuid,
-                       since=since, limit=limit))
+                       since=since, limit=limit + 1))
+    return records[:limit], len(records) > limit
 
 
 async def show_delivery(
@@ -110,4 +120,10 @@ async def paused_destinations(store: Store, names: list[str]) -> dict[str, str]:
 
 async def list_quarantined(store: Store, limit: int = 1000) -> list[EventRecord]:
     """Events held at intake as invalid, oldest first (``as_dict()`` is the listing shape)."""
-    return await store.list_events("quarantined", limit)
+    return (await list_quarantined_page(store, limit))[0]
+
+
+async def list_quarantined_page(store: Store, limit: int = 1000) -> tuple[list[EventRecord], bool]:
+    """`list_quarantined`, and whether more than `limit` events are quarantined."""
+    events = await store.list_events("quarantined", limit + 1)
+    return events[:limit], len(events) > limit

@@ -9,6 +9,8 @@ Off unless ``admin.token`` is set; every request needs ``Authorization: Bearer <
     POST /admin/replay              {"ids": [...]} | {"state": "dead", "destination", "since"}
                                     | {"quarantined": true, "ids": [...] (optional)}
     GET  /admin/quarantine?limit=
+                                    (both lists answer ``X-Has-More: true`` when more rows match
+                                    than ``limit``, default 1000, let through)
     GET  /admin/destinations
     POST /admin/destinations/<name>/pause   {"reason": "..."} (optional)
     POST /admin/destinations/<name>/resume
@@ -30,6 +32,10 @@ from gateway.intake.responses import error
 from gateway.runtime import Gateway
 
 Handler = Callable[..., Awaitable[HTTPResponse]]
+
+
+def _more(more: bool) -> dict[str, str]:
+    return {"X-Has-More": "true" if more else "false"}
 
 
 def admin_blueprint() -> Blueprint:
@@ -73,7 +79,7 @@ def admin_blueprint() -> Blueprint:
     async def deliveries(request: Request) -> HTTPResponse:
         q = request.args
         since = q.get("since")
-        records = await admin.list_deliveries(
+        records, more = await admin.list_deliveries_page(
             ctx(request).open_store(),
             q.get("state"),
             q.get("destination"),
@@ -81,7 +87,7 @@ def admin_blueprint() -> Blueprint:
             float(since) if since else None,
             int(q.get("limit", 1000)),
         )
-        return response.json([r.as_dict() for r in records])
+        return response.json([r.as_dict() for r in records], headers=_more(more))
 
     @bp.get("/deliveries/<delivery_id>")
     @guarded
@@ -119,8 +125,8 @@ def admin_blueprint() -> Blueprint:
     @guarded
     async def quarantine(request: Request) -> HTTPResponse:
         limit = int(request.args.get("limit", 1000))
-        events = await admin.list_quarantined(ctx(request).open_store(), limit)
-        return response.json([e.as_dict() for e in events])
+        events, more = await admin.list_quarantined_page(ctx(request).open_store(), limit)
+        return response.json([e.as_dict() for e in events], headers=_more(more))
 
     @bp.get("/destinations")
     @guarded
