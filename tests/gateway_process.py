@@ -3,10 +3,15 @@
 `GatewayProcess(config_text, workdir).start()` writes the config, runs
 ``python -m gateway run -c gateway.yaml --port N`` in `workdir`, and waits until ``/readyz``
 answers. `kill()` sends SIGKILL (a crash), `stop()` SIGTERM (a clean shutdown).
+
+Each gateway runs in its own process group (session), so that `kill()` also ends the worker
+processes of a multi-worker gateway and nothing is left running after a test; `kill_main()`
+kills the ``run`` process alone, as a crash of it would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -67,6 +72,7 @@ class GatewayProcess:
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: see kill()
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -84,11 +90,39 @@ class GatewayProcess:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def kill(self) -> None:
-        """SIGKILL: the process gets no chance to clean up."""
+    def descendants(self) -> list[int]:
+        """Pids of the processes the gateway started (workers and their helpers), and theirs."""
+        found: list[int] = []
+        todo = [self.proc.pid] if self.proc is not None else []
+        while todo:
+            pid = todo.pop()
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    kids = [int(k) for k in children.read_text().split()]
+                except OSError:
+                    continue
+                found += kids
+                todo += kids
+        return found
+
+    def kill_main(self) -> None:
+        """SIGKILL to the ``run`` process alone (its workers are not signalled)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(30)
+
+    def kill(self) -> None:
+        """SIGKILL to the gateway's whole process group: no process gets to clean up, and
+        none is left behind."""
+        if self.proc is not None:
+            self._kill_group()
         self._reap()
+
+    def _kill_group(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group the gateway leads
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code."""
@@ -96,6 +130,7 @@ class GatewayProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self._reap(timeout)
+        self._kill_group()  # anything of its group that outlived it
         return code
 
     def _reap(self, timeout: float = 30.0) -> int:

@@ -75,7 +75,9 @@ def plugins(args: argparse.Namespace) -> int:
 def _app_from_file(path: str) -> Sanic:
     """Factory for Sanic worker processes (workers > 1): each loads the config itself."""
     from gateway.server.app import create_app
+    from gateway.server.lifeline import die_with_parent
 
+    die_with_parent()  # a worker must not outlive the run process (no-op in the run process)
     loaded = load_config(path)
     setup_logging(loaded.config.log_format, loaded.secrets, loaded.config.log_level)
     app = create_app(loaded)
@@ -141,9 +143,11 @@ def run(args: argparse.Namespace) -> int:
             return 0
         from sanic.worker.loader import AppLoader
 
+        from gateway.server.lifeline import sanic_manager_dies_with_parent
         from gateway.server.reload import restart_workers_on_sighup
 
         _multiprocess_metrics()
+        sanic_manager_dies_with_parent()
         loader = AppLoader(factory=functools.partial(_app_from_file, args.config))
         app = loader.load()
         app.prepare(
