@@ -193,6 +193,41 @@ async def test_a_failed_begin_fails_every_operation_of_the_group(
     assert stored(db) == {"b"}
 
 
+async def test_write_failure_names_the_last_failed_write_until_a_write_commits(
+    flaky: tuple[Committer, list[FlakyConnection]],
+) -> None:
+    committer, (conn,) = flaky
+    assert committer.write_failure is None
+    conn.fail.add("COMMIT")
+    with pytest.raises(StoreError):
+        await committer.run(insert("a"))
+    assert committer.write_failure == "simulated failure of COMMIT"
+    conn.fail.clear()
+    await committer.run(lambda c: c.execute("SELECT 1").fetchone(), write=False)
+    assert committer.write_failure is not None, "a read proves nothing about commits"
+    await committer.run(insert("b"))
+    assert committer.write_failure is None
+
+
+async def test_an_operation_failing_for_lack_of_space_counts_as_a_write_failure(
+    committer: Committer,
+) -> None:
+    def disk_full(conn: Any) -> None:
+        e = sqlite3.OperationalError("database or disk is full")
+        e.sqlite_errorcode = 13  # SQLITE_FULL, as sqlite3 sets it
+        raise e
+
+    def logic_error(conn: Any) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    results = await in_one_group(committer, [insert("a"), disk_full])
+    assert results[0] == "a" and isinstance(results[1], StoreError)
+    assert committer.write_failure == "database or disk is full"
+    results = await in_one_group(committer, [insert("b"), logic_error])
+    assert isinstance(results[1], StoreError)
+    assert committer.write_failure is None, "an operation's own error is not the storage's"
+
+
 async def test_a_connection_that_cannot_open_fails_start(tmp_path: Path) -> None:
     def connect() -> sqlite3.Connection:
         raise sqlite3.OperationalError("unable to open database file")

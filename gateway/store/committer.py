@@ -15,6 +15,10 @@ handler would also serialise them, but it waits by sleeping with a growing back-
 seconds and some requests ran out of the busy timeout. A blocked ``flock`` wakes as soon as the
 holder lets go. The lock is only held around a transaction, whose own waits are bounded by the
 busy timeout; a process that dies releases it with its file descriptors.
+
+`write_failure` says whether the store can commit: why the latest group that wrote failed for
+lack of storage (disk full, I/O error, read-only file: BEGIN or COMMIT failed, or an operation
+failed with such an error), or None once a group that wrote has committed. Readiness reads it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from gateway.errors import StoreError
 
 T = TypeVar("T")
 MAX_GROUP = 512
+#: Primary result codes of failures that come from the storage, not from an operation's logic:
+#: SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOLFS.
+STORAGE_ERRORS = frozenset({8, 10, 13, 14, 22})
 
 
 @dataclass
@@ -62,6 +69,8 @@ class Committer:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._closed = False
+        #: Why the latest group that wrote could not commit, or None (see the module docstring).
+        self.write_failure: str | None = None
         #: Groups committed and operations in them, for benchmarks and metrics.
         self.groups = 0
         self.operations = 0
@@ -152,6 +161,7 @@ class Committer:
         try:
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
         except sqlite3.Error as e:
+            self._failed(writes, e)
             _resolve([(op, StoreError(f"cannot begin a transaction: {e}")) for op in group])
             return
         # Optimistically run the group without a SAVEPOINT per operation: almost every group
@@ -159,7 +169,8 @@ class Committer:
         # the GIL the request handlers need) more than the operations themselves. If any
         # operation fails, the whole transaction is rolled back and the group is run again,
         # each operation in its own SAVEPOINT, so that one failure undoes nothing else.
-        results = self._run_ops(conn, group, isolated=False)
+        storage: list[str] = []  # failures of operations that came from the storage
+        results = self._run_ops(conn, group, False, storage)
         if results is None:
             try:
                 conn.execute("ROLLBACK")
@@ -167,27 +178,36 @@ class Committer:
             except sqlite3.Error as e:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+                self._failed(writes, e)
                 _resolve([(op, StoreError(f"cannot retry the group: {e}")) for op in group])
                 return
-            results = self._run_ops(conn, group, isolated=True)
+            results = self._run_ops(conn, group, True, storage)
             assert results is not None
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            self._failed(writes, e)
             _resolve([(op, StoreError(f"cannot commit: {e}")) for op in group])
             return
+        if writes:
+            self.write_failure = storage[0] if storage else None
         self.groups += 1
         self.operations += len(group)
         _resolve(results)
 
+    def _failed(self, writes: bool, error: sqlite3.Error) -> None:
+        if writes:
+            self.write_failure = str(error) or type(error).__name__
+
     @staticmethod
     def _run_ops(
-        conn: sqlite3.Connection, group: list[_Op], isolated: bool
+        conn: sqlite3.Connection, group: list[_Op], isolated: bool, storage: list[str]
     ) -> list[tuple[_Op, Any]] | None:
         """Each operation's result or error. Not `isolated`: None as soon as one fails (the
-        transaction then holds partial work and must be rolled back)."""
+        transaction then holds partial work and must be rolled back). Failures that come from
+        the storage (`STORAGE_ERRORS`) are also appended to `storage`."""
         results: list[tuple[_Op, Any]] = []
         for op in group:
             if not isolated:
@@ -208,6 +228,8 @@ class Committer:
                 except sqlite3.Error:
                     pass
                 err = e if not isinstance(e, sqlite3.Error) else StoreError(f"store error: {e}")
+                if (getattr(e, "sqlite_errorcode", 0) & 0xFF) in STORAGE_ERRORS:
+                    storage.append(str(e))
                 results.append((op, err))
         return results
 

@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import StoreError
 from gateway.ids import new_id
 from gateway.store import sqlite_reads
 from gateway.store.base import (
@@ -72,6 +73,12 @@ def _delivery(row: tuple[Any, ...]) -> DeliveryRecord:
     return DeliveryRecord(*values)
 
 
+#: The readiness probe's row: never visible (deleted in the transaction that inserts it), and
+#: about the size of a small group of callbacks, so that it needs the space intake would.
+PROBE_KEY = "\x00readyz-probe"
+PROBE_BYTES = 16 * 1024
+
+
 class SQLiteStore(Store):
     """See the module docstring. `path` is created with its parent directory if missing."""
 
@@ -120,7 +127,27 @@ class SQLiteStore(Store):
         return await self.committer.run(fn, write=False)
 
     async def ping(self) -> None:
-        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+        """A read while commits succeed; after a write failed for lack of storage (disk full,
+        I/O error), a probe write of `PROBE_BYTES` (inserted and deleted in one transaction,
+        so nothing stays) that must commit: readiness follows whether intake could commit."""
+        failure = self.committer.write_failure
+        if failure is None:
+            await self._read(lambda c: c.execute("SELECT 1").fetchone())
+            return
+
+        def probe(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT OR REPLACE INTO marks (key, rank, value, updated_at) VALUES (?, '', ?, 0)",
+                (PROBE_KEY, "x" * PROBE_BYTES),
+            )
+            c.execute("DELETE FROM marks WHERE key = ?", (PROBE_KEY,))
+
+        try:
+            await self._write(probe)
+        except StoreError as e:
+            raise StoreError(f"cannot commit: {self.committer.write_failure or e}") from None
+        if self.committer.write_failure is not None:  # another write of the group failed
+            raise StoreError(f"cannot commit: {self.committer.write_failure}")
 
     # -- intake -----------------------------------------------------------------------------
     async def ingest(
