@@ -32,6 +32,7 @@ from gateway.plugin.hooks import call_hook
 from gateway.runtime import Gateway
 from gateway.server import limits
 from gateway.server.admin_api import admin_blueprint
+from gateway.server.closing import CONNECTIONS_GRACE, Closing
 from gateway.store import store_from_url
 
 log = logging.getLogger("gateway")
@@ -49,6 +50,9 @@ def create_app(loaded: Loaded, *, clock: Clock | None = None, background: bool =
     app.config.MOTD = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
     limits.configure(app, config.server)
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = CONNECTIONS_GRACE
+    app.ctx.closing = Closing()
+    app.register_middleware(app.ctx.closing.on_request, "request")
     owner = f"{socket.gethostname()}:{os.getpid()}"
     app.ctx.gateway = Gateway(loaded, clock or SystemClock(), owner, background)
 
@@ -129,6 +133,7 @@ async def _start(app: Sanic) -> None:
 
 async def _drain(app: Sanic) -> None:
     """Before the server stops: stop routing, let in-flight deliveries finish or release them."""
+    app.ctx.closing.begin()  # first: no request is taken from here on
     gw: Gateway = app.ctx.gateway
     await gw.drain()
 
