@@ -157,6 +157,10 @@ class Gateway:
         from gateway.destination.http import make_http_client
 
         await store.open()
+        if self.background:  # before anything is claimed: see Store.adopt_owner
+            freed = await store.adopt_owner(self.owner, self.clock.now())
+            if freed:
+                log.info("resuming %d events and deliveries left by a process that died", freed)
         self.store = store
         self.metrics.watch_store(store, self.clock)
         if self.background:

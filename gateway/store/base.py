@@ -216,6 +216,15 @@ class Store(abc.ABC):
     async def close(self) -> None:
         """Finish pending commits and release resources. Safe to call twice."""
 
+    async def adopt_owner(self, owner: str, now: float) -> int:
+        """Make `owner` this process's lease owner for as long as the store is open, and free
+        the leases of owners proven dead (an earlier process with the same id included), so
+        that a restarted gateway resumes their work at once instead of when the leases expire;
+        never those of a live owner. Call after `open`, before claiming anything. Returns how
+        many events and deliveries were freed. This default proves nothing and frees nothing:
+        leases expire."""
+        return 0
+
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise `StoreError` unless the store can serve reads and writes."""

@@ -31,6 +31,7 @@ from gateway.store.base import (
     Store,
 )
 from gateway.store.committer import Committer
+from gateway.store.owners import OwnerLocks
 from gateway.store.sqlite_schema import SCHEMA, add_missing_columns
 
 _EVENT_COLS = (
@@ -86,6 +87,7 @@ class SQLiteStore(Store):
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self._committer: Committer | None = None
+        self._owners: OwnerLocks | None = None
 
     @property
     def lock_path(self) -> Path:
@@ -114,6 +116,35 @@ class SQLiteStore(Store):
     async def close(self) -> None:
         if self._committer is not None:
             await self._committer.stop()
+        if self._owners is not None:
+            self._owners.release()
+            self._owners = None
+
+    async def adopt_owner(self, owner: str, now: float) -> int:
+        """See `Store.adopt_owner`: the proof is a ``flock`` per owner (`gateway.store.owners`)
+        in ``<database>-owners/``."""
+        locks = OwnerLocks(self.path.with_name(self.path.name + "-owners"))
+        own = locks.hold(owner)
+        self._owners = locks
+
+        def op(c: sqlite3.Connection) -> int:
+            owners = {r[0] for r in c.execute(
+                "SELECT DISTINCT leased_by FROM events WHERE state = 'received'"
+                " AND leased_by IS NOT NULL")}
+            owners |= {r[0] for r in c.execute(
+                "SELECT DISTINCT leased_by FROM deliveries WHERE state = 'in_flight'"
+                " AND leased_by IS NOT NULL")}
+            freed = 0
+            for dead in sorted(o for o in owners if (o == owner and own) or locks.is_dead(o)):
+                freed += c.execute(
+                    "UPDATE events SET lease_until = NULL, leased_by = NULL"
+                    " WHERE state = 'received' AND leased_by = ?", (dead,)).rowcount
+                freed += c.execute(  # expired now: claimed again as after the lease ran out
+                    "UPDATE deliveries SET lease_until = 0"
+                    " WHERE state = 'in_flight' AND leased_by = ?", (dead,)).rowcount
+            return freed
+
+        return int(await self._write(op))
 
     @property
     def committer(self) -> Committer:
