@@ -125,9 +125,15 @@ class DeliveryConfig(Strict):
 
 
 class AdminConfig(Strict):
-    """The admin HTTP API under /admin: off unless `token` is set (sent as a bearer token)."""
+    """The admin HTTP API under /admin and the web console under /console/: off unless `token`
+    is set (a bearer token for the API, the console's login)."""
 
     token: str | None = None
+    #: How long a console login lasts.
+    session_ttl: Duration = 12 * 3600.0
+    #: Mark the console's session cookie ``Secure`` even when the gateway itself serves plain
+    #: HTTP (behind a TLS-terminating proxy). Over HTTPS it is always ``Secure``.
+    secure_cookie: bool = False
 
     @field_validator("token")
     @classmethod
@@ -135,6 +141,13 @@ class AdminConfig(Strict):
         if v is not None and 0 < len(v) < 16:
             raise ValueError("use at least 16 characters (or leave it empty to disable /admin)")
         return v or None
+
+    @field_validator("session_ttl")
+    @classmethod
+    def _session_ttl(cls, v: float) -> float:
+        if v < 60:
+            raise ValueError("use at least 1m")
+        return v
 
 
 class RetentionConfig(Strict):

@@ -36,6 +36,13 @@ def _rank(ts: float) -> str:
     return f"{ts:020.3f}"
 
 
+async def silent_since(store: Store, source: str) -> float | None:
+    """When `source` went silent (the last traffic before the alarm), or None when no silence
+    alarm is raised for it now."""
+    alarm = await store.get_mark(f"silence:{source}")
+    return float(alarm[1]) if alarm and alarm[1] else None
+
+
 class SilenceWatcher:
     """See the module docstring. `seen(source, now)` is called by intake after each commit."""
 

@@ -186,6 +186,12 @@ class Previews:
             out.extend("  " + line for line in _readable(payload).splitlines() or [""])
         return out
 
+    def payload_of(self, delivery: Any) -> tuple[str, str]:
+        """(the payload of a stored `delivery` as its destination renders it today, indented
+        for reading; a note such as ``payload: envelope``), with secrets scrubbed."""
+        payload, note = self._payload(delivery.destination, delivery)
+        return scrub(_readable(payload), self.loaded.secrets), note
+
     def _delivery(self, ident: str, t: Target, raw: str, meta: dict[str, Any]) -> Any:
         from gateway.store.base import DeliveryRecord
 

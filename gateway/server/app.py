@@ -25,6 +25,7 @@ from sanic.response import HTTPResponse
 
 from gateway.clock import Clock, SystemClock
 from gateway.config.loaded import Loaded
+from gateway.console import console_blueprint
 from gateway.errors import StoreError
 from gateway.intake.responses import SANIC_CODES, error
 from gateway.ops.metrics import CONTENT_TYPE_LATEST
@@ -60,6 +61,7 @@ def create_app(loaded: Loaded, *, clock: Clock | None = None, background: bool =
     app.add_route(_readyz, "/readyz", methods=["GET"], name="readyz")
     app.add_route(_metrics, "/metrics", methods=["GET"], name="metrics")
     app.blueprint(admin_blueprint())
+    app.blueprint(console_blueprint())
     app.add_route(_dispatch, "/<path:path>", methods=ALL_METHODS, name="sources")
     app.error_handler.add(SanicException, _sanic_error)
     app.register_listener(_start, "before_server_start")
