@@ -185,7 +185,7 @@ def test_a_login_never_redirects_off_the_console(gw):
 def test_a_post_without_its_csrf_token_is_refused_and_changes_nothing(gw, rx):
     _, delivery_id = dead_delivery(gw, rx)
     cookie, csrf = login(gw)
-    other_cookie, other_csrf = login(gw)
+    _, other_csrf = login(gw)
     assert other_csrf != csrf, "each session has its own token"
     with client(gw, cookie) as c:
         for data in [{}, {"csrf": ""}, {"csrf": other_csrf}, {"csrf": csrf + "0"}]:

@@ -17,9 +17,9 @@ SHOWN = 200
 
 async def quarantine(request: Request) -> HTTPResponse:
     ctx = request.app.ctx.gateway
-    events = await admin.list_quarantined(ctx.store, SHOWN)
-    total = (await ctx.store.counts())["events"].get("quarantined", 0)
-    return page(request, "quarantine.html", section="quarantine", events=events, total=total)
+    events = await admin.list_quarantined(ctx.store, SHOWN + 1)
+    return page(request, "quarantine.html", section="quarantine", events=events[:SHOWN],
+                more=len(events) > SHOWN)
 
 
 async def replay_quarantined(request: Request) -> HTTPResponse:

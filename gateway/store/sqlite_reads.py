@@ -5,8 +5,8 @@ committer's reader like every other read.
 Every statement walks an index range bounded by the page size or by the time window, so a
 page costs the same on a store of a million events as on an empty one:
 
-- deliveries are paged per (state, destination) pair along ``deliveries_state (state,
-  destination, created_at)`` and merged here; the destinations present in a state are found by
+- deliveries are paged per (state, destination) pair along ``deliveries_listing (state,
+  destination, created_at, id)`` and merged here; the destinations present in a state are found by
   a loose index scan (one index probe per destination), not by a scan of the table;
 - per-source figures use ``events_source (source, received_at)``;
 - delivered lately uses the partial ``deliveries_delivered (destination, updated_at)``;
@@ -44,7 +44,7 @@ def message_events(c: sqlite3.Connection, message_uuid: str, limit: int) -> list
 
 
 def _destinations(c: sqlite3.Connection, state: str) -> list[str]:
-    """Destinations with deliveries in `state`: a loose scan of ``deliveries_state``."""
+    """Destinations with deliveries in `state`: a loose scan of ``deliveries_listing``."""
     rows = c.execute(
         "WITH RECURSIVE d(x) AS ("
         " SELECT MIN(destination) FROM deliveries WHERE state = :s"

@@ -56,7 +56,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, next_attempt_at)
     WHERE state IN ('pending', 'in_flight');
-CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, destination, created_at);
+-- Listing, queue figures and the console's keyset pages, newest first by (created_at, id):
+-- with id in the index, a page never sorts the rows that share one created_at (a router batch
+-- commits its deliveries with one timestamp). It replaced deliveries_state (without id).
+DROP INDEX IF EXISTS deliveries_state;
+CREATE INDEX IF NOT EXISTS deliveries_listing ON deliveries (state, destination, created_at, id);
 CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries (message_uuid);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
 -- The console: delivered per destination lately, and the latest failures.
