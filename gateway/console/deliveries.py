@@ -9,7 +9,13 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from gateway.console import queries
-from gateway.console.render import form_of, page, parse_datetime_local, redirect_with_notice
+from gateway.console.render import (
+    form_of,
+    gateway_of,
+    page,
+    parse_datetime_local,
+    redirect_with_notice,
+)
 from gateway.delivery import admin
 from gateway.routing.explain import Previews
 from gateway.store.base import DELIVERY_STATES
@@ -18,7 +24,7 @@ PAGE_SIZE = 50
 
 
 async def listing(request: Request) -> HTTPResponse:
-    ctx = request.app.ctx.gateway
+    ctx = gateway_of(request)
     args = request.args
     state = args.get("state") or None
     if state is not None and state not in DELIVERY_STATES:
@@ -31,7 +37,7 @@ async def listing(request: Request) -> HTTPResponse:
         raise ValueError("times are YYYY-MM-DDTHH:MM (UTC)") from None
     query = queries.DeliveryQuery(state, destination, since, until,
                                   queries.parse_cursor(args.get("before")), PAGE_SIZE)
-    records = await ctx.store.page_deliveries(query.page())
+    records = await ctx.open_store().page_deliveries(query.page())
     filters = {k: v for k, v in (("state", state or ""), ("destination", destination or ""),
                                  ("since", args.get("since", "")),
                                  ("until", args.get("until", ""))) if v}
@@ -49,8 +55,8 @@ async def listing(request: Request) -> HTTPResponse:
 
 
 async def show(request: Request, delivery_id: str) -> HTTPResponse:
-    ctx = request.app.ctx.gateway
-    found = await admin.show_delivery(ctx.store, delivery_id)
+    ctx = gateway_of(request)
+    found = await admin.show_delivery(ctx.open_store(), delivery_id)
     if found is None:
         return page(request, "error.html", 404, title="No such delivery",
                     detail=f"No delivery has the id {delivery_id}.")
@@ -61,15 +67,14 @@ async def show(request: Request, delivery_id: str) -> HTTPResponse:
 
 
 async def replay(request: Request) -> HTTPResponse:
-    ctx = request.app.ctx.gateway
+    ctx = gateway_of(request)
     form = form_of(request)
     ids = [form["one"][0]] if form.get("one") else list(form.getlist("id") or [])
     if not ids:
         notice = "Nothing selected: tick the deliveries to replay."
     else:
-        replayed = await admin.replay(ctx.store, ctx.clock.now(), ids)
-        if ctx.engine is not None:
-            ctx.engine.wake()
+        replayed = await admin.replay(ctx.open_store(), ctx.clock.now(), ids)
+        ctx.wake_engine()
         skipped = len(ids) - len(replayed)
         notice = f"Replayed {len(replayed)} deliver{'y' if len(replayed) == 1 else 'ies'}."
         if skipped:

@@ -6,11 +6,11 @@ from sanic import Request, response
 from sanic.response import HTTPResponse
 
 from gateway.console import queries
-from gateway.console.render import page
+from gateway.console.render import gateway_of, page
 
 
 async def overview(request: Request) -> HTTPResponse:
-    ctx = request.app.ctx.gateway
+    ctx = gateway_of(request)
     now = ctx.clock.now()
     data = await queries.overview(ctx, now)
     return page(request, "overview.html", section="overview", data=data)
@@ -18,22 +18,22 @@ async def overview(request: Request) -> HTTPResponse:
 
 async def search(request: Request) -> HTTPResponse:
     q = request.args.get("q", "").strip()
-    target = await queries.resolve(request.app.ctx.gateway.store, q) if q else None
+    target = await queries.resolve(gateway_of(request).open_store(), q) if q else None
     if target is not None:
         return response.redirect(target, status=303)
     return page(request, "search.html", 404 if q else 200, section="search", searched=q)
 
 
 async def message(request: Request, message_uuid: str) -> HTTPResponse:
-    ctx = request.app.ctx.gateway
+    ctx = gateway_of(request)
     events = await queries.timeline(ctx, message_uuid, [])
     return page(request, "message.html", 200 if events else 404, section="search",
                 title=f"Message {message_uuid}", message_uuid=message_uuid, events=events)
 
 
 async def event(request: Request, event_id: str) -> HTTPResponse:
-    ctx = request.app.ctx.gateway
-    found = await ctx.store.get_event(event_id)
+    ctx = gateway_of(request)
+    found = await ctx.open_store().get_event(event_id)
     if found is not None and found.message_uuid:
         return response.redirect(f"/console/messages/{found.message_uuid}#{event_id}",
                                  status=303)

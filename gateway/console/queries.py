@@ -5,11 +5,11 @@ writes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from gateway.delivery import admin
 from gateway.ops.silence import silent_since
 from gateway.routing.explain import Previews
+from gateway.runtime import Gateway
 from gateway.store import AttemptRecord, DeliveryPage, DeliveryRecord, EventRecord, Store
 from gateway.store.base import ACTIVITY_WINDOW
 
@@ -47,8 +47,8 @@ class Overview:
     errors: list[DeliveryRecord]
 
 
-async def overview(ctx: Any, now: float) -> Overview:
-    store: Store = ctx.store
+async def overview(ctx: Gateway, now: float) -> Overview:
+    store: Store = ctx.open_store()
     config = ctx.config
     since = now - min(3600.0, ACTIVITY_WINDOW)
     activity = await store.source_activity(list(config.sources), since)
@@ -104,10 +104,10 @@ def decision_of(event: EventRecord, deliveries: list[DeliveryRecord]) -> str:
     return f"{event.state}: {reason}" if reason else event.state
 
 
-async def timeline(ctx: Any, message_uuid: str | None, event_ids: list[str]) -> list[EventView]:
+async def timeline(ctx: Gateway, message_uuid: str | None, event_ids: list[str]) -> list[EventView]:
     """Every event of `message_uuid` (or just `event_ids` for an event without one) with its
     decision, deliveries, attempts and rendered payloads, oldest first."""
-    store: Store = ctx.store
+    store: Store = ctx.open_store()
     if message_uuid is not None:
         events = await store.message_events(message_uuid)
         deliveries = await admin.list_deliveries(

@@ -12,6 +12,8 @@ from sanic import Request
 from sanic.request.parameters import RequestParameters
 from sanic.response import HTTPResponse, html
 
+from gateway.runtime import Gateway
+
 
 @functools.cache
 def environment() -> jinja2.Environment:
@@ -74,18 +76,24 @@ def parse_datetime_local(text: str | None) -> float | None:
     return value.timestamp()
 
 
+def gateway_of(request: Request) -> Gateway:
+    """The serving process's `Gateway` (config, clock, store, running parts)."""
+    gw: Gateway = request.app.ctx.gateway
+    return gw
+
+
 def page(request: Request, template: str, status: int = 200, **context: Any) -> HTTPResponse:
     """Render `template` with what every page needs (the session's CSRF token, the search
     box's value, the current section, a notice from the last action)."""
     session = getattr(request.ctx, "console_session", None)
-    token = request.app.ctx.gateway.config.admin.token
+    token = gateway_of(request).config.admin.token
     base = {
         "csrf": session.csrf(token) if session is not None and token else "",
         "logged_in": session is not None,
         "q": request.args.get("q", ""),
         "notice": request.args.get("notice", ""),
         "section": "",
-        "now": request.app.ctx.gateway.clock.now(),
+        "now": gateway_of(request).clock.now(),
     }
     body = environment().get_template(template).render({**base, **context})
     return html(body, status=status, headers={

@@ -8,7 +8,7 @@ from __future__ import annotations
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from gateway.console.render import form_of, page, redirect_with_notice
+from gateway.console.render import form_of, gateway_of, page, redirect_with_notice
 from gateway.delivery import admin
 
 #: Quarantined events shown on the page (oldest first); "Replay all" takes every one.
@@ -16,14 +16,14 @@ SHOWN = 200
 
 
 async def quarantine(request: Request) -> HTTPResponse:
-    ctx = request.app.ctx.gateway
-    events = await admin.list_quarantined(ctx.store, SHOWN + 1)
+    ctx = gateway_of(request)
+    events = await admin.list_quarantined(ctx.open_store(), SHOWN + 1)
     return page(request, "quarantine.html", section="quarantine", events=events[:SHOWN],
                 more=len(events) > SHOWN)
 
 
 async def replay_quarantined(request: Request) -> HTTPResponse:
-    ctx = request.app.ctx.gateway
+    ctx = gateway_of(request)
     form = form_of(request)
     ids: list[str] | None
     if form.get("all"):
@@ -35,20 +35,19 @@ async def replay_quarantined(request: Request) -> HTTPResponse:
     if ids == []:
         notice = "Nothing selected: tick the events to replay."
     else:
-        replayed = await ctx.store.replay_quarantined(ids, ctx.clock.now())
-        if ctx.router is not None:
-            ctx.router.wake()
+        replayed = await ctx.open_store().replay_quarantined(ids, ctx.clock.now())
+        ctx.wake_router()
         n = len(replayed)
         notice = f"Sent {n} event{'' if n == 1 else 's'} back through today's chain."
     return redirect_with_notice(form.get("back"), "/console/quarantine", notice)
 
 
 async def destinations(request: Request) -> HTTPResponse:
-    ctx = request.app.ctx.gateway
+    ctx = gateway_of(request)
     names = list(ctx.config.destinations)
-    paused = await admin.paused_destinations(ctx.store, names)
+    paused = await admin.paused_destinations(ctx.open_store(), names)
     stats: dict[str, dict[str, int]] = {}
-    for row in await ctx.store.queue_stats(ctx.clock.now()):
+    for row in await ctx.open_store().queue_stats(ctx.clock.now()):
         stats.setdefault(row["destination"], {})[row["state"]] = row["count"]
     rows = [{"name": n, "type": d.type, "enabled": d.enabled, "paused": paused.get(n),
              "pending": stats.get(n, {}).get("pending", 0),
@@ -59,7 +58,7 @@ async def destinations(request: Request) -> HTTPResponse:
 
 
 async def pause_resume(request: Request, name: str, action: str) -> HTTPResponse:
-    ctx = request.app.ctx.gateway
+    ctx = gateway_of(request)
     if name not in ctx.config.destinations:
         raise ValueError(f"no destination named {name!r}")
     if action == "pause":
@@ -67,12 +66,12 @@ async def pause_resume(request: Request, name: str, action: str) -> HTTPResponse
         if ctx.engine is not None:
             await ctx.engine.pause(name, reason)
         else:
-            await admin.pause_destination(ctx.store, name, reason, ctx.clock.now())
+            await admin.pause_destination(ctx.open_store(), name, reason, ctx.clock.now())
         notice = f"Paused {name}: {reason}"
     else:
         if ctx.engine is not None:
             await ctx.engine.resume(name)
         else:
-            await admin.resume_destination(ctx.store, name, ctx.clock.now())
+            await admin.resume_destination(ctx.open_store(), name, ctx.clock.now())
         notice = f"Resumed {name}."
     return redirect_with_notice(form_of(request).get("back"), "/console/destinations", notice)

@@ -9,13 +9,13 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from gateway import samples
-from gateway.console.render import form_of, page
+from gateway.console.render import form_of, gateway_of, page
 from gateway.errors import UsageError
 from gateway.routing.explain import explain_body
 
 
 async def tester(request: Request) -> HTTPResponse:
-    ctx = request.app.ctx.gateway
+    ctx = gateway_of(request)
     sources = list(ctx.config.sources)
     form = form_of(request)
     source = form.get("source") or (sources[0] if sources else "")
