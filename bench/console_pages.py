@@ -135,18 +135,28 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--keep", type=Path, help="fill (or reuse) the store in this directory")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="console-bench-") as tmp:
-        work = Path(tmp)
-        seconds, uuid, delivery = fill(work / "gateway.db", args.events)
-        print(f"filled {args.events} events in {seconds:.0f}s", flush=True)
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        sample = work / "sample.json"
+        if not sample.exists():
+            (work / "gateway.db").unlink(missing_ok=True)
+            seconds, uuid, delivery = fill(work / "gateway.db", args.events)
+            sample.write_text(json.dumps([uuid, delivery]))
+            print(f"filled {args.events} events in {seconds:.0f}s", flush=True)
+        uuid, delivery = json.loads(sample.read_text())
         (work / "gateway.yaml").write_text(CONFIG)
         port = free_port()
         server = Server("gateway", [sys.executable, "-m", "gateway", "run", "-c", "gateway.yaml",
                                     "--port", str(port)], work, port)
-        server.start(timeout=300)
         try:
+            server.start(timeout=300)
             return run(server, args, uuid, delivery)
+        except SystemExit:
+            print(server.log_path.read_text()[-3000:], file=sys.stderr)
+            raise
         finally:
             server.stop()
 
