@@ -744,6 +744,22 @@ async def test_recent_errors_lists_the_latest_failures_first(store: Store) -> No
     assert [d.id for d in await store.recent_errors(10)] == [older]
 
 
+async def test_queue_figures_are_queue_stats_counted_up_to_a_cap(store: Store) -> None:
+    await routed(store, "a", ["crm", "crm", "crm", "slack"], T0)
+    await routed(store, "b", ["crm"], T0 + 5)
+    await dead(store, "c", "slack", T0 + 10)  # claims slack's pending one too: in flight
+    exact = {(r["destination"], r["state"]): (r["count"], r["oldest"])
+             for r in await store.queue_stats(T0 + 100)}
+    capped = {(r["destination"], r["state"]): r for r in await store.queue_figures(2)}
+    assert set(capped) == set(exact)
+    for key, row in capped.items():
+        count, oldest = exact[key]
+        assert row["oldest"] == oldest
+        assert (row["count"], row["capped"]) in [(count, False), (2, True)]
+        assert row["capped"] is False or count > 2
+    assert capped[("slack", "dead")]["count"] == 1 and not capped[("slack", "dead")]["capped"]
+
+
 # -- purge, counts -----------------------------------------------------------------------------
 
 

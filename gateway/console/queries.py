@@ -15,6 +15,9 @@ from gateway.store.base import ACTIVITY_WINDOW
 
 #: Deliveries (with attempts and payloads) shown on one message's timeline at most.
 TIMELINE_DELIVERIES = 200
+#: Queue figures count up to this many per destination and state ("10000+" beyond), so the
+#: pages cost the same on any backlog (`Store.queue_figures`); the CLI counts exactly.
+COUNT_CAP = 10_000
 
 
 @dataclass
@@ -38,6 +41,8 @@ class DestinationRow:
     oldest_pending: float | None = None
     delivered_last_hour: int = 0
     paused: str | None = None
+    #: States whose count stopped at `COUNT_CAP`.
+    capped: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -61,11 +66,13 @@ async def overview(ctx: Gateway, now: float) -> Overview:
             await silent_since(store, a.source) if cfg.expect_within else None))
     names = list(config.destinations)
     rows = {n: DestinationRow(n, config.destinations[n].type) for n in names}
-    for stat in await store.queue_stats(now):
+    for stat in await store.queue_figures(COUNT_CAP):
         row = rows.get(stat["destination"])
         if row is None:  # deliveries of a destination no longer configured
             row = rows[stat["destination"]] = DestinationRow(stat["destination"], "(removed)")
         setattr(row, stat["state"], stat["count"])
+        if stat["capped"]:
+            row.capped.add(stat["state"])
         if stat["state"] == "pending":
             row.oldest_pending = stat["oldest"]
     delivered = await store.delivered_since(list(rows), since)

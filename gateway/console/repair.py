@@ -8,6 +8,7 @@ from __future__ import annotations
 from sanic import Request
 from sanic.response import HTTPResponse
 
+from gateway.console.queries import COUNT_CAP
 from gateway.console.render import form_of, gateway_of, page, redirect_with_notice
 from gateway.delivery import admin
 
@@ -46,13 +47,14 @@ async def destinations(request: Request) -> HTTPResponse:
     ctx = gateway_of(request)
     names = list(ctx.config.destinations)
     paused = await admin.paused_destinations(ctx.open_store(), names)
-    stats: dict[str, dict[str, int]] = {}
-    for row in await ctx.open_store().queue_stats(ctx.clock.now()):
-        stats.setdefault(row["destination"], {})[row["state"]] = row["count"]
+    stats: dict[str, dict[str, str]] = {}
+    for row in await ctx.open_store().queue_figures(COUNT_CAP):
+        shown = f"{row['count']}+" if row["capped"] else str(row["count"])
+        stats.setdefault(row["destination"], {})[row["state"]] = shown
     rows = [{"name": n, "type": d.type, "enabled": d.enabled, "paused": paused.get(n),
-             "pending": stats.get(n, {}).get("pending", 0),
-             "in_flight": stats.get(n, {}).get("in_flight", 0),
-             "dead": stats.get(n, {}).get("dead", 0)}
+             "pending": stats.get(n, {}).get("pending", "0"),
+             "in_flight": stats.get(n, {}).get("in_flight", "0"),
+             "dead": stats.get(n, {}).get("dead", "0")}
             for n, d in ctx.config.destinations.items()]
     return page(request, "destinations.html", section="destinations", rows=rows)
 

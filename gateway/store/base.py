@@ -365,6 +365,12 @@ class Store(abc.ABC):
         """Deliveries whose latest attempt failed (``last_error`` set; pending, in flight or
         dead), the most recently failed first, at most `limit`."""
 
+    async def queue_figures(self, cap: int) -> list[dict[str, Any]]:
+        """`queue_stats` for pages that must stay fast on any backlog: the same rows, where a
+        backend may stop counting at `cap` (``"count"`` is then `cap` and ``"capped"`` True;
+        otherwise ``"capped"`` is False). This default counts exactly."""
+        return [{**row, "capped": False} for row in await self.queue_stats(0.0)]
+
     @abc.abstractmethod
     async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
         """Forget dedupe keys first seen before `dedupe_before`, delivered deliveries (with

@@ -539,6 +539,9 @@ class SQLiteStore(Store):
     async def recent_errors(self, limit: int = 20) -> list[DeliveryRecord]:
         return await self._read(lambda c: sqlite_reads.recent_errors(c, limit))
 
+    async def queue_figures(self, cap: int) -> list[dict[str, Any]]:
+        return await self._read(lambda c: sqlite_reads.queue_figures(c, cap))
+
     async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
         def op(c: sqlite3.Connection) -> dict[str, int]:
             keys = c.execute("DELETE FROM dedupe WHERE first_seen < ?", (dedupe_before,)).rowcount

@@ -10,7 +10,9 @@ page costs the same on a store of a million events as on an empty one:
   a loose index scan (one index probe per destination), not by a scan of the table;
 - per-source figures use ``events_source (source, received_at)``;
 - delivered lately uses the partial ``deliveries_delivered (destination, updated_at)``;
-- the latest failures use the partial ``deliveries_failed (updated_at)``.
+- the latest failures use the partial ``deliveries_failed (updated_at)``;
+- queue figures count at most `cap` index entries per (state, destination), where a GROUP BY
+  over a large backlog would read every queued row.
 """
 
 from __future__ import annotations
@@ -134,3 +136,19 @@ def recent_errors(c: sqlite3.Connection, limit: int) -> list[DeliveryRecord]:
         (limit,),
     ).fetchall()
     return [s._delivery(r) for r in rows]
+
+
+def queue_figures(c: sqlite3.Connection, cap: int) -> list[dict[str, Any]]:
+    rows = []
+    for state in ("pending", "in_flight", "dead"):
+        for dest in _destinations(c, state):
+            count, oldest = c.execute(
+                "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE state = :s"
+                "  AND destination = :d LIMIT :cap)),"
+                " (SELECT MIN(created_at) FROM deliveries WHERE state = :s AND destination = :d)",
+                {"s": state, "d": dest, "cap": cap + 1},
+            ).fetchone()
+            if count:
+                rows.append({"destination": dest, "state": state, "count": min(count, cap),
+                             "oldest": oldest, "capped": count > cap})
+    return rows
