@@ -18,9 +18,8 @@ SHOWN = 200
 
 async def quarantine(request: Request) -> HTTPResponse:
     ctx = gateway_of(request)
-    events = await admin.list_quarantined(ctx.open_store(), SHOWN + 1)
-    return page(request, "quarantine.html", section="quarantine", events=events[:SHOWN],
-                more=len(events) > SHOWN)
+    events, more = await admin.list_quarantined_page(ctx.open_store(), SHOWN)
+    return page(request, "quarantine.html", section="quarantine", events=events, more=more)
 
 
 async def replay_quarantined(request: Request) -> HTTPResponse:
