@@ -45,13 +45,19 @@ sources:
     on_invalid: reject
 """
 
-PROXIED = """
-server: {host: 127.0.0.1, trusted_proxies: [127.0.0.1/32]}
+PROXIED = f"""
+server: {{host: 127.0.0.1, trusted_proxies: [127.0.0.1/32]}}
 store: sqlite:///var/gateway.db
 sources:
   provider-only:
     path: /callbacks/provider
-    auth: {allow_ips: [185.203.96.7/32]}
+    auth: {{allow_ips: [185.203.96.7/32]}}
+  guarded:
+    path: /callbacks/guarded
+    auth:
+      basic: {{username: {USER}, password: {PASSWORD}}}
+      max_failures: 3
+      failure_window: 10m
 """
 
 TIGHT = """
@@ -99,7 +105,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gate
     }
     try:
         with ThreadPoolExecutor(len(procs)) as pool:
-            for started in [pool.submit(p.start) for p in procs.values()]:
+            # Start-up is polled for readiness; a generous bound for a machine under load.
+            for started in [pool.submit(p.start, 120) for p in procs.values()]:
                 started.result()
         yield procs
     finally:
@@ -214,6 +221,35 @@ def test_every_forwarded_for_line_counts_and_the_rightmost_untrusted_hop_decides
     assert count(proxied) == before + 1
     # The refusal's log line names the refused address.
     assert "status=403 error=forbidden client=6.6.6.6" in proxied.logs()
+
+
+# -- failed authentication is throttled per client address -------------------------------------
+
+
+def test_failed_authentication_is_throttled_per_address_without_slowing_valid_clients(
+    proxied: GatewayProcess,
+) -> None:
+    def attempt(client: str, auth: tuple[str, str]) -> httpx.Response:
+        headers = {**JSON, "X-Forwarded-For": client}
+        url = proxied.url("/callbacks/guarded")
+        return httpx.post(url, content=body(event()), headers=headers, auth=auth, timeout=10)
+
+    before = count(proxied)
+    wrong = (USER, "guess")
+    assert [attempt("6.6.6.6", wrong).status_code for _ in range(3)] == [401, 401, 401]
+    throttled = attempt("6.6.6.6", wrong)
+    assert throttled.status_code == 429
+    assert throttled.json()["error"] == "too_many_failures"
+    assert 500 < int(throttled.headers["retry-after"]) <= 600
+    # While throttled, the address's credentials are not even checked.
+    assert attempt("6.6.6.6", AUTH).status_code == 429
+    # The provider, at another address, is not slowed at all.
+    assert [attempt("185.203.96.7", AUTH).status_code for _ in range(5)] == [200] * 5
+    assert count(proxied) == before + 5
+    assert requests_counted(proxied, "guarded", 429) == 2
+    logs = proxied.logs()
+    assert logs.count("client=6.6.6.6 failed authentication 3 times") == 1
+    assert "guess" not in logs
 
 
 # -- strict JSON -------------------------------------------------------------------------------

@@ -67,6 +67,10 @@ class AuthConfig(Strict):
     basic: BasicAuthConfig | None = None
     allow_ips: Networks | None = None
     realm: str = "callback-gateway"
+    #: Failed Basic-auth attempts one client address may make per `failure_window`; past
+    #: that it is answered 429 until the window ends (0: no limit). See gateway.intake.throttle.
+    max_failures: int = Field(default=10, ge=0)
+    failure_window: Duration = Field(default=60.0, gt=0)
 
 
 class SourceConfig(Strict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from gateway.errors import StoreError
 from gateway.intake.auth import BasicAuth, address_allowed, client_address
 from gateway.intake.body import BodyError, Elements, duplicate_problems, split_elements
 from gateway.intake.responses import error
+from gateway.intake.throttle import FailureThrottle
 from gateway.ops import logs
 from gateway.ops.metrics import Metrics
 from gateway.plugin.components import SourceFormat
@@ -94,6 +96,7 @@ class SourceEndpoint:
         self.metrics = metrics
         basic = config.auth.basic
         self.auth = BasicAuth(basic.username, basic.password) if basic else None
+        self.throttle = FailureThrottle(config.auth.max_failures, config.auth.failure_window)
         self.challenge = {"WWW-Authenticate": f'Basic realm="{config.auth.realm}", charset="UTF-8"'}
         # The JSON of a 200 answer is built once per (accepted, duplicates, quarantined).
         self._ok_bodies: dict[tuple[int, int, int], bytes] = {}
@@ -212,18 +215,13 @@ class SourceEndpoint:
 
     def _refuse(self, request: Request) -> HTTPResponse | None:
         allow = self.config.auth.allow_ips
-        if allow is not None:
-            addr = self._client(request)
-            if not address_allowed(addr, allow):
-                return self._answer(403, "forbidden", f"address {addr} is not allowed", addr=addr)
-        if self.auth is not None and not self.auth.check(request.headers.get("authorization")):
-            return self._answer(
-                401,
-                "unauthorized",
-                "valid Basic credentials are required",
-                self.challenge,
-                self._client(request),
-            )
+        addr = self._client(request) if allow is not None or self.auth is not None else ""
+        if allow is not None and not address_allowed(addr, allow):
+            return self._answer(403, "forbidden", f"address {addr} is not allowed", addr=addr)
+        if self.auth is not None:
+            refused = self._authenticate(request, addr)
+            if refused is not None:
+                return refused
         ctype = request.headers.get("content-type", "")
         if ctype.split(";", 1)[0].strip().lower() != "application/json":
             shown = ctype or "none"
@@ -233,6 +231,38 @@ class SourceEndpoint:
                 f"Content-Type must be application/json (got {shown})",
             )
         return None
+
+    def _authenticate(self, request: Request, addr: str) -> HTTPResponse | None:
+        """401 for missing or wrong credentials; 429 while `addr` has sent wrong ones too often
+        (not logged per request: one line when the address reaches the limit)."""
+        assert self.auth is not None
+        now = self.clock.now()
+        wait = self.throttle.retry_after(addr, now)
+        if wait is not None:
+            seconds = str(max(1, math.ceil(wait)))
+            return error(
+                429,
+                "too_many_failures",
+                f"too many failed authentications from {addr}; try again in {seconds}s",
+                {"Retry-After": seconds},
+            )
+        header = request.headers.get("authorization")
+        if self.auth.check(header):
+            self.throttle.succeeded(addr)
+            return None
+        # Only wrong credentials count: a client that sends them after the challenge is not
+        # guessing.
+        if header is not None and self.throttle.failed(addr, now):
+            log.warning(
+                "source=%s client=%s failed authentication %d times; answering 429 for %gs",
+                self.name,
+                addr,
+                self.throttle.max_failures,
+                self.throttle.window,
+            )
+        return self._answer(
+            401, "unauthorized", "valid Basic credentials are required", self.challenge, addr
+        )
 
     def _client(self, request: Request) -> str:
         """The client's address: the peer, or behind a trusted proxy the right-most untrusted
