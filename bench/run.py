@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -229,6 +230,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     a = parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the servers, wrk and nginx started here are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     if not shutil.which("wrk"):
         print("bench/run.py needs wrk on the PATH (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
