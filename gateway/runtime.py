@@ -79,7 +79,7 @@ class Runtime:
         self.engine: DeliveryEngine | None = None
         self.housekeeper: Housekeeper | None = None
         self.silence: SilenceWatcher | None = None
-        if background:
+        if background and gateway.role != "intake":
             assert gateway.http is not None
             services = Services(
                 gateway.http, gateway.clock, Marks(store, gateway.clock), loaded.secrets
@@ -87,6 +87,7 @@ class Runtime:
             self.engine = DeliveryEngine(
                 loaded, store, services, gateway.clock, gateway.owner, gateway.metrics
             )
+        if background and gateway.role != "delivery":
             self.router = Router(
                 loaded, store, self.chain, gateway.clock, gateway.owner, self._routed,
                 gateway.metrics,
@@ -126,11 +127,16 @@ class Gateway:
     """One serving process (see the module docstring). `open` before serving, `drain` then
     `close` when stopping."""
 
-    def __init__(self, loaded: Loaded, clock: Clock, owner: str, background: bool = True) -> None:
+    def __init__(
+        self, loaded: Loaded, clock: Clock, owner: str, background: bool = True, role: str = "all"
+    ) -> None:
         self.loaded = loaded
         self.clock = clock
         self.owner = owner
         self.background = background
+        #: ``all``: route and deliver; ``intake``: route, deliver nothing (delivery processes
+        #: do); ``delivery``: deliver only (`gateway.delivery.process`).
+        self.role = role
         self.metrics = Metrics()
         self.store: Store | None = None
         self.http: httpx.AsyncClient | None = None

@@ -36,8 +36,10 @@ class GatewayProcess:
         workdir: Path,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.args = list(args or [])
         self.config_path = self.workdir / "gateway.yaml"
         self.config_path.write_text(config_text)
         self.port = port or free_port()
@@ -67,6 +69,7 @@ class GatewayProcess:
                 str(self.config_path),
                 "--port",
                 str(self.port),
+                *self.args,
             ],
             cwd=self.workdir,
             env=self.env,

@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     run = verb("run", "serve in the foreground until SIGTERM/SIGINT")
     run.add_argument("--host", help="override server.host")
     run.add_argument("--port", type=int, help="override server.port")
+    run.add_argument(
+        "--role",
+        choices=["all", "intake", "delivery"],
+        help="all: serve and deliver; intake: serve and route, deliver nothing; delivery:"
+        " deliver only, no HTTP (default: all, or intake plus delivery.processes children)",
+    )
     verb("check", "validate the configuration; exit 0 when valid, 2 with every problem")
     verb("reload", "validate, then make the running gateway load the file (as SIGHUP does)")
 

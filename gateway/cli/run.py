@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from sanic import Sanic
 
@@ -72,7 +73,7 @@ def plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _app_from_file(path: str) -> Sanic:
+def _app_from_file(path: str, deliver: bool = True) -> Sanic:
     """Factory for Sanic worker processes (workers > 1): each loads the config itself."""
     from gateway.server.app import create_app
     from gateway.server.lifeline import die_with_parent
@@ -80,7 +81,7 @@ def _app_from_file(path: str) -> Sanic:
     die_with_parent()  # a worker must not outlive the run process (no-op in the run process)
     loaded = load_config(path)
     setup_logging(loaded.config.log_format, loaded.secrets, loaded.config.log_level)
-    app = create_app(loaded)
+    app = create_app(loaded, deliver=deliver)
     app.register_listener(_settle_heap, "after_server_start")
     return app
 
@@ -111,26 +112,54 @@ def _multiprocess_metrics() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serve (`--role all`, the default, or `intake`), or deliver only (`--role delivery`).
+    Without `--role` and with ``delivery.processes: N``, serve as `intake` and keep N
+    ``--role delivery`` children running (see `gateway.delivery.process`)."""
+    role = getattr(args, "role", None)
+    if role == "delivery":
+        from gateway.delivery.process import serve_delivery
+
+        return serve_delivery(args.config)
+    loaded: Loaded = load_runnable(args.config)
+    cfg = loaded.config
+    children = cfg.delivery.processes if role is None else 0
+    deliver = role != "intake" and not children
+    if children:
+        _multiprocess_metrics()  # /metrics sums the delivery processes' counters too
+    supervisor = None
+    try:
+        if children:
+            from gateway.delivery.process import DeliverySupervisor
+
+            supervisor = DeliverySupervisor(args.config, children).start()
+        return _serve(args, loaded, deliver, supervisor)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+
+
+def _serve(args: argparse.Namespace, loaded: Loaded, deliver: bool, supervisor: Any) -> int:
     from gateway.server.app import create_app
     from gateway.server.limits import GuardedProtocol, raise_fd_limit
 
-    loaded: Loaded = load_runnable(args.config)
     cfg = loaded.config
     setup_logging(cfg.log_format, loaded.secrets, cfg.log_level)
     raise_fd_limit(cfg.server.max_connections)
     host = args.host or cfg.server.host
     port = cfg.server.port if args.port is None else args.port
     log.info(
-        "callback-gateway on http://%s:%d (%d sources, store %s)",
+        "callback-gateway on http://%s:%d (%d sources, store %s%s)",
         host,
         port,
         len(cfg.sources),
         cfg.store.split("://")[0],
+        "" if deliver else f", delivery in {cfg.delivery.processes or 'other'} process(es)",
     )
     with PidFile(Path(cfg.server.pid_file)):
         if cfg.server.workers == 1:
             # One process: SIGKILL takes down everything at once and nothing is left orphaned.
-            app = create_app(loaded)
+            app = create_app(loaded, deliver=deliver)
+            app.ctx.delivery_supervisor = supervisor
             app.register_listener(_settle_heap, "after_server_start")
             app.run(
                 host=host,
@@ -148,8 +177,9 @@ def run(args: argparse.Namespace) -> int:
 
         _multiprocess_metrics()
         sanic_manager_dies_with_parent()
-        loader = AppLoader(factory=functools.partial(_app_from_file, args.config))
+        loader = AppLoader(factory=functools.partial(_app_from_file, args.config, deliver))
         app = loader.load()
+        app.ctx.delivery_supervisor = supervisor
         app.prepare(
             host=host,
             port=port,

@@ -126,6 +126,8 @@ class PartialRetry(Strict):
 class DeliveryConfig(Strict):
     concurrency: int = Field(default=8, ge=1, le=1024)
     lease: Duration = 30.0
+    #: Delivery processes `run` starts beside the serving process (0: deliver in it).
+    processes: int = Field(default=0, ge=0, le=64)
 
 
 class AdminConfig(Strict):

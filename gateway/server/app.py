@@ -42,8 +42,11 @@ _names = itertools.count()
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-def create_app(loaded: Loaded, *, clock: Clock | None = None, background: bool = True) -> Sanic:
-    """A Sanic app serving `loaded`'s sources. `background=False` runs intake only (tests)."""
+def create_app(
+    loaded: Loaded, *, clock: Clock | None = None, background: bool = True, deliver: bool = True
+) -> Sanic:
+    """A Sanic app serving `loaded`'s sources. `background=False` runs intake only (tests);
+    `deliver=False` routes but delivers nothing (``run --role intake``, delivery processes)."""
     config = loaded.config
     app = Sanic(f"callback_gateway_{next(_names)}", configure_logging=False)
     app.config.REQUEST_MAX_SIZE = config.server.max_body_size
@@ -55,7 +58,9 @@ def create_app(loaded: Loaded, *, clock: Clock | None = None, background: bool =
     app.ctx.closing = Closing()
     app.register_middleware(app.ctx.closing.on_request, "request")
     owner = f"{socket.gethostname()}:{os.getpid()}"
-    app.ctx.gateway = Gateway(loaded, clock or SystemClock(), owner, background)
+    role = "all" if deliver else "intake"
+    app.ctx.gateway = Gateway(loaded, clock or SystemClock(), owner, background, role)
+    app.ctx.delivery_supervisor = None
 
     app.add_route(_healthz, "/healthz", methods=["GET"], name="healthz")
     app.add_route(_readyz, "/readyz", methods=["GET"], name="readyz")

@@ -33,10 +33,14 @@ async def reload_gateway(app: Sanic) -> None:
     gw: Gateway = app.ctx.gateway
     # Two SIGHUPs close together must not interleave (one would leave an old runtime running).
     async with gw.reload_lock:
-        await _reload(gw)
+        await apply_reload(gw)
+    if app.ctx.delivery_supervisor is not None:  # delivery processes reload too
+        app.ctx.delivery_supervisor.reload()
 
 
-async def _reload(gw: Gateway) -> None:
+async def apply_reload(gw: Gateway) -> None:
+    """Load `gw`'s configuration file again and swap its runtime (the caller holds
+    `gw.reload_lock`); `ConfigError` when it has problems (nothing changed)."""
     if gw.loaded.path is None:
         raise ConfigError(["reload: this gateway was not started from a file"])
     new = load_config(gw.loaded.path)
@@ -88,5 +92,7 @@ def restart_workers_on_sighup(app: Sanic, path: str) -> None:
             return
         log.info("reload: restarting workers with the new configuration")
         app.manager.restart(restart_order=RestartOrder.STARTUP_FIRST)
+        if getattr(app.ctx, "delivery_supervisor", None) is not None:
+            app.ctx.delivery_supervisor.reload()
 
     signal.signal(signal.SIGHUP, on_hup)
