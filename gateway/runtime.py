@@ -135,7 +135,7 @@ class Gateway:
         self.owner = owner
         self.background = background
         #: ``all``: route and deliver; ``intake``: route, deliver nothing (delivery processes
-        #: do); ``delivery``: deliver only (`gateway.delivery.process`).
+        #: do); ``delivery``: deliver only (`gateway.cli.delivery`).
         self.role = role
         self.metrics = Metrics()
         self.store: Store | None = None

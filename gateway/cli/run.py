@@ -114,10 +114,10 @@ def _multiprocess_metrics() -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve (`--role all`, the default, or `intake`), or deliver only (`--role delivery`).
     Without `--role` and with ``delivery.processes: N``, serve as `intake` and keep N
-    ``--role delivery`` children running (see `gateway.delivery.process`)."""
+    ``--role delivery`` children running (see `gateway.cli.delivery`)."""
     role = getattr(args, "role", None)
     if role == "delivery":
-        from gateway.delivery.process import serve_delivery
+        from gateway.cli.delivery import serve_delivery
 
         return serve_delivery(args.config)
     loaded: Loaded = load_runnable(args.config)
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     supervisor = None
     try:
         if children:
-            from gateway.delivery.process import DeliverySupervisor
+            from gateway.cli.delivery import DeliverySupervisor
 
             supervisor = DeliverySupervisor(args.config, children).start()
         return _serve(args, loaded, deliver, supervisor)

@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any
 
-log = logging.getLogger("gateway.delivery.process")
+log = logging.getLogger("gateway.cli.delivery")
 
 #: Seconds between looks at the store for deliveries another process queued.
 DUE_POLL = 0.02
