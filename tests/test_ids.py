@@ -50,3 +50,18 @@ def test_ids_sort_by_time_and_round_trip_every_character():
         assert rebuilt == ident[2:]
         seen.update(ident[2:])
     assert seen == set(CROCKFORD)
+
+
+def test_new_ids_are_consecutive_ordered_and_later_ids_follow_them():
+    from gateway.ids import new_ids
+
+    now = 1_700_000_000.5
+    before = new_id("evt", now)
+    batch = new_ids("evt", 50, now)
+    after = new_id("evt", now)
+    values = [decode(i)[1] for i in batch]
+    assert all(re.fullmatch(r"evt_[0-9A-HJKMNP-TV-Z]{26}", i) for i in batch)
+    assert all(v >> 80 == int(now * 1000) for v in values)
+    assert values == list(range(values[0], values[0] + 50))  # ULID monotonic: +1 each
+    assert before < batch[0] and batch[-1] < after  # same millisecond, still in creation order
+    assert new_ids("evt", 0) == []

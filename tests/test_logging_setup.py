@@ -96,3 +96,29 @@ def test_hot_path_lines_without_setup_are_ordinary_records(
     with caplog.at_level(logging.INFO):
         logs.line(logging.getLogger("gateway.intake.endpoint"), logging.INFO, "x=%d", 1)
     assert [r.getMessage() for r in caplog.records] == ["x=1"]
+
+
+def test_hot_path_lines_on_an_event_loop_go_out_once_per_turn_in_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import asyncio
+
+    logs.setup_logging("text", {SECRET}, "info")
+    log = logging.getLogger("gateway.delivery")
+
+    async def main() -> None:
+        for i in range(3):
+            logs.line(log, logging.INFO, "delivery=%d", i)
+        assert len(logs._turn) == 3  # held until the end of this loop turn
+        await asyncio.sleep(0)
+        assert logs._turn == []  # handed to the logging thread together
+        logs.line(log, logging.INFO, "token %s", SECRET)  # pending when logging stops
+
+    asyncio.run(main())
+    out = [line.split(" ", 1)[1] for line in written(capsys).splitlines()]
+    assert out == [
+        "INFO gateway.delivery: delivery=0",
+        "INFO gateway.delivery: delivery=1",
+        "INFO gateway.delivery: delivery=2",
+        "INFO gateway.delivery: token ***",
+    ]

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -197,8 +198,17 @@ class SourceEndpoint:
     def _count(self, items: list[IncomingEvent], outcomes: Iterable[str]) -> None:
         if self.metrics is None:
             return
-        for item, outcome in zip(items, outcomes, strict=False):
-            self._child("callbacks", self._event_label(item.event), outcome).inc()
+        if len(items) == 1:
+            for item, outcome in zip(items, outcomes, strict=False):
+                self._child("callbacks", self._event_label(item.event), outcome).inc()
+            return
+        # A provider batch: one increment per distinct label pair, not one per element.
+        counts = Counter(
+            (self._event_label(item.event), outcome)
+            for item, outcome in zip(items, outcomes, strict=False)
+        )
+        for (event, outcome), n in counts.items():
+            self._child("callbacks", event, outcome).inc(n)
 
     def _event_label(self, event: str | None) -> str:
         """The event name as a metric label. The name comes from the poster's data, so after

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreError
-from gateway.ids import new_id
+from gateway.ids import new_id, new_ids
 from gateway.store import sqlite_reads
 from gateway.store.base import (
     AttemptRecord,
@@ -190,8 +190,7 @@ class SQLiteStore(Store):
             accepted = duplicates = quarantined = 0
             ids = []
             outcomes = []
-            for item in items:
-                event_id = new_id("evt", now)
+            for item, event_id in zip(items, new_ids("evt", len(items), now), strict=True):
                 cur = c.execute(
                     "INSERT INTO dedupe (source, key, event_id, first_seen) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT DO NOTHING",
