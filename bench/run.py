@@ -47,7 +47,7 @@ STORE_PHASES = ("intake", "e2e1", "e2e3", "e2e1-both", "batch", "two-inst")
 ONCE_PHASES = ("history", "drain", "backlog")
 PHASES = ROUND_PHASES + STORE_PHASES + ONCE_PHASES
 DEFAULT_PHASES = tuple(p for p in PHASES if p != "history")
-BOTH_CORES_CONFIG = ""
+BOTH_CORES_CONFIG = "delivery: {processes: 1}\n"
 
 
 def run_rounds(b: Bench, stores: list[StoreUnderTest]) -> None:
@@ -200,7 +200,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--store", action="append", help="sqlite (default), redis://..., postgresql://")
     p.add_argument("--batch-events", type=int, default=100, help="events per batch request")
     p.add_argument("--both-cores-config", default=BOTH_CORES_CONFIG,
-                   help="YAML added to the gateway's config in e2e1-both")
+                   help="YAML added to the gateway's config in e2e1-both"
+                   " (default: delivery: {processes: 1})")
     p.add_argument("--drain", type=int, help="deliveries for the drain phase (100000)")
     p.add_argument("--backlog", type=int, help="pending deliveries for memory (1000000)")
     p.add_argument("--history", type=int, help="routed events for the history phase (1000000)")
