@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -57,29 +58,41 @@ def run_rounds(b: Bench, stores: list[StoreUnderTest]) -> None:
         print(f"[round {r}/{a.repeat}]", flush=True)
         for phase, fn in (("bare", b.bare), ("forward", b.forwarder), ("node-red", b.node_red)):
             if phase in a.phases:
-                fn()
+                guarded(b, phase, fn)
         for store in stores:
             try:
                 for phase in STORE_PHASES:
                     if phase not in a.phases:
                         continue
                     if phase == "intake":
-                        b.intake(store)
+                        guarded(b, phase, b.intake, store)
                     elif phase in ("e2e1", "e2e3"):
-                        b.e2e(store, int(phase[-1]))
+                        guarded(b, phase, b.e2e, store, int(phase[-1]))
                     elif phase == "e2e1-both":
-                        b.e2e(store, 1, both=True)
+                        guarded(b, phase, b.e2e, store, 1, True)
                     elif phase == "batch":
-                        b.batch(store)
+                        guarded(b, phase, b.batch, store)
                     else:
-                        b.two_instances(store)
+                        guarded(b, phase, b.two_instances, store)
             finally:
                 store.cleanup()
     sqlite = StoreUnderTest("sqlite")
     for phase, fn in (("history", b.history), ("drain", b.drain), ("backlog", b.backlog)):
         if phase in a.phases:
             print(f"[{phase}]", flush=True)
-            fn(sqlite)
+            guarded(b, phase, fn, sqlite)
+
+
+def guarded(b: Bench, phase: str, fn: Any, *args: Any) -> None:
+    """Run one phase; a target that fails to start is noted and the run goes on."""
+    try:
+        fn(*args)
+    except SystemExit as e:
+        print(f"  {phase}: {e}", flush=True)
+        b.note(f"round {b.round} {phase}: {e}")
+    finally:
+        for s in b.servers:  # whatever the phase left running
+            s.stop()
 
 
 # -- report ----------------------------------------------------------------------------------
