@@ -1,6 +1,6 @@
 """The contract every store backend keeps (gateway/store/base.py).
 
-Every test here runs against each backend in `BACKENDS`. To add one (Redis), write one more
+Every test here runs against each backend in `BACKENDS`. To add one, write one more
 async context manager that yields a factory of *unopened* stores sharing the same data (a new
 factory call is "another process" or "the gateway after a restart") and cleans up afterwards.
 
@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from postgres_support import postgres_backend
 from redis_support import redis_backend
 
 from gateway.errors import StoreError
@@ -48,6 +49,7 @@ async def sqlite_backend(tmp_path: Path) -> AsyncIterator[StoreFactory]:
 BACKENDS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[StoreFactory]]] = {
     "sqlite": sqlite_backend,
     "redis": redis_backend,
+    "postgres": postgres_backend,
 }
 
 T0 = 1_700_000_000.0

@@ -246,8 +246,13 @@ class Config(Strict):
     @field_validator("store")
     @classmethod
     def _store(cls, v: str) -> str:
-        if not v.startswith(("sqlite:///", "redis://", "rediss://")):
-            raise ValueError("expected sqlite:///path/to.db (or redis://host:6379/0)")
+        if not v.startswith(
+            ("sqlite:///", "redis://", "rediss://", "postgresql://", "postgres://")
+        ):
+            raise ValueError(
+                "expected sqlite:///path/to.db (or postgresql://user@host:5432/db,"
+                " redis://host:6379/0)"
+            )
         return v
 
     def retry_for(self, destination: str) -> RetryConfig:

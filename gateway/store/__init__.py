@@ -35,6 +35,10 @@ def store_from_url(url: str, base: Path | None = None) -> Store:
         from gateway.store.redis import RedisStore
 
         return RedisStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from gateway.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     raise ConfigError([f"store: unsupported store URL scheme in {url.split('://')[0]!r}"])
 
 

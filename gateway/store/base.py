@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +229,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise `StoreError` unless the store can serve reads and writes."""
+
+    def watch(self, on_work: Callable[[str, str | None], None]) -> bool:
+        """Ask to be told about work that other processes create: ``on_work("events", None)``
+        when events wait for any router, ``on_work("deliveries", destination)`` when
+        deliveries of `destination` (None: of any) may be due. Called on the event loop of
+        `open`, never for this store's own writes. Returns whether the store can tell; the
+        default cannot (False), and callers keep polling often."""
+        return False
 
     # -- intake -----------------------------------------------------------------------------
     @abc.abstractmethod

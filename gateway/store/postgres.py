@@ -1,0 +1,424 @@
+"""PostgreSQL store: several gateway instances share one database, durably.
+
+``store: postgresql://user:password@host:5432/dbname`` (or ``postgres://``). Query parameters
+are libpq's (``sslmode``, ``sslrootcert``, ``connect_timeout``, ``options``,
+``target_session_attrs``, ``application_name``...) and pass through untouched, except
+``pool_size`` (connections per process, default 10). Driver: psycopg 3, async.
+
+Same semantics as the SQLite store, with PostgreSQL's means:
+
+- The schema is created and migrated by `open` (`postgres_schema.migrate`, under an advisory
+  lock, versions in ``cg_schema_version``).
+- An acknowledgement follows COMMIT with ``synchronous_commit`` on (forced on if the server
+  says ``off``). Concurrent ingests share one transaction (`postgres_ingest`); dedupe is the
+  primary key of ``dedupe`` with ``INSERT .. ON CONFLICT DO NOTHING``, atomic across instances.
+- Work is claimed with ``SELECT .. FOR UPDATE SKIP LOCKED`` inside the claiming ``UPDATE`` and
+  held under a lease (``lease_until``), so instances never wait on each other's claims and a
+  dead instance's work is claimed by the others once its lease has run out.
+- Work that other instances should look at (events committed without a lease, new or released
+  or replayed deliveries) is announced with ``NOTIFY callback_gateway`` in the transaction
+  that creates it; `watch` delivers those announcements, so idle instances wake instead of
+  polling often.
+- When PostgreSQL is unreachable every call raises `StoreError` at once (intake answers 503,
+  ``/readyz`` 503, delivery and routing retry); the next call after it is back reconnects.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from gateway.errors import StoreError
+from gateway.store import postgres_schema
+from gateway.store.base import (
+    AttemptRecord,
+    DeliveryFilter,
+    DeliveryRecord,
+    EventRecord,
+    FinishedEvent,
+    IncomingEvent,
+    IngestResult,
+    Lease,
+    NewDelivery,
+    Store,
+)
+from gateway.store.postgres_conn import CHANNEL, Listener, Pool, split_url
+from gateway.store.postgres_ingest import IngestGroups
+from gateway.store.postgres_sql import (
+    CLAIM_DELIVERIES,
+    CLAIM_EVENTS,
+    DELIVERY_COLS,
+    EVENT_COLS,
+    FINISH_ATTEMPT,
+    FINISH_EVENTS,
+    NEXT_DUE,
+    delivery_record,
+    delivery_where,
+    event_record,
+    finish_arrays,
+)
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+class PostgresStore(Store):
+    """See the module docstring. Nothing connects before `open`."""
+
+    def __init__(self, url: str) -> None:
+        self._conninfo, params = split_url(url)
+        self._pool_size = int(params.get("pool_size", "10"))
+        self._pool: Pool | None = None
+        self._ingest: IngestGroups | None = None
+        self._listener: Listener | None = None
+        self._watchers: list[Callable[[str, str | None], None]] = []
+        #: Prefixes this store's notifications, so it can ignore its own.
+        self.token = uuid.uuid4().hex[:12]
+
+    def __repr__(self) -> str:  # never show the URL: it may hold a password
+        return "PostgresStore()"
+
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            raise StoreError("the PostgreSQL store is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        pool = Pool(self._conninfo, self._pool_size)
+        await pool.run(postgres_schema.migrate)
+        self._pool = pool
+        self._ingest = IngestGroups(pool, self.token)
+        self._ingest.start()
+        self._listener = Listener(self._conninfo, self._notified)
+        self._listener.start()
+
+    async def close(self) -> None:
+        if self._ingest is not None:
+            await self._ingest.stop()
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def ping(self) -> None:
+        await self.pool.run(lambda c: c.execute("SELECT 1"))
+
+    # -- notifications -----------------------------------------------------------------------
+    def watch(self, on_work: Callable[[str, str | None], None]) -> bool:
+        self._watchers.append(on_work)
+        return True
+
+    def _notified(self, payload: str | None) -> None:
+        kinds: list[tuple[str, str | None]] = [("events", None), ("deliveries", None)]
+        if payload is not None:  # (None: reconnected, something may have been missed)
+            token, _, rest = payload.partition(" ")
+            if token == self.token:
+                return
+            kind, _, name = rest.partition(" ")
+            kinds = [("events", None)] if kind == "e" else [("deliveries", name or None)]
+        for on_work in self._watchers:
+            for what, destination in kinds:
+                on_work(what, destination)
+
+    async def _notify(self, c: Conn, destinations: list[str]) -> None:
+        payloads = [f"{self.token} d {d}" for d in sorted(set(destinations))]
+        if payloads:
+            await c.execute(
+                "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (CHANNEL, payloads)
+            )
+
+    # -- intake -----------------------------------------------------------------------------
+    async def ingest(
+        self, source: str, items: list[IncomingEvent], now: float, lease: Lease | None = None
+    ) -> IngestResult:
+        if self._ingest is None:
+            raise StoreError("the PostgreSQL store is not open")
+        if not items:
+            return IngestResult()
+        return await self._ingest.submit(source, items, now, lease)
+
+    # -- router ------------------------------------------------------------------------------
+    async def claim_events(
+        self, owner: str, limit: int, lease: float, now: float
+    ) -> list[EventRecord]:
+        async def op(c: Conn) -> list[EventRecord]:
+            cur = await c.execute(
+                CLAIM_EVENTS, {"until": now + lease, "owner": owner, "now": now, "limit": limit}
+            )
+            return sorted((event_record(r) for r in await cur.fetchall()), key=lambda e: e.id)
+
+        return await self.pool.run(op)
+
+    async def finish_event(
+        self,
+        event_id: str,
+        state: str,
+        deliveries: list[NewDelivery],
+        now: float,
+        reason: str | None = None,
+    ) -> None:
+        await self.finish_events([FinishedEvent(event_id, state, deliveries, now, reason)])
+
+    async def finish_events(self, finished: list[FinishedEvent]) -> None:
+        if not finished:
+            return
+
+        async def op(c: Conn) -> None:
+            cur = await c.execute(FINISH_EVENTS, finish_arrays(finished))
+            created = [r[0] for r in await cur.fetchall()]
+            await self._notify(c, created)
+
+        await self.pool.run(op, transaction=True)
+
+    async def hold_event(self, event_id: str, reason: str, retry_at: float, now: float) -> None:
+        await self.pool.run(
+            lambda c: c.execute(
+                "UPDATE events SET reason = %s, next_route_at = %s,"
+                " route_attempts = route_attempts + 1, lease_until = NULL, leased_by = NULL,"
+                " updated_at = %s WHERE id = %s",
+                (reason, retry_at, now, event_id),
+            )
+        )
+
+    async def quarantine_event(self, event_id: str, reason: str, now: float) -> None:
+        await self.pool.run(
+            lambda c: c.execute(
+                "UPDATE events SET state = 'quarantined', reason = %s, lease_until = NULL,"
+                " leased_by = NULL, recheck = false, updated_at = %s WHERE id = %s",
+                (reason, now, event_id),
+            )
+        )
+
+    async def has_due_events(self, now: float) -> float | None:
+        return await self._scalar(
+            "SELECT MIN(GREATEST(next_route_at, COALESCE(lease_until, 0))) FROM events"
+            " WHERE state = 'received'"
+        )
+
+    # -- delivery ----------------------------------------------------------------------------
+    async def claim_deliveries(
+        self, owner: str, destination: str, limit: int, lease: float, now: float
+    ) -> list[DeliveryRecord]:
+        args = {"until": now + lease, "owner": owner, "now": now, "dest": destination,
+                "limit": limit}
+
+        async def op(c: Conn) -> list[DeliveryRecord]:
+            cur = await c.execute(CLAIM_DELIVERIES, args)
+            rows = [delivery_record(r) for r in await cur.fetchall()]
+            return sorted(rows, key=lambda d: (d.next_attempt_at, d.id))
+
+        return await self.pool.run(op)
+
+    async def finish_attempt(
+        self,
+        delivery_id: str,
+        attempt: AttemptRecord,
+        state: str,
+        next_attempt_at: float | None,
+        counts: bool,
+        now: float,
+    ) -> None:
+        args = {
+            "id": delivery_id, "started": attempt.started_at, "finished": attempt.finished_at,
+            "outcome": attempt.outcome, "status": attempt.status, "error": attempt.error,
+            "state": state, "next": next_attempt_at, "counts": 1 if counts else 0, "now": now,
+        }
+        await self.pool.run(lambda c: c.execute(FINISH_ATTEMPT, args))
+
+    async def release(self, delivery_ids: list[str], now: float) -> None:
+        if not delivery_ids:
+            return
+
+        async def op(c: Conn) -> None:
+            cur = await c.execute(
+                "UPDATE deliveries SET state = 'pending', lease_until = NULL, leased_by = NULL,"
+                " next_attempt_at = LEAST(next_attempt_at, %s), updated_at = %s"
+                " WHERE id = ANY(%s) AND state = 'in_flight' RETURNING destination",
+                (now, now, delivery_ids),
+            )
+            await self._notify(c, [r[0] for r in await cur.fetchall()])
+
+        await self.pool.run(op, transaction=True)
+
+    async def next_due(self, destination: str | None = None) -> float | None:
+        if destination is not None:
+            return await self._scalar(NEXT_DUE, {"dest": destination})
+        return await self._scalar(
+            "SELECT MIN(CASE WHEN state = 'pending' THEN next_attempt_at ELSE lease_until END)"
+            " FROM deliveries WHERE state IN ('pending', 'in_flight')"
+        )
+
+    async def _scalar(self, sql: str, args: Any = None) -> Any:
+        async def op(c: Conn) -> Any:
+            row = await (await c.execute(sql, args)).fetchone()
+            return row[0] if row else None
+
+        return await self.pool.run(op)
+
+    async def _rows(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        async def op(c: Conn) -> list[tuple[Any, ...]]:
+            return await (await c.execute(sql, args)).fetchall()
+
+        return await self.pool.run(op)
+
+    # -- inspection and repair -----------------------------------------------------------------
+    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRecord]:
+        where, args = delivery_where(flt)
+        rows = await self._rows(
+            f"SELECT {DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
+            f" {where} ORDER BY d.created_at, d.id LIMIT %s",
+            (*args, flt.limit),
+        )
+        return [delivery_record(r) for r in rows]
+
+    async def get_delivery(
+        self, delivery_id: str
+    ) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
+        async def op(c: Conn) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
+            row = await (await c.execute(
+                f"SELECT {DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
+                " WHERE d.id = %s",
+                (delivery_id,),
+            )).fetchone()
+            if row is None:
+                return None
+            cur = await c.execute(
+                "SELECT started_at, finished_at, outcome, status, error, number FROM attempts"
+                " WHERE delivery_id = %s ORDER BY number",
+                (delivery_id,),
+            )
+            return delivery_record(row), [AttemptRecord(*r) for r in await cur.fetchall()]
+
+        # One transaction: the delivery and its attempts as of one moment.
+        return await self.pool.run(op, transaction=True)
+
+    async def replay_deliveries(
+        self, ids: list[str] | None, flt: DeliveryFilter | None, now: float
+    ) -> list[str]:
+        if ids is not None:
+            where, args = "WHERE d.id = ANY(%s)", [list(ids)]
+        else:
+            where, args = delivery_where(flt or DeliveryFilter())
+        # A delivery in flight belongs to its worker; resetting it would send it twice.
+        where = (where + " AND" if where else "WHERE") + " d.state != 'in_flight'"
+
+        async def op(c: Conn) -> list[str]:
+            cur = await c.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, first_attempt_at = NULL,"
+                " next_attempt_at = %s, updated_at = %s WHERE id IN"
+                f" (SELECT d.id FROM deliveries d {where} FOR UPDATE)"
+                " RETURNING id, destination",
+                (now, now, *args),
+            )
+            rows = await cur.fetchall()
+            await self._notify(c, [r[1] for r in rows])
+            return sorted(r[0] for r in rows)
+
+        return await self.pool.run(op, transaction=True)
+
+    async def list_events(self, state: str, limit: int = 1000) -> list[EventRecord]:
+        rows = await self._rows(
+            f"SELECT {EVENT_COLS} FROM events WHERE state = %s ORDER BY id LIMIT %s",
+            (state, limit),
+        )
+        return [event_record(r) for r in rows]
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        rows = await self._rows(f"SELECT {EVENT_COLS} FROM events WHERE id = %s", (event_id,))
+        return event_record(rows[0]) if rows else None
+
+    async def replay_quarantined(self, ids: list[str] | None, now: float) -> list[str]:
+        where, args = ("AND id = ANY(%s)", [list(ids)]) if ids is not None else ("", [])
+
+        async def op(c: Conn) -> list[str]:
+            cur = await c.execute(
+                "UPDATE events SET state = 'received', recheck = true, next_route_at = %s,"
+                f" updated_at = %s WHERE state = 'quarantined' {where} RETURNING id",
+                (now, now, *args),
+            )
+            replayed = sorted(r[0] for r in await cur.fetchall())
+            if replayed:
+                await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.token} e"))
+            return replayed
+
+        return await self.pool.run(op, transaction=True)
+
+    async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
+        async def op(c: Conn) -> dict[str, int]:
+            keys = await c.execute("DELETE FROM dedupe WHERE first_seen < %s", (dedupe_before,))
+            await c.execute(
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
+                " WHERE state = 'delivered' AND updated_at < %s)",
+                (delivered_before,),
+            )
+            done = await c.execute(
+                "DELETE FROM deliveries WHERE state = 'delivered' AND updated_at < %s",
+                (delivered_before,),
+            )
+            marks = await c.execute(
+                "DELETE FROM marks WHERE updated_at < %s", (delivered_before,)
+            )
+            return {"dedupe_keys": keys.rowcount, "deliveries": done.rowcount,
+                    "marks": marks.rowcount}
+
+        return await self.pool.run(op, transaction=True)
+
+    # -- marks -------------------------------------------------------------------------------
+    async def advance_mark(
+        self, key: str, rank: str, value: str, now: float
+    ) -> tuple[bool, str | None]:
+        async def op(c: Conn) -> tuple[bool, str | None]:
+            # Serialise calls on one key, including the first (no row to lock yet).
+            await c.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+            row = await (await c.execute(
+                "SELECT rank, value FROM marks WHERE key = %s", (key,)
+            )).fetchone()
+            if row is not None and row[0] >= rank:
+                return False, row[1]
+            await _upsert_mark(c, key, rank, value, now)
+            return True, row[1] if row else None
+
+        return await self.pool.run(op, transaction=True)
+
+    async def get_mark(self, key: str) -> tuple[str, str] | None:
+        rows = await self._rows("SELECT rank, value FROM marks WHERE key = %s", (key,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def set_mark(self, key: str, value: str | None, now: float, rank: str = "") -> None:
+        if value is None:
+            await self.pool.run(lambda c: c.execute("DELETE FROM marks WHERE key = %s", (key,)))
+            return
+        await self.pool.run(lambda c: _upsert_mark(c, key, rank, value, now))
+
+    async def queue_stats(self, now: float) -> list[dict[str, Any]]:
+        rows = await self._rows(
+            "SELECT destination, state, COUNT(*), MIN(created_at) FROM deliveries"
+            " WHERE state IN ('pending', 'in_flight', 'dead') GROUP BY destination, state"
+        )
+        return [{"destination": r[0], "state": r[1], "count": r[2], "oldest": r[3]} for r in rows]
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        async def op(c: Conn) -> dict[str, dict[str, int]]:
+            result = {}
+            for table in ("events", "deliveries"):
+                cur = await c.execute(f"SELECT state, COUNT(*) FROM {table} GROUP BY state")
+                result[table] = {r[0]: int(r[1]) for r in await cur.fetchall()}
+            return result
+
+        return await self.pool.run(op, transaction=True)
+
+
+async def _upsert_mark(c: Conn, key: str, rank: str, value: str, now: float) -> None:
+    await c.execute(
+        "INSERT INTO marks (key, rank, value, updated_at) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (key) DO UPDATE SET rank = excluded.rank, value = excluded.value,"
+        " updated_at = excluded.updated_at",
+        (key, rank, value, now),
+    )
+

@@ -1,0 +1,174 @@
+"""Group commit of `ingest` calls for the PostgreSQL store.
+
+Concurrent `ingest` calls queue here; one task takes everything queued (up to `MAX_GROUP`
+calls) and commits it as one transaction: one statement (`postgres_sql.INGEST`) inserts every
+dedupe key with ``ON CONFLICT DO NOTHING`` and the events whose key went in. Each caller's
+future resolves after COMMIT returned (``synchronous_commit`` on: the commit is flushed to the
+WAL on disk), so N concurrent requests cost one WAL flush, not N. If the group's transaction
+fails for a reason other than the connection, each call is run again in its own transaction,
+so one bad call does not fail the others; if the COMMIT fails, every call of the group fails
+with `StoreError` and none of it is acknowledged.
+
+Dedupe across processes is the primary key of ``dedupe``: a key another transaction inserted
+first is skipped (an insert of a key whose insert is still uncommitted waits for that
+transaction), so two instances given the same resend at the same moment store it once.
+Within one group, the first call queued with a key gets it; later ones are duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from gateway.errors import StoreError
+from gateway.ids import new_id
+from gateway.store.base import IncomingEvent, IngestResult, Lease
+from gateway.store.postgres_conn import CHANNEL, Pool
+from gateway.store.postgres_sql import INGEST, ingest_arrays
+
+MAX_GROUP = 512
+
+
+@dataclass
+class _Call:
+    source: str
+    items: list[IncomingEvent]
+    now: float
+    lease: Lease | None
+    future: asyncio.Future[IngestResult]
+    #: Per item: its row (event id first), or None when an earlier item of the group has its key.
+    rows: list[tuple[Any, ...] | None] = field(default_factory=list)
+
+
+class IngestGroups:
+    """See the module docstring. `token` prefixes this store's notifications."""
+
+    def __init__(self, pool: Pool, token: str) -> None:
+        self._pool = pool
+        self._token = token
+        self._queue: list[_Call] = []
+        self._more = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        #: Groups committed and calls in them, for benchmarks.
+        self.groups = 0
+        self.calls = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="postgresql-ingest")
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop; later calls fail with `StoreError`."""
+        self._closed = True
+        self._more.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def submit(
+        self, source: str, items: list[IncomingEvent], now: float, lease: Lease | None
+    ) -> IngestResult:
+        if self._closed:
+            raise StoreError("the PostgreSQL store is closed")
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Call(source, items, now, lease, future))
+        self._more.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._more.wait()
+            self._more.clear()
+            while self._queue:
+                group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+                await self._commit_group(group)
+            if self._closed:
+                return
+
+    async def _commit_group(self, group: list[_Call]) -> None:
+        taken: set[tuple[str, str]] = set()
+        for call in group:
+            call.rows = [_row(call, item, taken) for item in call.items]
+        try:
+            inserted = await self._pool.run(lambda c: self._insert(c, group), transaction=True)
+        except StoreError as e:
+            if len(group) == 1 or isinstance(e.__cause__, psycopg.OperationalError):
+                for call in group:
+                    _fail(call, e)
+                return
+            for call in group:  # one bad call must not fail the others: each on its own
+                await self._commit_group([call])
+            return
+        except BaseException as e:  # a bug: fail the callers instead of stranding them
+            for call in group:
+                _fail(call, StoreError(f"ingest failed: {type(e).__name__}: {e}"))
+            if not isinstance(e, Exception):
+                raise
+            return
+        self.groups += 1
+        self.calls += len(group)
+        for call in group:
+            if not call.future.done():
+                call.future.set_result(_result(call, inserted))
+
+    async def _insert(self, conn: psycopg.AsyncConnection[Any], group: list[_Call]) -> set[str]:
+        rows = [r for call in group for r in call.rows if r is not None]
+        if not rows:
+            return set()
+        cur = await conn.execute(INGEST, ingest_arrays(rows))
+        inserted = {r[0] for r in await cur.fetchall()}
+        # Events committed without a lease are for any instance's router: wake the idle ones
+        # (the notification is sent at COMMIT, and only if it commits).
+        if any(r[0] in inserted and r[4] == "received" and r[9] is None for r in rows):
+            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self._token} e"))
+        return inserted
+
+
+def _row(call: _Call, item: IncomingEvent, taken: set[tuple[str, str]]) -> tuple[Any, ...] | None:
+    key = (call.source, item.dedupe_key)
+    if key in taken:
+        return None
+    taken.add(key)
+    leased = call.lease is not None and not item.problems
+    return (
+        new_id("evt", call.now),
+        call.source,
+        item.dedupe_key,
+        item.raw,
+        "quarantined" if item.problems else "received",
+        item.message_uuid,
+        item.event,
+        "; ".join(item.problems) if item.problems else None,
+        call.now,
+        call.lease.until if leased and call.lease else None,
+        call.lease.owner if leased and call.lease else None,
+    )
+
+
+def _result(call: _Call, inserted: set[str]) -> IngestResult:
+    accepted = duplicates = quarantined = 0
+    ids: list[str] = []
+    outcomes: list[str] = []
+    for item, row in zip(call.items, call.rows, strict=True):
+        if row is None or row[0] not in inserted:
+            duplicates += 1
+            outcomes.append("duplicate")
+            continue
+        ids.append(row[0])
+        if item.problems:
+            quarantined += 1
+            outcomes.append("quarantined")
+        else:
+            accepted += 1
+            outcomes.append("accepted")
+    return IngestResult(accepted, duplicates, quarantined, tuple(ids), tuple(outcomes))
+
+
+def _fail(call: _Call, error: StoreError) -> None:
+    if not call.future.done():
+        call.future.set_exception(error)
