@@ -26,6 +26,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from gateway.clock import Clock
+from gateway.delivery.dispatcher import POLL_WATCHED as ENGINE_POLL_WATCHED
 from gateway.delivery.engine import DeliveryEngine
 from gateway.destination.base import Services
 from gateway.errors import StoreError
@@ -34,6 +35,7 @@ from gateway.ops.housekeeping import Housekeeper
 from gateway.ops.metrics import Metrics
 from gateway.ops.silence import SilenceWatcher
 from gateway.routing.chain import Chain
+from gateway.routing.router import POLL_WATCHED as ROUTER_POLL_WATCHED
 from gateway.routing.router import Router
 from gateway.store import EventRecord, IngestResult, Lease, Store
 from gateway.store.marks import Marks
@@ -92,6 +94,9 @@ class Runtime:
                 loaded, store, self.chain, gateway.clock, gateway.owner, self._routed,
                 gateway.metrics,
             )
+            if gateway.watched:  # the store announces other processes' work: poll less
+                self.engine.poll = ENGINE_POLL_WATCHED
+                self.router.poll = ROUTER_POLL_WATCHED
             self.housekeeper = Housekeeper(store, config.retention, gateway.clock)
             expect = {n: s.expect_within for n, s in config.sources.items() if s.expect_within}
             self.silence = SilenceWatcher(store, gateway.clock, expect)
@@ -141,6 +146,8 @@ class Gateway:
         self.store: Store | None = None
         self.http: httpx.AsyncClient | None = None
         self.runtime: Runtime | None = None
+        #: The store announces work other processes create (``Store.watch``).
+        self.watched = False
         #: Two reloads close together must not interleave (one would leave a runtime running).
         self.reload_lock = asyncio.Lock()
 
@@ -168,6 +175,7 @@ class Gateway:
             if freed:
                 log.info("resuming %d events and deliveries left by a process that died", freed)
         self.store = store
+        self.watched = store.watch(self._on_work)
         self.metrics.watch_store(store, self.clock)
         if self.background:
             self.http = make_http_client()
@@ -224,6 +232,16 @@ class Gateway:
                 runtime.router.wake()
         if runtime.silence is not None:
             runtime.silence.seen(source, self.clock.now())
+
+    def _on_work(self, kind: str, destination: str | None) -> None:
+        """Another process created work (``Store.watch``): wake whoever takes it."""
+        runtime = self.runtime
+        if runtime is None:
+            return
+        if kind == "events" and runtime.router is not None:
+            runtime.router.wake()
+        elif kind == "deliveries" and runtime.engine is not None:
+            runtime.engine.wake(destination)
 
     # -- what the admin API and the console ask of the running parts ---------------------------
     def wake_router(self) -> None:

@@ -23,7 +23,7 @@ from gateway.delivery import admin
 from gateway.delivery.ratelimit import TokenBucket
 from gateway.delivery.retry import RetryPolicy
 from gateway.destination.base import Outcome
-from gateway.errors import PluginError
+from gateway.errors import PluginError, StoreError
 from gateway.ops import logs
 from gateway.ops.metrics import Metrics
 from gateway.plugin.hooks import call_hook
@@ -31,7 +31,12 @@ from gateway.store import AttemptRecord, DeliveryRecord, Store
 
 log = logging.getLogger("gateway.delivery")
 
+#: Longest idle sleep: deliveries created by another process are noticed within this.
 POLL = 1.0
+#: Longest idle sleep when the store announces other processes' deliveries (``Store.watch``);
+#: what the announcements cannot cover (a retry another process scheduled and then died
+#: before making) is noticed within this.
+POLL_WATCHED = 10.0
 #: How often a dispatcher re-reads its pause mark.
 POLL_PAUSE = 5.0
 #: Back-off after the store failed a claim.
@@ -63,6 +68,7 @@ class Engine(Protocol):
     clock: Clock
     owner: str
     lease: float
+    poll: float
     pm: pluggy.PluginManager
     secrets: set[str]
     counters: Counter[tuple[str, str]]
@@ -136,6 +142,9 @@ class Dispatcher:
             self.wakeup.clear()
             try:
                 delay = await self.step()
+            except StoreError as e:  # the store is away: one line, not a traceback a second
+                log.error("delivery to %r: store unavailable (%s); trying again", self.name, e)
+                delay = STORE_RETRY
             except Exception:
                 log.exception("delivery to %r: claiming failed; trying again", self.name)
                 delay = STORE_RETRY
@@ -144,7 +153,8 @@ class Dispatcher:
             if delay is not None and delay <= 0:
                 await asyncio.sleep(0)
                 continue
-            await self.wait(POLL if delay is None else min(delay, POLL))
+            poll = self.engine.poll
+            await self.wait(poll if delay is None else min(delay, poll))
 
     async def wait(self, seconds: float) -> None:
         """Until woken or `seconds` pass on the engine's clock."""
@@ -244,9 +254,10 @@ class Dispatcher:
             await engine.store.finish_attempt(
                 d.id, attempt, decision.state, decision.next_attempt_at, decision.counts,
                 finished)
-        except Exception:
-            log.exception("delivery %s to %r: could not record the try; its lease will"
-                          " expire and it will be tried again", d.id, self.name)
+        except Exception as e:
+            log.error("delivery %s to %r: could not record the try (%s); its lease will"
+                      " expire and it will be tried again", d.id, self.name, e,
+                      exc_info=not isinstance(e, StoreError))
             return
         t.recorded = True
         engine.counters[(self.name, decision.attempt_outcome)] += 1

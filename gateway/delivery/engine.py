@@ -7,7 +7,8 @@ Contract (what `gateway.server.app` relies on):
 - A dispatcher claims due deliveries (``Store.claim_deliveries``, lease ``delivery.lease``) up to
   its free concurrency slots (``concurrency`` or ``delivery.concurrency``) and its rate-limit
   tokens, runs each try as its own task, and otherwise sleeps until ``Store.next_due``, a
-  `wake()`, a freed slot, or `POLL` seconds (deliveries created by another process).
+  `wake()`, a freed slot, or `poll` seconds (deliveries created by another process: `POLL`,
+  or `POLL_WATCHED` when the store announces them through ``Store.watch``).
   Destinations never share a dispatcher, so a slow or dead one delays no other. A 429 with
   ``Retry-After`` holds the whole destination (in this process) for that long.
 - Each try: ``deliver()`` bounded by 90% of the lease (so a try never outlives its lease), the
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.clock import Clock
 from gateway.delivery import admin
 from gateway.delivery.batch import BatchDispatcher
-from gateway.delivery.dispatcher import Dispatcher
+from gateway.delivery.dispatcher import POLL, Dispatcher
 from gateway.delivery.ratelimit import TokenBucket
 from gateway.delivery.retry import RetryPolicy
 from gateway.destination.base import BatchDestination, Closable, Services
@@ -72,6 +73,8 @@ class DeliveryEngine:
         self.pm = loaded.pm
         self.secrets = set(loaded.secrets) | set(services.secrets)
         self.lease = self.config.delivery.lease
+        #: Longest idle sleep of a dispatcher (see the module docstring).
+        self.poll = POLL
         self.dispatchers: dict[str, Dispatcher] = {}
         #: ``(destination, outcome) -> n`` tries finished by this process, for metrics.
         self.counters: Counter[tuple[str, str]] = Counter()

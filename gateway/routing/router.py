@@ -45,6 +45,8 @@ MAX_FRESH = 4096
 LEASE_MARGIN = 0.5
 #: Seconds between looks at the store for due events when nothing says sooner.
 POLL = 5.0
+#: The same when the store announces events other processes commit unleased (``Store.watch``).
+POLL_WATCHED = 15.0
 
 
 def hold_delay(route_attempts: int) -> float:
@@ -79,6 +81,8 @@ class Router:
         self._fresh: deque[tuple[EventRecord, Any, float]] = deque()
         #: When the store may next hold due events for a claim (0: look now).
         self._next_claim = 0.0
+        #: Seconds between looks at the store when nothing says sooner (`POLL`).
+        self.poll = POLL
 
     def wake(self) -> None:
         """The store has new work for the router (a replay, events committed unleased)."""
@@ -147,7 +151,8 @@ class Router:
                 due = await self.store.has_due_events(now)
             except StoreError:
                 due = None
-            self._next_claim = now + POLL if due is None else min(now + POLL, max(now, due))
+            poll = self.poll
+            self._next_claim = now + poll if due is None else min(now + poll, max(now, due))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, self._next_claim - now))
 
