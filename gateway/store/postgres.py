@@ -32,10 +32,11 @@ from typing import Any
 import psycopg
 
 from gateway.errors import StoreError
-from gateway.store import postgres_schema
+from gateway.store import postgres_reads, postgres_schema
 from gateway.store.base import (
     AttemptRecord,
     DeliveryFilter,
+    DeliveryPage,
     DeliveryRecord,
     EventRecord,
     FinishedEvent,
@@ -43,6 +44,7 @@ from gateway.store.base import (
     IngestResult,
     Lease,
     NewDelivery,
+    SourceActivity,
     Store,
 )
 from gateway.store.postgres_conn import CHANNEL, Listener, Pool, split_url
@@ -348,6 +350,24 @@ class PostgresStore(Store):
             return replayed
 
         return await self.pool.run(op, transaction=True)
+
+    # -- the console's reads (gateway.store.postgres_reads) -----------------------------------
+    async def message_events(self, message_uuid: str, limit: int = 500) -> list[EventRecord]:
+        return await self.pool.run(lambda c: postgres_reads.message_events(c, message_uuid, limit))
+
+    async def page_deliveries(self, page: DeliveryPage) -> list[DeliveryRecord]:
+        return await self.pool.run(lambda c: postgres_reads.page_deliveries(c, page))
+
+    async def source_activity(self, sources: list[str], since: float) -> list[SourceActivity]:
+        return await self.pool.run(lambda c: postgres_reads.source_activity(c, sources, since))
+
+    async def delivered_since(self, destinations: list[str], since: float) -> dict[str, int]:
+        return await self.pool.run(
+            lambda c: postgres_reads.delivered_since(c, destinations, since)
+        )
+
+    async def recent_errors(self, limit: int = 20) -> list[DeliveryRecord]:
+        return await self.pool.run(lambda c: postgres_reads.recent_errors(c, limit))
 
     async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
         async def op(c: Conn) -> dict[str, int]:

@@ -41,6 +41,7 @@ CREATE TABLE events (
 CREATE INDEX events_todo ON events (next_route_at) WHERE state = 'received';
 CREATE INDEX events_state ON events (state, id);
 CREATE INDEX events_message ON events (message_uuid);
+CREATE INDEX events_source ON events (source, received_at);
 
 CREATE TABLE dedupe (
     source text NOT NULL,
@@ -77,6 +78,10 @@ CREATE INDEX deliveries_leased ON deliveries (destination, lease_until)
 CREATE INDEX deliveries_state ON deliveries (state, destination, created_at);
 CREATE INDEX deliveries_message ON deliveries (message_uuid);
 CREATE INDEX deliveries_event ON deliveries (event_id);
+CREATE INDEX deliveries_created ON deliveries (created_at, id);
+CREATE INDEX deliveries_delivered ON deliveries (destination, updated_at)
+    WHERE state = 'delivered';
+CREATE INDEX deliveries_failed ON deliveries (updated_at) WHERE last_error IS NOT NULL;
 
 CREATE TABLE attempts (
     delivery_id text COLLATE "C" NOT NULL,
