@@ -86,16 +86,23 @@ def schema_url(database: str, schema: str) -> str:
     return f"{database_url(database)}?options=-csearch_path%3D{schema}"
 
 
-@contextlib.asynccontextmanager
-async def postgres_backend(tmp_path: Path) -> AsyncIterator[Callable[[], PostgresStore]]:
-    """The contract suite's backend: unopened stores sharing one fresh schema of the
-    session's database; the schema is dropped afterwards."""
+@contextlib.contextmanager
+def scratch_schema() -> Iterator[tuple[str, str]]:
+    """``(store URL, schema name)`` of a fresh schema in the session's database, dropped (with
+    everything in it) on exit."""
     database = session_database()
     schema = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(database_url(database), autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     try:
-        yield lambda: PostgresStore(schema_url(database, schema))
+        yield schema_url(database, schema), schema
     finally:
         with psycopg.connect(database_url(database), autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@contextlib.asynccontextmanager
+async def postgres_backend(tmp_path: Path) -> AsyncIterator[Callable[[], PostgresStore]]:
+    """The contract suite's backend: unopened stores sharing one fresh schema."""
+    with scratch_schema() as (url, _):
+        yield lambda: PostgresStore(url)

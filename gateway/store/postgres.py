@@ -185,7 +185,8 @@ class PostgresStore(Store):
                 " route_attempts = route_attempts + 1, lease_until = NULL, leased_by = NULL,"
                 " updated_at = %s WHERE id = %s",
                 (reason, retry_at, now, event_id),
-            )
+            ),
+            transaction=True,  # counts a try: not safe to repeat
         )
 
     async def quarantine_event(self, event_id: str, reason: str, now: float) -> None:
@@ -231,7 +232,8 @@ class PostgresStore(Store):
             "outcome": attempt.outcome, "status": attempt.status, "error": attempt.error,
             "state": state, "next": next_attempt_at, "counts": 1 if counts else 0, "now": now,
         }
-        await self.pool.run(lambda c: c.execute(FINISH_ATTEMPT, args))
+        # In a transaction: a statement that is not safe to repeat (see `postgres_conn`).
+        await self.pool.run(lambda c: c.execute(FINISH_ATTEMPT, args), transaction=True)
 
     async def release(self, delivery_ids: list[str], now: float) -> None:
         if not delivery_ids:

@@ -9,11 +9,16 @@ found broken empties the idle list, since a restart or ``pg_terminate_backend`` 
 
 `Pool.run(fn)` is the one way the store talks to PostgreSQL: `fn(conn)` runs on a connection in
 autocommit mode (a single statement is its own transaction) or inside ``conn.transaction()``;
-psycopg and connection errors become `StoreError`. A failure that cannot have committed
-anything (the connection broke before COMMIT was sent, a deadlock, a serialization failure)
-is run again, at most `RETRIES` times in all; a COMMIT whose answer was lost is not (it may
-have committed: the caller gets `StoreError`, and an intake caller answers 503, which is
-safe because the provider's resend is then a duplicate).
+psycopg and connection errors become `StoreError`. Some failures are run again, at most
+`RETRIES` tries in all: a deadlock or serialization failure (rolled back), and a connection
+found broken. Inside a transaction, a broken connection before COMMIT was sent is run again
+and a COMMIT whose answer was lost is not (it may have committed: the caller gets
+`StoreError`; an intake caller answers 503, safe since the provider's resend is then a
+duplicate). In autocommit mode a statement on a broken connection is run again: almost always
+the connection was dead before the statement was sent (an idle connection PostgreSQL ended),
+but if it died after the statement committed, the statement runs twice; so autocommit is for
+statements that are safe to repeat (reads, claims, idempotent writes, and the ingest group,
+which checks, see `postgres_ingest`); the others use a transaction.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -52,7 +57,8 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     rest = [(k, v) for k, v in query if k not in GATEWAY_PARAMS]
     if not any(k == "connect_timeout" for k, _ in rest):
         rest.append(("connect_timeout", str(CONNECT_TIMEOUT)))
-    return urlunsplit(parts._replace(query=urlencode(rest))), ours
+    # quote, not urlencode's default quote_plus: libpq decodes %20 but takes '+' literally.
+    return urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote))), ours
 
 
 def describe(e: BaseException) -> str:

@@ -1,13 +1,19 @@
 """Group commit of `ingest` calls for the PostgreSQL store.
 
 Concurrent `ingest` calls queue here; one task takes everything queued (up to `MAX_GROUP`
-calls) and commits it as one transaction: one statement (`postgres_sql.INGEST`) inserts every
+calls) and commits it as one transaction: one statement (`postgres_sql.INGEST`), run in
+autocommit mode so that it is its own transaction and costs one round trip, inserts every
 dedupe key with ``ON CONFLICT DO NOTHING`` and the events whose key went in. Each caller's
-future resolves after COMMIT returned (``synchronous_commit`` on: the commit is flushed to the
-WAL on disk), so N concurrent requests cost one WAL flush, not N. If the group's transaction
-fails for a reason other than the connection, each call is run again in its own transaction,
-so one bad call does not fail the others; if the COMMIT fails, every call of the group fails
-with `StoreError` and none of it is acknowledged.
+future resolves after that statement's COMMIT (``synchronous_commit`` on: flushed to the WAL
+on disk), so N concurrent requests cost one WAL flush, not N. If the group fails for a reason
+other than the connection, each call is run again on its own, so one bad call does not fail
+the others; if it fails otherwise, every call of the group fails with `StoreError` and none
+of it is acknowledged.
+
+A group whose connection broke is sent again (`Pool.run`); the answer to the first send may
+have been lost after it committed. The event ids are made before the first send, so the
+second send tells its own earlier commit from another instance's by looking the ids up: an
+event stored under one of this group's ids is this group's, accepted, not a duplicate.
 
 Dedupe across processes is the primary key of ``dedupe``: a key another transaction inserted
 first is skipped (an insert of a key whose insert is still uncommitted waits for that
@@ -94,8 +100,15 @@ class IngestGroups:
         taken: set[tuple[str, str]] = set()
         for call in group:
             call.rows = [_row(call, item, taken) for item in call.items]
+        sends = 0
+
+        async def send(conn: psycopg.AsyncConnection[Any]) -> set[str]:
+            nonlocal sends
+            sends += 1
+            return await self._insert(conn, group, again=sends > 1)
+
         try:
-            inserted = await self._pool.run(lambda c: self._insert(c, group), transaction=True)
+            inserted = await self._pool.run(send)
         except StoreError as e:
             if len(group) == 1 or isinstance(e.__cause__, psycopg.OperationalError):
                 for call in group:
@@ -116,16 +129,24 @@ class IngestGroups:
             if not call.future.done():
                 call.future.set_result(_result(call, inserted))
 
-    async def _insert(self, conn: psycopg.AsyncConnection[Any], group: list[_Call]) -> set[str]:
+    async def _insert(
+        self, conn: psycopg.AsyncConnection[Any], group: list[_Call], again: bool
+    ) -> set[str]:
         rows = [r for call in group for r in call.rows if r is not None]
         if not rows:
             return set()
         cur = await conn.execute(INGEST, ingest_arrays(rows))
         inserted = {r[0] for r in await cur.fetchall()}
-        # Events committed without a lease are for any instance's router: wake the idle ones
-        # (the notification is sent at COMMIT, and only if it commits).
+        if again:  # see the module docstring
+            cur = await conn.execute(
+                "SELECT id FROM events WHERE id = ANY(%s)", ([r[0] for r in rows],)
+            )
+            inserted |= {r[0] for r in await cur.fetchall()}
+        # Events committed without a lease are for any instance's router: wake the idle ones.
+        # Only a hint, sent after the commit: its failure must not fail the ingest.
         if any(r[0] in inserted and r[4] == "received" and r[9] is None for r in rows):
-            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self._token} e"))
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self._token} e"))
         return inserted
 
 
@@ -137,17 +158,24 @@ def _row(call: _Call, item: IncomingEvent, taken: set[tuple[str, str]]) -> tuple
     leased = call.lease is not None and not item.problems
     return (
         new_id("evt", call.now),
-        call.source,
-        item.dedupe_key,
-        item.raw,
+        _text(call.source),
+        _text(item.dedupe_key),
+        _text(item.raw),
         "quarantined" if item.problems else "received",
-        item.message_uuid,
-        item.event,
-        "; ".join(item.problems) if item.problems else None,
+        _text(item.message_uuid),
+        _text(item.event),
+        _text("; ".join(item.problems)) if item.problems else None,
         call.now,
         call.lease.until if leased and call.lease else None,
         call.lease.owner if leased and call.lease else None,
     )
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL characters (SQLite's can): a parsed field holding one
+    is stored with it spelled as JSON spells it, the same way every time, so a resend still
+    meets its dedupe key instead of failing its commit (and being resent) forever."""
+    return value.replace("\x00", "\\u0000") if value and "\x00" in value else value
 
 
 def _result(call: _Call, inserted: set[str]) -> IngestResult:
