@@ -1,7 +1,7 @@
 """psycopg 3 (async) against asyncpg on intake-shaped group commits.
 
     .venv/bin/python bench/bench_pg_drivers.py [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
-        [--seconds 5] [--clients 1,32,128] [--items 1]
+        [--seconds 5] [--clients 1,32,128] [--items 1] [--rows psycopg,asyncpg,nogroup,store]
 
 Creates a scratch database (``cg_bench_<random>``) with the gateway's schema, then for each
 driver and each number of concurrent clients runs the same workload: every client commits
@@ -9,8 +9,10 @@ driver and each number of concurrent clients runs the same workload: every clien
 intake request does. One committer task per driver collects whatever calls are queued and runs
 them as one transaction: one ``INSERT .. ON CONFLICT DO NOTHING`` into ``dedupe`` chained
 (``WITH``) into one ``INSERT`` into ``events``, the statement `gateway.store.postgres` uses.
-A third row per client count, ``psycopg, no group``, gives each call its own transaction on a
-pool of 16 connections. Prints calls/s, events/s and latency percentiles; drops the database.
+A row ``psycopg, no group`` gives each call its own transaction on a pool of 16 connections,
+and ``store`` calls `PostgresStore.ingest` itself (its group commit, `IN_FLIGHT` groups at
+once). Prints calls/s, events/s and latency percentiles; drops the database. asyncpg is not a
+dependency of the gateway: ``.venv/bin/pip install asyncpg`` first.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.ids import new_id
-from gateway.store.postgres_schema import SCHEMA_V1
+from gateway.store import IncomingEvent
+from gateway.store.postgres import PostgresStore
 from gateway.store.postgres_sql import INGEST, INGEST_ARRAYS, ingest_arrays
 
 Rows = list[tuple[Any, ...]]
@@ -141,28 +144,50 @@ async def asyncpg_grouped(dsn: str, clients: int, items: int, seconds: float) ->
     await conn.close()
 
 
+async def store_grouped(dsn: str, clients: int, items: int, seconds: float) -> None:
+    store = PostgresStore(dsn)
+    await store.open()
+
+    async def submit(rows: Rows) -> None:
+        await store.ingest("revicom", [IncomingEvent(r[3], r[2], r[5], r[6]) for r in rows],
+                           time.time())
+
+    calls, lat = await drive(submit, clients, items, seconds)
+    assert store._ingest is not None
+    report("store", clients, items, seconds, calls, lat, store._ingest.groups)
+    await store.close()
+
+
+ROWS = {"psycopg": psycopg_grouped, "asyncpg": asyncpg_grouped, "nogroup": psycopg_ungrouped,
+        "store": store_grouped}
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--clients", default="1,32,128")
     ap.add_argument("--items", type=int, default=1)
+    ap.add_argument("--rows", default="psycopg,asyncpg,nogroup,store",
+                    help="which rows: psycopg, asyncpg, nogroup, store")
     args = ap.parse_args()
     name = f"cg_bench_{uuid.uuid4().hex[:8]}"
     admin = await psycopg.AsyncConnection.connect(args.dsn, autocommit=True)
     await admin.execute(f"CREATE DATABASE {name}")
     dsn = args.dsn.rsplit("/", 1)[0] + "/" + name
     try:
+        schema = PostgresStore(dsn)
+        await schema.open()  # creates the tables
+        await schema.close()
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
-            await c.execute(SCHEMA_V1)
             row = await (await c.execute("SHOW synchronous_commit")).fetchone()
             print(f"synchronous_commit={row[0] if row else '?'}; {args.items} event(s) a call,"
                   f" {args.seconds:g}s a run")
         print(f"{'driver':20} {'clients':>7} {'calls/s':>9} {'events/s':>9} {'/group':>6}"
               f" {'p50 ms':>7} {'p99 ms':>7}")
         for clients in (int(c) for c in args.clients.split(",")):
-            for run in (psycopg_grouped, asyncpg_grouped, psycopg_ungrouped):
-                await run(dsn, clients, args.items, args.seconds)
+            for row in args.rows.split(","):
+                await ROWS[row](dsn, clients, args.items, args.seconds)
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()

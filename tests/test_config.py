@@ -220,7 +220,7 @@ def test_dedupe_retention_below_25_hours_is_refused() -> None:
 
 
 def test_an_unsupported_store_url_is_refused() -> None:
-    assert_problem(problems_of("store: postgres://db/gw"), r"^store: .*sqlite:///")
+    assert_problem(problems_of("store: mysql://db/gw"), r"^store: .*sqlite:///")
 
 
 def test_every_problem_in_a_file_is_reported_at_once() -> None:

@@ -1,11 +1,12 @@
 """Group commit of `ingest` calls for the PostgreSQL store.
 
-Concurrent `ingest` calls queue here; one task takes everything queued (up to `MAX_GROUP`
-calls) and commits it as one transaction: one statement (`postgres_sql.INGEST`), run in
-autocommit mode so that it is its own transaction and costs one round trip, inserts every
-dedupe key with ``ON CONFLICT DO NOTHING`` and the events whose key went in. Each caller's
-future resolves after that statement's COMMIT (``synchronous_commit`` on: flushed to the WAL
-on disk), so N concurrent requests cost one WAL flush, not N. If the group fails for a reason
+Concurrent `ingest` calls queue here; a task takes everything queued (up to `MAX_GROUP` calls)
+and commits it as one transaction, with up to `IN_FLIGHT` groups on their way at once. One
+statement (`postgres_sql.INGEST`), run in autocommit mode so that it is its own transaction and
+costs one round trip, inserts every dedupe key with ``ON CONFLICT DO NOTHING`` and the events
+whose key went in. Each caller's future resolves after that statement's COMMIT
+(``synchronous_commit`` on: flushed to the WAL on disk), so N concurrent requests cost one WAL
+flush, not N. If the group fails for a reason
 other than the connection, each call is run again on its own, so one bad call does not fail
 the others; if it fails otherwise, every call of the group fails with `StoreError` and none
 of it is acknowledged.
@@ -37,6 +38,8 @@ from gateway.store.postgres_conn import CHANNEL, Pool
 from gateway.store.postgres_sql import INGEST, ingest_arrays
 
 MAX_GROUP = 512
+#: Groups being committed at once (on as many connections).
+IN_FLIGHT = 2
 
 
 @dataclass
@@ -87,13 +90,26 @@ class IngestGroups:
         return await future
 
     async def _run(self) -> None:
+        # Up to IN_FLIGHT groups at once: while one waits for its WAL flush, the calls that
+        # arrived meanwhile go out as the next group instead of waiting for the flush too.
+        slots = asyncio.Semaphore(IN_FLIGHT)
+        running: set[asyncio.Task[None]] = set()
+
+        def done(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            slots.release()
+
         while True:
             await self._more.wait()
             self._more.clear()
             while self._queue:
+                await slots.acquire()
                 group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
-                await self._commit_group(group)
-            if self._closed:
+                task = asyncio.create_task(self._commit_group(group))
+                running.add(task)
+                task.add_done_callback(done)
+            if self._closed and not self._queue:
+                await asyncio.gather(*running, return_exceptions=True)
                 return
 
     async def _commit_group(self, group: list[_Call]) -> None:
