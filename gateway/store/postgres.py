@@ -96,8 +96,6 @@ class PostgresStore(Store):
         self._pool = pool
         self._ingest = IngestGroups(pool, self.token)
         self._ingest.start()
-        self._listener = Listener(self._conninfo, self._notified)
-        self._listener.start()
 
     async def close(self) -> None:
         if self._ingest is not None:
@@ -113,7 +111,11 @@ class PostgresStore(Store):
 
     # -- notifications -----------------------------------------------------------------------
     def watch(self, on_work: Callable[[str, str | None], None]) -> bool:
+        # The LISTEN connection is opened for the first watcher only: CLI commands need none.
         self._watchers.append(on_work)
+        if self._listener is None and self._pool is not None:
+            self._listener = Listener(self._conninfo, self._notified)
+            self._listener.start()
         return True
 
     def _notified(self, payload: str | None) -> None:
