@@ -25,6 +25,7 @@ Same semantics as the SQLite store, with PostgreSQL's means:
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -232,6 +233,7 @@ class PostgresStore(Store):
         args = {
             "id": delivery_id, "started": attempt.started_at, "finished": attempt.finished_at,
             "outcome": attempt.outcome, "status": attempt.status, "error": attempt.error,
+            "details": json.dumps(attempt.details) if attempt.details else None,
             "state": state, "next": next_attempt_at, "counts": 1 if counts else 0, "now": now,
         }
         # In a transaction: a statement that is not safe to repeat (see `postgres_conn`).
@@ -295,11 +297,15 @@ class PostgresStore(Store):
             if row is None:
                 return None
             cur = await c.execute(
-                "SELECT started_at, finished_at, outcome, status, error, number FROM attempts"
-                " WHERE delivery_id = %s ORDER BY number",
+                "SELECT started_at, finished_at, outcome, status, error, number, details"
+                " FROM attempts WHERE delivery_id = %s ORDER BY number",
                 (delivery_id,),
             )
-            return delivery_record(row), [AttemptRecord(*r) for r in await cur.fetchall()]
+            attempts = [
+                AttemptRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6] or "{}"))
+                for r in await cur.fetchall()
+            ]
+            return delivery_record(row), attempts
 
         # One transaction: the delivery and its attempts as of one moment.
         return await self.pool.run(op, transaction=True)

@@ -91,6 +91,7 @@ CREATE TABLE attempts (
     outcome text NOT NULL,
     status integer,
     error text,
+    details text,                             -- the destination's Outcome.details as JSON
     PRIMARY KEY (delivery_id, number)
 );
 

@@ -114,10 +114,11 @@ SELECT LEAST(
 
 FINISH_ATTEMPT = """
 WITH attempt AS (
-    INSERT INTO attempts (delivery_id, number, started_at, finished_at, outcome, status, error)
+    INSERT INTO attempts (delivery_id, number, started_at, finished_at, outcome, status, error,
+                          details)
     VALUES (%(id)s,
             (SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE delivery_id = %(id)s),
-            %(started)s, %(finished)s, %(outcome)s, %(status)s, %(error)s)
+            %(started)s, %(finished)s, %(outcome)s, %(status)s, %(error)s, %(details)s)
 )
 UPDATE deliveries SET state = %(state)s,
     next_attempt_at = COALESCE(%(next)s::float8, next_attempt_at),
