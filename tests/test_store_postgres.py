@@ -25,7 +25,7 @@ from postgres_support import (
 )
 from tcp_proxy import TcpProxy
 
-from gateway.errors import StoreError
+from gateway.errors import ConfigError, StoreError
 from gateway.store import FinishedEvent, IncomingEvent, Lease, NewDelivery
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres_schema import MIGRATIONS
@@ -215,6 +215,11 @@ async def test_opening_an_unreachable_server_is_one_clear_error() -> None:
         message = str(caught.value)
         assert message.startswith("postgresql: ") and "\n" not in message
         assert "secret-pw" not in message and "secret-pw" not in repr(store)
+
+
+def test_a_bad_pool_size_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="pool_size"):
+        PostgresStore("postgresql://u@h/db?pool_size=many")
 
 
 def test_database_urls_are_built_for_the_test_server() -> None:

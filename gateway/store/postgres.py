@@ -32,7 +32,7 @@ from typing import Any
 
 import psycopg
 
-from gateway.errors import StoreError
+from gateway.errors import ConfigError, StoreError
 from gateway.store import postgres_reads, postgres_schema
 from gateway.store.base import (
     AttemptRecord,
@@ -72,7 +72,10 @@ class PostgresStore(Store):
 
     def __init__(self, url: str) -> None:
         self._conninfo, params = split_url(url)
-        self._pool_size = int(params.get("pool_size", "10"))
+        size = params.get("pool_size", "10")
+        if not size.isdigit() or int(size) < 1:
+            raise ConfigError([f"store: pool_size must be a whole number >= 1, not {size!r}"])
+        self._pool_size = int(size)
         self._pool: Pool | None = None
         self._ingest: IngestGroups | None = None
         self._listener: Listener | None = None
@@ -93,7 +96,11 @@ class PostgresStore(Store):
         if self._pool is not None:
             return
         pool = Pool(self._conninfo, self._pool_size)
-        await pool.run(postgres_schema.migrate)
+        try:
+            await pool.run(postgres_schema.migrate)
+        except BaseException:
+            await pool.close()
+            raise
         self._pool = pool
         self._ingest = IngestGroups(pool, self.token)
         self._ingest.start()
