@@ -89,13 +89,14 @@ class Runtime:
             self.engine = DeliveryEngine(
                 loaded, store, services, gateway.clock, gateway.owner, gateway.metrics
             )
+            if gateway.watched:  # the store announces other processes' work: poll less
+                self.engine.poll = ENGINE_POLL_WATCHED
         if background and gateway.role != "delivery":
             self.router = Router(
                 loaded, store, self.chain, gateway.clock, gateway.owner, self._routed,
                 gateway.metrics,
             )
-            if gateway.watched:  # the store announces other processes' work: poll less
-                self.engine.poll = ENGINE_POLL_WATCHED
+            if gateway.watched:
                 self.router.poll = ROUTER_POLL_WATCHED
             self.housekeeper = Housekeeper(store, config.retention, gateway.clock)
             expect = {n: s.expect_within for n, s in config.sources.items() if s.expect_within}
