@@ -143,9 +143,11 @@ class NginxReceiver:
             a.paths[key] = a.paths.get(key, 0) + 1
         return a
 
-    def wait_quiet(self, expected: int, timeout: float, quiet: float = 1.5) -> Arrivals:
+    def wait_quiet(
+        self, expected: int, timeout: float, quiet: float = 1.5, patience: float = 5.0
+    ) -> Arrivals:
         """Wait until at least `expected` arrivals are logged and nothing more arrives for
-        `quiet` seconds, or nothing arrives for 5 s, or `timeout` passes."""
+        `quiet` seconds, or nothing arrives for `patience` seconds, or `timeout` passes."""
         deadline = time.monotonic() + timeout
         last, since = -1, time.monotonic()
         while True:
@@ -154,7 +156,7 @@ class NginxReceiver:
             if st.count != last:
                 last, since = st.count, now
             idle = now - since
-            if (st.count >= expected and idle >= quiet) or idle >= 5.0 or now > deadline:
+            if (st.count >= expected and idle >= quiet) or idle >= patience or now > deadline:
                 return st
             time.sleep(0.25)
 

@@ -186,8 +186,11 @@ class Bench:
         delivered events/s from nginx's log (count / span of arrivals)."""
         url, a = s.url(PATH), self.args
         if a.warmup:
+            # Every warm-up delivery must have arrived before the measured run starts (a
+            # delivery process may still be starting: it is not part of /readyz).
+            self.receiver.reset()
             w = self.wrk(url, conns, a.warmup)
-            self.receiver.wait_quiet(0, a.drain_timeout)
+            self.receiver.wait_quiet(w.ok * per_event, a.drain_timeout, patience=60.0)
         self.receiver.reset()
         cpu = s.cpu_seconds()
         w = self.wrk(url, conns, a.duration)
