@@ -27,6 +27,8 @@ from stores import StoreUnderTest
 
 BENCH = Path(__file__).resolve().parent
 LUA = BENCH / "intake_post.lua"
+#: Seconds a target may take to start (a loaded 2-core machine needs far more than an idle one).
+START = 120.0
 
 
 @dataclass
@@ -207,7 +209,7 @@ class Bench:
     def bare(self) -> None:
         port = free_port()
         argv = [*self.server_pin, sys.executable, str(BENCH / "bare_sanic.py"), "--port", str(port)]
-        s = self.server("bare-sanic", argv, port).start()
+        s = self.server("bare-sanic", argv, port).start(timeout=START)
         for c in self.args.connections:
             self.add(self.load(s, "-", c))
         s.stop()
@@ -216,7 +218,8 @@ class Bench:
         port = free_port()
         to = f"{self.receiver.url}/fwd"
         argv = [*self.server_pin, sys.executable, str(BENCH / "forwarder.py")]
-        s = self.server("aiohttp-fwd", [*argv, "--port", str(port), "--to", to], port).start()
+        argv += ["--port", str(port), "--to", to]
+        s = self.server("aiohttp-fwd", argv, port).start(timeout=START)
         self.add(self.forwarded(s, "-", self.args.e2e_conns, 1))
         s.stop()
 
@@ -232,7 +235,7 @@ class Bench:
         port = free_port()
         workdir = self.work / f"node-red-{self._next()}"
         argv = node_red.prepare(workdir, port, PATH, self.receiver.url + "/nr")
-        s = self.server("node-red", [*self.server_pin, *argv], port, ready="/").start(timeout=60)
+        s = self.server("node-red", [*self.server_pin, *argv], port, ready="/").start(timeout=START)
         self.add(self.forwarded(s, "-", self.args.e2e_conns, 1))
         self.note(f"node-red {node_red.version()}: no persistence, no retry, no auth")
         s.stop()
@@ -242,7 +245,7 @@ class Bench:
             self.notes.append(text)
 
     def intake(self, store: StoreUnderTest) -> None:
-        s = self.gateway("intake", store).start()
+        s = self.gateway("intake", store).start(timeout=START)
         time.sleep(0.5)
         self.memory["gateway idle (started, empty store)"] = s.rss_mib()
         for c in self.args.connections:
@@ -254,12 +257,12 @@ class Bench:
         name = f"e2e-{per_event}" + ("-2cores" if both else "")
         extra = self.args.both_cores_config if both else ""
         pin = self.both_pin if both else None
-        s = self.gateway(name, store, per_event, pin=pin, extra=extra).start()
+        s = self.gateway(name, store, per_event, pin=pin, extra=extra).start(timeout=START)
         self.add(self.forwarded(s, store.label, self.args.e2e_conns, per_event))
         s.stop()
 
     def batch(self, store: StoreUnderTest) -> None:
-        s = self.gateway("batch-100", store).start()
+        s = self.gateway("batch-100", store).start(timeout=START)
         row = self.load(s, store.label, self.args.e2e_conns, events=self.args.batch_events)
         row.note = f"{row.rps * row.events:.0f} events/s"
         self.add(row)
@@ -269,7 +272,7 @@ class Bench:
         """Two gateways on one database, one webhook each way, loaded at the same time."""
         url = store.shared_url(self.work / f"shared-{self._next()}")
         gws = [
-            self.gateway("two-inst", store, 1, pin=self.both_pin, url=url).start()
+            self.gateway("two-inst", store, 1, pin=self.both_pin, url=url).start(timeout=START)
             for _ in range(2)
         ]
         a = self.args
@@ -291,7 +294,7 @@ class Bench:
         db = self.work / "history.db"
         secs = fill_history(db, self.args.history)
         print(f"  stored {self.args.history} routed events in {secs:.1f}s", flush=True)
-        s = self.gateway("gw-history", store, db=db).start(timeout=120)
+        s = self.gateway("gw-history", store, db=db).start(timeout=START)
         self.add(self.load(s, store.label, 32))
         s.stop()
 
@@ -301,7 +304,7 @@ class Bench:
         secs = fill(db, n, ["hook1"], "bench")
         print(f"  queued {n} deliveries in {secs:.1f}s", flush=True)
         self.receiver.reset()
-        s = self.gateway("drain", store, 1, db=db).start(timeout=120)
+        s = self.gateway("drain", store, 1, db=db).start(timeout=START)
         cpu, peak = s.cpu_seconds(), 0.0
         deadline = time.monotonic() + self.args.drain_timeout
         while self.receiver.stats().count < n and time.monotonic() < deadline:
@@ -319,7 +322,7 @@ class Bench:
         db = self.work / "backlog.db"
         secs = fill(db, n, ["hook1"], "bench")
         print(f"  queued {n} deliveries in {secs:.1f}s", flush=True)
-        s = self.gateway("backlog", store, 1, db=db).start(timeout=120)
+        s = self.gateway("backlog", store, 1, db=db).start(timeout=START)
         self.memory[f"{n} pending deliveries: after start"] = s.rss_mib()
         peak, deadline = 0.0, time.monotonic() + self.args.duration
         while time.monotonic() < deadline:
