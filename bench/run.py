@@ -242,10 +242,15 @@ def parse_args() -> argparse.Namespace:
     return a
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     a = parse_args()
-    # SIGTERM unwinds like Ctrl-C, so the servers, wrk and nginx started here are stopped.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    # SIGTERM unwinds like Ctrl-C (past `guarded`), so the servers, wrk and nginx started here
+    # are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     if not shutil.which("wrk"):
         print("bench/run.py needs wrk on the PATH (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
