@@ -324,6 +324,7 @@ def test_a_100kb_authorization_header_is_431_not_413(gw: GatewayProcess) -> None
     assert status_of(answer) == 431, answer[:300]
     assert json_of(answer)["error"] == "header_too_large"
     assert "server.max_header_size" in json_of(answer)["detail"]
+    eventually(lambda: "status=431 error=header_too_large client=127.0.0.1" in gw.logs())
 
 
 def test_a_header_trickled_byte_by_byte_is_cut_at_the_header_timeout(

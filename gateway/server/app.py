@@ -123,7 +123,7 @@ async def _sanic_error(request: Request, exception: SanicException) -> HTTPRespo
     elif status >= 500 and not isinstance(exception, RequestCancelled):
         log.error("unhandled error on %s %s", request.method, request.path, exc_info=exception)
     elif status in (408, 431):
-        log.warning("status=%d error=%s client=%s", status, code, request.ip)
+        log.warning("status=%d error=%s client=%s", status, code, limits.peer(request))
     return error(status, code, detail, getattr(exception, "headers", None) or None)
 
 

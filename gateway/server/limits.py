@@ -154,6 +154,16 @@ class GuardedProtocol(HttpProtocol):
             log.exception("checking connection timeouts failed")
 
 
+def peer(request: Any) -> str:
+    """The connection's remote address, also for the placeholder request Sanic builds when the
+    header could not be read (431, header timeout), whose `ip` is empty."""
+    if request.ip:
+        return str(request.ip)
+    transport = getattr(request, "transport", None)
+    address = transport.get_extra_info("peername") if transport is not None else None
+    return str(address[0]) if address else "-"
+
+
 def configure(app: Sanic, server: Any) -> None:
     """Copy ``server:`` limits into `app`'s config (read by `GuardedProtocol`)."""
     config = app.config
