@@ -23,7 +23,6 @@ import re
 import sys
 from typing import Any
 
-_WS = " \t\n\r"
 #: Only a body with an escape of a UTF-16 surrogate (``\\ud800`` to ``\\udfff``) needs its strings
 #: checked for lone surrogates after parsing; other bodies skip that walk.
 _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -61,6 +60,8 @@ def _constant(name: str) -> Any:
 
 
 def _integer(text: str) -> int:
+    if len(text) < _MAX_DIGITS:  # fewer digits than the largest double: it fits
+        return int(text)
     digits = len(text) - text.startswith("-")
     if digits > _MAX_DIGITS or abs(value := int(text)) > _MAX_INT:
         shown = text if len(text) <= 24 else f"{text[:20]}... ({digits} digits)"
@@ -95,6 +96,7 @@ def _pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
 _decoder = json.JSONDecoder(
     parse_constant=_constant, parse_int=_integer, parse_float=_float, object_pairs_hook=_pairs
 )
+_scan_once = _decoder.scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__
 
 
 def _lone_surrogate(value: Any) -> bool:
@@ -120,10 +122,19 @@ def _lone_surrogate(value: Any) -> bool:
     return False
 
 
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
 def _skip(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _WS:
-        i += 1
-    return i
+    return _WHITESPACE.match(text, i).end()  # type: ignore[union-attr]  # '*' always matches
+
+
+def _scan(text: str, start: int) -> tuple[Any, int]:
+    """The C scanner without `JSONDecoder.raw_decode`'s Python wrapper (one call per element)."""
+    try:
+        return _scan_once(text, start)  # type: ignore[no-any-return]
+    except StopIteration as e:
+        raise json.JSONDecodeError("Expecting value", text, e.value) from None
 
 
 def split_elements(body: bytes, max_events: int | None = None) -> Elements:
@@ -144,11 +155,10 @@ def split_elements(body: bytes, max_events: int | None = None) -> Elements:
     careful = _SURROGATE.search(text) is not None
     repeated = _repeated
     repeated.clear()
-    decode = _decoder.raw_decode
     out = Elements()
 
     def take(start: int) -> int:
-        value, end = decode(text, start)
+        value, end = _scan(text, start)
         if careful and _lone_surrogate(value):
             raise _Refused("a string holds a lone UTF-16 surrogate escape")
         if repeated:
@@ -203,7 +213,7 @@ def parse_element(raw: str) -> tuple[Any, list[str]]:
     repeated.clear()
     careful = _SURROGATE.search(raw) is not None
     try:
-        value, end = _decoder.raw_decode(raw, _skip(raw, 0))
+        value, end = _scan(raw, _skip(raw, 0))
         if careful and _lone_surrogate(value):
             raise _Refused("a string holds a lone UTF-16 surrogate escape")
     except json.JSONDecodeError as e:
