@@ -17,7 +17,7 @@ import pytest
 from e2e_helpers import event
 from gateway_process import GatewayProcess
 
-from gateway.cli.run import GC_GEN0_THRESHOLD
+from gateway.cli.startup import GC_GEN0_THRESHOLD
 
 PROBE = '''
 import gc, json, os

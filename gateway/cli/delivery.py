@@ -33,6 +33,8 @@ import threading
 import time
 from typing import Any
 
+from gateway.cli.startup import settle_heap
+
 log = logging.getLogger("gateway.cli.delivery")
 
 #: Seconds between looks at the store for deliveries another process queued.
@@ -45,7 +47,7 @@ RESTART_DELAY = 1.0
 
 def serve_delivery(path: str) -> int:
     """Run one delivery process for the configuration file at `path` (see the docstring)."""
-    from gateway.cli.run import load_runnable
+    from gateway.cli.startup import load_runnable
     from gateway.ops.logs import setup_logging
 
     loaded = load_runnable(path)
@@ -76,7 +78,7 @@ async def _serve(loaded: Any) -> int:
     await gw.open(store_from_url(loaded.config.store))
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(gw)))
     await call_hook(loaded.pm.hook.startup, gateway=gw)
-    _settle_heap()
+    settle_heap()
     log.info("delivery process %s started", owner)
     waker = asyncio.create_task(_wake_due(gw, stop), name="delivery-waker")
     try:
@@ -106,17 +108,6 @@ async def _reload(gw: Any) -> None:
         log.error("reload refused: the previous configuration keeps delivering")
     except Exception:
         log.exception("reload failed; the previous configuration keeps delivering")
-
-
-def _settle_heap() -> None:
-    """As the serving process does once started (see `gateway.cli.run._settle_heap`)."""
-    import gc
-
-    from gateway.cli.run import GC_GEN0_THRESHOLD
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def _wake_due(gw: Any, stop: asyncio.Event) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import gc
 import logging
 import os
 import signal
@@ -15,23 +14,13 @@ from typing import Any
 
 from sanic import Sanic
 
+from gateway.cli.startup import load_runnable, settle_heap
 from gateway.config import load_config
 from gateway.config.loaded import Loaded
 from gateway.errors import GatewayError
 from gateway.ops.logs import setup_logging
 
 log = logging.getLogger("gateway")
-
-
-def load_runnable(path: str) -> Loaded:
-    """`load_config`, then build the plugin chain once so that components whose constructors
-    reject their options are reported as configuration problems too."""
-    from gateway.clock import SystemClock
-    from gateway.routing.chain import Chain
-
-    loaded = load_config(path)
-    Chain(loaded, None, SystemClock())
-    return loaded
 
 
 def check(args: argparse.Namespace) -> int:
@@ -86,19 +75,9 @@ def _app_from_file(path: str, deliver: bool = True) -> Sanic:
     return app
 
 
-#: Allocations between young-generation collections (CPython's default is 700).
-GC_GEN0_THRESHOLD = 10_000
-
-
 async def _settle_heap(app: Sanic) -> None:
-    """Once the server has started: collect, then freeze what start-up built (modules, config,
-    plugins, templates) so that the cyclic garbage collector stops walking it again on every
-    older-generation pass, and collect the young generation less often. Serving processes
-    only (a frozen object is never collected, which a long test process would feel). Measured
-    in docs/performance.md ("Third round")."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+    """`settle_heap` once the server has started."""
+    settle_heap()
 
 
 def _multiprocess_metrics() -> None:
