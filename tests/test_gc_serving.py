@@ -27,8 +27,10 @@ from gateway import hookimpl
 @hookimpl
 def enrich_event(event, meta):
     state = {"frozen": gc.get_freeze_count(), "gen0": gc.get_threshold()[0]}
-    with open(f"gc-{os.getpid()}.json", "w") as f:
+    # Written aside, then renamed: the test must never read a half-written file.
+    with open(f"gc-{os.getpid()}.tmp", "w") as f:
         json.dump(state, f)
+    os.replace(f"gc-{os.getpid()}.tmp", f"gc-{os.getpid()}.json")
     return None
 '''
 
