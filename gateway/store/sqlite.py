@@ -8,7 +8,9 @@ timeout stay underneath, and claims are atomic conditional UPDATEs.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -102,8 +104,15 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.executescript(SCHEMA)
-        add_missing_columns(conn)
+        # Under the writers' lock: processes opening a file together (Sanic workers, a CLI
+        # verb) would otherwise race through the schema's statements on the busy timeout alone.
+        fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            conn.executescript(SCHEMA)
+            add_missing_columns(conn)
+        finally:
+            os.close(fd)  # releases the lock
         return conn
 
     async def open(self) -> None:
