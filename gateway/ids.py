@@ -51,3 +51,11 @@ def new_ids(prefix: str, n: int, now: float | None = None) -> list[str]:
         f"{prefix}_{''.join([pairs[(v >> shift) & 1023] for shift in shifts])}"
         for v in range(value, value + n)
     ]
+
+
+def floor_id(prefix: str, at: float) -> str:
+    """The lowest id of `prefix` made at epoch second `at` or later: every id that sorts below
+    it was made before `at` (to the millisecond), which turns "older than" into a primary-key
+    range."""
+    value = int(at * 1000) << 80
+    return f"{prefix}_{''.join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])}"

@@ -15,7 +15,7 @@ Scope: the last forwarded position is kept **per route** (mark key
 ``ordering:<route>:<message_uuid>:<dimension>``), because each route forwards to its own
 destinations: a ``delivered`` that one route forwards must not stop another route from
 forwarding it too. Marks live in the store, so the protection survives restarts; they are
-forgotten with ``retention.delivered``.
+forgotten once unwritten for ``retention.dedupe`` (at least 25h).
 
 On by default: the chain adds this filter to every route unless the route sets
 ``ordering: false`` (or the whole gateway sets ``filters: {ordering: {automatic: false}}``, after

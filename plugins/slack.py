@@ -37,7 +37,9 @@ Threading (``thread: true``, Web API only): the first message posted for a ``mes
 becomes the thread root, and its ``ts`` is kept as a mark (``services.marks``, key
 ``slack-thread:<destination>:<channel>:<message_uuid>``); later events for that message are
 posted with ``thread_ts``. While the root is being posted, other events of the same message
-wait (a throttled try, not counted) instead of starting a second thread.
+wait (a throttled try, not counted) instead of starting a second thread. The mark is a plugin
+mark: forgotten once unwritten for ``retention.dedupe`` (at least 25h), after which a late
+event of that message starts a new thread.
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ async def test_a_410_kills_the_delivery_and_pauses_the_destination_loudly(tmp_pa
         await h.engine.start()
         record, _ = await h.until(first, lambda r: r.state == "dead")
         assert "paused" in record.last_error
-        mark = await h.store.get_mark("paused:crm")
+        mark = await h.store.get_mark("paused:crm", scope="gateway")
         assert mark is not None and "410" in json.loads(mark[1])["reason"]
         assert any("PAUSED" in r.message for r in caplog.records if r.levelno == logging.ERROR)
         assert h.engine.status()["crm"]["paused"]
@@ -154,7 +154,7 @@ async def test_a_410_kills_the_delivery_and_pauses_the_destination_loudly(tmp_pa
         assert (await h.get(second))[0].state == "pending"
         await h.engine.resume("crm")
         await h.until(second, lambda r: r.state == "delivered")
-        assert await h.store.get_mark("paused:crm") is None
+        assert await h.store.get_mark("paused:crm", scope="gateway") is None
 
 
 async def test_a_stalled_receiver_is_a_timeout_and_retried(tmp_path, rx):

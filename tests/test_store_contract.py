@@ -22,8 +22,11 @@ import pytest
 from postgres_support import postgres_backend
 from redis_support import redis_backend
 
+from gateway.config.models import RetentionConfig
+from gateway.delivery import admin
 from gateway.errors import StoreError
 from gateway.ids import new_id
+from gateway.ops.housekeeping import purge_once
 from gateway.store import (
     AttemptRecord,
     DeliveryFilter,
@@ -35,6 +38,7 @@ from gateway.store import (
     NewDelivery,
     Store,
 )
+from gateway.store.base import PURGE_KINDS, RetentionPolicy
 from gateway.store.sqlite import SQLiteStore
 
 StoreFactory = Callable[[], Store]
@@ -762,35 +766,198 @@ async def test_queue_figures_are_queue_stats_counted_up_to_a_cap(store: Store) -
     assert capped[("slack", "dead")]["count"] == 1 and not capped[("slack", "dead")]["capped"]
 
 
-# -- purge, counts -----------------------------------------------------------------------------
+# -- retention: purge ---------------------------------------------------------------------------
+
+DAY = 86400.0
+
+
+def policy(batch: int = 1000, **windows: float) -> RetentionPolicy:
+    """A policy keeping everything for a day unless `windows` says otherwise."""
+    kept = {k: DAY for k in ("dedupe", "events", "delivered", "dead", "quarantined", "marks")}
+    return RetentionPolicy(**{**kept, **windows}, batch=batch)
+
+
+async def delivered(store: Store, key: str, destination: str, at: float) -> tuple[str, str]:
+    """An event routed at `at` with one delivery, delivered at `at` (attempt 1 of 1)."""
+    event_id, (did,) = await routed(store, key, [destination], at)
+    assert await ids_of(store.claim_deliveries("w", destination, 1000, LEASE, at)) == [did]
+    await store.finish_attempt(did, attempt(at, "delivered", 200), "delivered", None, True, at)
+    return event_id, did
+
+
+async def test_a_pass_reports_a_count_for_every_kind(store: Store) -> None:
+    assert await store.purge(policy(), T0) == dict.fromkeys(PURGE_KINDS, 0)
 
 
 async def test_purge_forgets_old_dedupe_keys_only(store: Store) -> None:
     await store.ingest(SOURCE, [item("old")], T0)
     await store.ingest(SOURCE, [item("new")], T0 + 100)
-    result = await store.purge(dedupe_before=T0 + 50, delivered_before=T0)
+    result = await store.purge(policy(dedupe=100), T0 + 150)
     assert result["dedupe_keys"] == 1
     again = await store.ingest(SOURCE, [item("old"), item("new")], T0 + 200)
     assert (again.accepted, again.duplicates) == (1, 1)
     assert (await store.get_event(again.event_ids[0])).raw == item("old").raw
 
 
-async def test_purge_removes_old_delivered_deliveries_only(store: Store) -> None:
-    _, (old_ok, old_pending) = await routed(store, "a", ["crm", "slack"], T0)
-    await store.claim_deliveries("w", "crm", 10, LEASE, T0)
-    await store.finish_attempt(old_ok, attempt(T0, "delivered", 200), "delivered", None, True, T0)
-    old_dead = await dead(store, "b", "email", T0)
-    _, (new_ok,) = await routed(store, "c", ["crm"], T0 + 1000)
-    await store.claim_deliveries("w", "crm", 10, LEASE, T0 + 1000)
-    await store.finish_attempt(new_ok, attempt(T0 + 1000, "delivered", 200), "delivered", None,
-                               True, T0 + 1000)
-    result = await store.purge(dedupe_before=T0 - 1, delivered_before=T0 + 500)
-    assert result["deliveries"] == 1
+async def test_delivered_and_dead_deliveries_go_after_their_own_windows(store: Store) -> None:
+    _, old_ok = await delivered(store, "a", "crm", T0)
+    old_dead = await dead(store, "b", "email", T0)  # two attempts
+    _, new_ok = await delivered(store, "c", "crm", T0 + 1000)
+    result = await store.purge(policy(delivered=500, dead=5000), T0 + 1200)
+    assert (result["delivered"], result["dead"], result["attempts"]) == (1, 0, 1)
     assert await store.get_delivery(old_ok) is None
-    for kept in (old_pending, old_dead, new_ok):
-        assert await store.get_delivery(kept) is not None
-    _, attempts = await store.get_delivery(old_dead)
-    assert len(attempts) == 2
+    assert await store.get_delivery(new_ok) is not None
+    assert await state_of(store, old_dead) == "dead"
+    result = await store.purge(policy(delivered=500, dead=5000), T0 + 6000)
+    assert (result["delivered"], result["dead"], result["attempts"]) == (1, 1, 3)
+    assert await store.list_deliveries(DeliveryFilter()) == []
+
+
+async def test_pending_and_in_flight_deliveries_and_their_events_are_never_purged(
+    store: Store,
+) -> None:
+    waiting, (pending,) = await routed(store, "a", ["paused"], T0, next_at=T0)
+    busy, (flying,) = await routed(store, "b", ["crm"], T0)
+    await store.claim_deliveries("w", "crm", 10, LEASE, T0)
+    result = await store.purge(policy(**{k: 1 for k in ("events", "delivered", "dead")}),
+                               T0 + 100 * DAY)
+    assert result["events"] == 0
+    assert await state_of(store, pending) == "pending"
+    assert await state_of(store, flying) == "in_flight"
+    assert (await store.get_event(waiting)).state == "routed"
+    assert (await store.get_event(busy)).state == "routed"
+
+
+async def test_an_event_stays_while_a_delivery_of_it_stays_and_at_least_its_window(
+    store: Store,
+) -> None:
+    event_id, (to_crm, to_slack) = await routed(store, "a", ["crm", "slack"], T0)
+    await store.claim_deliveries("w", "crm", 10, LEASE, T0)
+    await store.finish_attempt(to_crm, attempt(T0, "delivered", 200), "delivered", None, True,
+                               T0)
+    windows = policy(events=1000, delivered=10)
+    await store.purge(windows, T0 + 100)  # the crm delivery goes; the event is too young
+    assert await store.get_delivery(to_crm) is None
+    assert (await store.get_event(event_id)).state == "routed"
+    await store.purge(windows, T0 + 2000)  # old enough, but the slack delivery is pending
+    assert (await store.get_event(event_id)).state == "routed"
+    await store.claim_deliveries("w", "slack", 10, LEASE, T0 + 2000)
+    await store.finish_attempt(to_slack, attempt(T0 + 2000, "delivered", 200), "delivered",
+                               None, True, T0 + 2000)
+    result = await store.purge(windows, T0 + 2020)  # its last delivery goes, and with it the event
+    assert (result["delivered"], result["events"]) == (1, 1)
+    assert await store.get_event(event_id) is None
+
+
+async def test_unrouted_events_go_after_the_events_window_and_received_ones_never(
+    store: Store,
+) -> None:
+    unmatched = await one_event(store, "u", T0)
+    filtered = await one_event(store, "f", T0)
+    await store.claim_events("r", 10, LEASE, T0)
+    await store.finish_event(unmatched, "unmatched", [], T0)
+    await store.finish_event(filtered, "filtered", [], T0, reason="dropped")
+    waiting = await one_event(store, "w", T0)
+    young = await one_event(store, "y", T0 + 900)
+    await store.claim_events("r", 10, LEASE, T0 + 900)
+    await store.finish_event(young, "unmatched", [], T0 + 900)
+    result = await store.purge(policy(events=500), T0 + 1000)
+    assert result["events"] == 2
+    assert await store.get_event(unmatched) is None
+    assert await store.get_event(filtered) is None
+    assert (await store.get_event(waiting)).state == "received"
+    assert (await store.get_event(young)).state == "unmatched"
+
+
+async def test_quarantined_events_go_after_their_window_counted_from_quarantine(
+    store: Store,
+) -> None:
+    old = (await store.ingest(SOURCE, [item("q1", "bad")], T0)).event_ids[0]
+    requarantined = (await store.ingest(SOURCE, [item("q2", "bad")], T0)).event_ids[0]
+    await store.replay_quarantined([requarantined], T0 + 900)
+    await store.claim_events("r", 10, LEASE, T0 + 900)
+    await store.quarantine_event(requarantined, "still bad", T0 + 900)
+    result = await store.purge(policy(quarantined=500, events=1), T0 + 1000)
+    assert (result["quarantined"], result["events"]) == (1, 0)
+    assert await store.get_event(old) is None
+    assert [e.id for e in await store.list_events("quarantined")] == [requarantined]
+
+
+async def test_a_resend_of_a_purged_event_within_the_dedupe_window_is_a_duplicate(
+    store: Store,
+) -> None:
+    event_id, _ = await delivered(store, "a", "crm", T0)
+    await store.purge(policy(events=1, delivered=1, dedupe=DAY), T0 + 60)
+    assert await store.get_event(event_id) is None
+    again = await store.ingest(SOURCE, [item("a")], T0 + 120)
+    assert (again.accepted, again.duplicates) == (0, 1)
+
+
+async def test_a_pass_works_in_batches_and_leaves_a_kept_old_event_behind_it(
+    store: Store,
+) -> None:
+    kept, _ = await routed(store, "kept", ["paused"], T0)  # pending: stays
+    gone = [(await delivered(store, f"k{i}", "crm", T0 + 1 + i))[0] for i in range(5)]
+    for i in range(3):
+        await store.ingest(SOURCE, [item(f"q{i}", "bad")], T0 + 10)
+    await store.set_mark("m1", "v", T0)
+    await store.set_mark("m2", "v", T0)
+    result = await store.purge(policy(batch=2, **{k: 1 for k in (
+        "events", "delivered", "dead", "quarantined", "marks")}), T0 + 2 * DAY)
+    assert result == {"events": 5, "quarantined": 3, "delivered": 5, "dead": 0, "attempts": 5,
+                      "dedupe_keys": 9, "marks": 2}
+    assert (await store.get_event(kept)).state == "routed"
+    assert all([await store.get_event(e) is None for e in gone])
+    assert await nonzero_counts(store, "events") == {"routed": 1}
+
+
+async def test_purge_keeps_what_was_written_again_since(store: Store) -> None:
+    _, did = await delivered(store, "a", "crm", T0)
+    await store.replay_deliveries([did], None, T0 + 100)  # pending again: not delivered now
+    await store.set_mark("m", "v", T0)
+    await store.set_mark("m", "v2", T0 + 100)  # written again: its window starts again
+    result = await store.purge(policy(delivered=50, marks=50), T0 + 120)
+    assert (result["delivered"], result["marks"]) == (0, 0)
+    assert await state_of(store, did) == "pending"
+    assert await store.get_mark("m") == ("", "v2")
+
+
+# -- marks: scopes -------------------------------------------------------------------------------
+
+
+async def test_plugin_marks_go_after_their_window_and_gateway_marks_never(store: Store) -> None:
+    await store.set_mark("order", "v", T0)
+    assert await store.advance_mark("thread", "1", "ts", T0) == (True, None)
+    await store.set_mark("paused:crm", "{}", T0, scope="gateway")
+    assert await store.advance_mark("silence:s", "1", "t", T0, scope="gateway") == (True, None)
+    result = await store.purge(policy(marks=60), T0 + 1000 * DAY)
+    assert result["marks"] == 2
+    assert await store.get_mark("order") is None
+    assert await store.get_mark("thread") is None
+    assert await store.get_mark("paused:crm", scope="gateway") == ("", "{}")
+    assert await store.get_mark("silence:s", scope="gateway") == ("1", "t")
+
+
+async def test_the_same_key_in_two_scopes_names_two_marks(store: Store) -> None:
+    await store.set_mark("paused:crm", "internal", T0, scope="gateway")
+    assert await store.get_mark("paused:crm") is None  # what a plugin would read
+    await store.set_mark("paused:crm", "plugin's", T0)
+    assert await store.advance_mark("paused:crm", "9", "plugin's too", T0) == (True, "plugin's")
+    await store.set_mark("paused:crm", None, T0)
+    assert await store.get_mark("paused:crm", scope="gateway") == ("", "internal")
+    with pytest.raises(ValueError):
+        await store.get_mark("k", scope="nope")
+
+
+async def test_a_paused_destination_stays_paused_whatever_the_retention(store: Store) -> None:
+    # Pauses used to be plugin marks, which the retention pass deleted after a week: a paused
+    # destination silently resumed.
+    await admin.pause_destination(store, "crm", "maintenance", T0)
+    await purge_once(store, RetentionConfig(), T0 + 60 * DAY)
+    assert await admin.paused_reason(store, "crm") == "maintenance"
+
+
+# -- counts ------------------------------------------------------------------------------------
 
 
 async def test_counts_events_and_deliveries_by_state(store: Store) -> None:

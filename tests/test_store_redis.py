@@ -24,6 +24,7 @@ from gateway.store import (
     NewDelivery,
     store_from_url,
 )
+from gateway.store.base import RetentionPolicy
 from gateway.store.redis import RedisStore
 from gateway.store.redis_codec import DEFAULT_PREFIX, Persistence, split_url
 
@@ -323,8 +324,10 @@ async def test_bulk_operations_work_in_batches(
     await store.claim_deliveries("w", "crm", 100, LEASE, T0 + 3)
     for did in dids:
         await store.finish_attempt(did, _ok(T0 + 4), "delivered", None, True, T0 + 4)
-    purged = await store.purge(dedupe_before=T0 + 1, delivered_before=T0 + 5)
-    assert purged == {"dedupe_keys": 10, "deliveries": 10, "marks": 0}
+    windows = dict.fromkeys(("dedupe", "events", "delivered", "dead", "quarantined", "marks"), 0.5)
+    purged = await store.purge(RetentionPolicy(**windows, batch=3), T0 + 5)
+    assert purged == {"events": 10, "quarantined": 0, "delivered": 10, "dead": 0,
+                      "attempts": 20, "dedupe_keys": 10, "marks": 0}
     assert await store.list_deliveries(DeliveryFilter()) == []
     assert await store.queue_stats(T0 + 5) == []
 
@@ -462,3 +465,41 @@ def test_commands_are_packed_in_c_exactly_as_redis_py_packs_them() -> None:
             Connection().pack_command(*command))
     with pytest.raises(redis_module.RedisError):
         packed().pack_command("SET", "k", True)
+
+
+async def test_data_of_the_previous_release_is_upgraded_in_place(
+    open_store: Opener, raw: aioredis.Redis, prefix: str
+) -> None:
+    first = await open_store()
+    ids = (await first.ingest("s", [item("a"), item("b"), item("c")], T0)).event_ids
+    await first.claim_events("r", 10, LEASE, T0)
+    news = [NewDelivery(new_id("msg"), e, "all", d, T0)
+            for e, d in zip(ids, ("ok", "dead", "paused"), strict=True)]
+    for new in news:
+        await first.finish_event(new.event_id, "routed", [new], T0)
+    await first.claim_deliveries("w", "ok", 10, LEASE, T0)
+    await first.claim_deliveries("w", "dead", 10, LEASE, T0)
+    await first.finish_attempt(news[0].id, _ok(T0), "delivered", None, True, T0)
+    await first.finish_attempt(news[1].id, AttemptRecord(T0, T0, "dead", 400, "HTTP 400"),
+                               "dead", None, True, T0)
+    await first.set_mark("paused:paused", '{"reason": "maintenance"}', T0, scope="gateway")
+    await first.close()
+    # What the previous release left: no version, pauses among the plugin marks, no dead
+    # index, events without their delivery ids.
+    await raw.delete(prefix + "schema", prefix + "dl:dead")
+    await raw.rename(prefix + "g:paused:paused", prefix + "m:paused:paused")
+    await raw.zadd(prefix + "marks", {"paused:paused": T0})
+    for event_id in ids:
+        await raw.hdel(prefix + "e:" + event_id, "dls")
+
+    store = await open_store()
+    assert await raw.get(prefix + "schema") == "1"
+    assert await store.get_mark("paused:paused") is None
+    assert await store.get_mark("paused:paused", scope="gateway") == (
+        "", '{"reason": "maintenance"}')
+    windows = dict.fromkeys(("dedupe", "events", "delivered", "dead", "quarantined", "marks"), 1.0)
+    removed = await store.purge(RetentionPolicy(**windows), T0 + 100)
+    assert (removed["delivered"], removed["dead"], removed["events"], removed["marks"]) == (
+        1, 1, 2, 0)
+    assert (await store.get_event(ids[2])).state == "routed"  # its delivery is pending
+    assert await store.get_mark("paused:paused", scope="gateway") is not None

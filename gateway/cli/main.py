@@ -112,11 +112,15 @@ def _parser() -> argparse.ArgumentParser:
     ql.add_argument("-c", "--config", required=True, metavar="FILE")
     ql.add_argument("--json", action="store_true")
     ql.add_argument("--limit", type=int, default=1000)
+
+    pg = verb("purge", "run one retention pass now (safe while the gateway runs)")
+    pg.add_argument("--json", action="store_true", help="print one JSON object of counts")
     return p
 
 
 def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     from gateway.cli import admin as cli_inspect
+    from gateway.cli import purge as cli_purge
     from gateway.cli import run as cli_run
     from gateway.cli import send as cli_send
 
@@ -131,6 +135,7 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
         "destinations": cli_inspect.destinations,
         "explain": cli_run.explain,
         "plugins": cli_run.plugins,
+        "purge": cli_purge.purge,
     }
 
 

@@ -157,14 +157,37 @@ class AdminConfig(Strict):
 
 
 class RetentionConfig(Strict):
+    """How long the store keeps each kind of record (docs/configuration.md, "retention").
+    Pending and in-flight deliveries, their events, destination pauses and the silence alarm's
+    state are kept whatever these say."""
+
+    #: Dedupe keys, from first sight; also the window of plugin marks (ordering, Slack threads).
     dedupe: Duration = MIN_DEDUPE_RETENTION
+    #: Events that finished routing, from receipt, and while a delivery of theirs is kept.
+    events: Duration = 7 * 86400.0
+    #: Delivered deliveries (with their attempts), from delivery.
     delivered: Duration = 7 * 86400.0
+    #: Dead deliveries (with their attempts), from when they died.
+    dead: Duration = 30 * 86400.0
+    #: Quarantined events, from quarantine.
+    quarantined: Duration = 30 * 86400.0
+    #: How often a retention pass runs.
+    interval: Duration = 600.0
+    #: A WARNING is logged (once per pass) when the store's filesystem has less free space.
+    min_free_space: Size = 1024 * 1024 * 1024
 
     @field_validator("dedupe")
     @classmethod
     def _dedupe(cls, v: float) -> float:
         if v < MIN_DEDUPE_RETENTION:
             raise ValueError("must be at least 25h: the provider resends for about a day")
+        return v
+
+    @field_validator("events", "delivered", "dead", "quarantined", "interval")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v < 1.0:
+            raise ValueError("must be at least 1s")
         return v
 
 

@@ -1,7 +1,8 @@
 """Inspection and repair of deliveries, shared by the CLI and the admin HTTP API.
 
 Plain coroutines over a `Store`; nothing here needs a running engine. Pauses are durable marks
-(``paused:<destination>``) that every engine re-reads (see `gateway.delivery.engine`).
+in the gateway's own scope (``paused:<destination>``, never purged, out of plugins' reach) that
+every engine re-reads (see `gateway.delivery.engine`).
 """
 
 from __future__ import annotations
@@ -89,17 +90,19 @@ async def replay(
 
 async def pause_destination(store: Store, name: str, reason: str, now: float) -> None:
     """Durably stop sending to `name` (every engine notices within its pause poll)."""
-    await store.set_mark(PAUSE_PREFIX + name, json.dumps({"reason": reason, "at": now}), now)
+    await store.set_mark(
+        PAUSE_PREFIX + name, json.dumps({"reason": reason, "at": now}), now, scope="gateway"
+    )
 
 
 async def resume_destination(store: Store, name: str, now: float) -> None:
     """Undo `pause_destination`."""
-    await store.set_mark(PAUSE_PREFIX + name, None, now)
+    await store.set_mark(PAUSE_PREFIX + name, None, now, scope="gateway")
 
 
 async def paused_reason(store: Store, name: str) -> str | None:
     """Why `name` is paused, or None when it is not."""
-    mark = await store.get_mark(PAUSE_PREFIX + name)
+    mark = await store.get_mark(PAUSE_PREFIX + name, scope="gateway")
     if mark is None:
         return None
     try:

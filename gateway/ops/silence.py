@@ -26,6 +26,8 @@ from gateway.store import IncomingEvent, Store
 log = logging.getLogger("gateway.ops.silence")
 
 SILENT, RESUMED = "source_silent", "source_resumed"
+#: The alarm's state (last traffic, silence since) is the gateway's own: never purged.
+GATEWAY = "gateway"
 
 
 def _iso(ts: float) -> str:
@@ -62,7 +64,9 @@ class SilenceWatcher:
             return
         now = self.clock.now()
         for source in self.expect:  # a fresh gateway counts its start as the last traffic
-            await self.store.advance_mark(f"last-seen:{source}", _rank(0), str(now), now)
+            await self.store.advance_mark(
+                f"last-seen:{source}", _rank(0), str(now), now, scope=GATEWAY
+            )
         self._task = asyncio.create_task(self._loop(), name="silence")
 
     async def stop(self) -> None:
@@ -90,19 +94,21 @@ class SilenceWatcher:
             key = f"last-seen:{source}"
             if source in self._local:
                 local = self._local[source]
-                await self.store.advance_mark(key, _rank(local), str(local), now)
-            mark = await self.store.get_mark(key)
+                await self.store.advance_mark(key, _rank(local), str(local), now, scope=GATEWAY)
+            mark = await self.store.get_mark(key, scope=GATEWAY)
             last = float(mark[1]) if mark else now
-            alarm = await self.store.get_mark(f"silence:{source}")
+            alarm = await self.store.get_mark(f"silence:{source}", scope=GATEWAY)
             silent_since = float(alarm[1]) if alarm and alarm[1] else None
             if silent_since is None and now - last >= within:
                 advanced, _ = await self.store.advance_mark(
-                    f"silence:{source}", _rank(last), str(last), now
+                    f"silence:{source}", _rank(last), str(last), now, scope=GATEWAY
                 )
                 if advanced and await self._raise(source, SILENT, last, now, within):
                     raised.append(SILENT)
             elif silent_since is not None and last > silent_since:
-                await self.store.set_mark(f"silence:{source}", "", now, rank=_rank(silent_since))
+                await self.store.set_mark(
+                    f"silence:{source}", "", now, rank=_rank(silent_since), scope=GATEWAY
+                )
                 if await self._raise(source, RESUMED, silent_since, now, within):
                     raised.append(RESUMED)
         return raised

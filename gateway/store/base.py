@@ -22,6 +22,16 @@ from typing import Any
 EVENT_STATES = ("received", "routed", "unmatched", "filtered", "quarantined")
 DELIVERY_STATES = ("pending", "in_flight", "delivered", "dead")
 
+#: Mark scopes (see `Store.set_mark`). ``plugin`` marks are lent to plugins and forgotten after
+#: `RetentionPolicy.marks`; ``gateway`` marks are the gateway's own state (destination pauses,
+#: the silence alarm, the retention schedule), never purged and never reachable by a plugin.
+MARK_SCOPES = ("plugin", "gateway")
+
+#: The kinds a retention pass counts, in the order `purge` reports them.
+PURGE_KINDS = (
+    "events", "quarantined", "delivered", "dead", "attempts", "dedupe_keys", "marks",
+)
+
 
 @dataclass(frozen=True)
 class IncomingEvent:
@@ -206,6 +216,48 @@ class FinishedEvent:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class Footprint:
+    """Space a store takes (`Store.footprint`); None where a backend cannot tell."""
+
+    #: Bytes the store's data takes: SQLite's files (database and WAL), Redis's used memory.
+    bytes: int | None = None
+    #: Bytes free on the filesystem holding the store (SQLite only).
+    free_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """What a retention pass (`Store.purge`) keeps, in seconds, and how much one step removes.
+
+    - `delivered` / `dead`: a delivery in that state goes (with its attempts) once its last
+      change (``updated_at``) is older than this. Pending and in-flight deliveries never go.
+    - `events`: an event that finished routing (``routed``, ``unmatched``, ``filtered``) goes
+      once it was received longer ago than this AND no delivery of it is left. ``received``
+      events (still to be routed) never go.
+    - `quarantined`: a quarantined event goes once it was quarantined (``updated_at``) longer
+      ago than this (and no delivery of it is left).
+    - `dedupe`: a dedupe key goes once first seen longer ago than this, whether or not its
+      event is still stored (a resend of a purged event within the window is a duplicate).
+    - `marks`: a ``plugin``-scope mark goes once unwritten for this long. ``gateway``-scope
+      marks never go.
+    - `batch`: at most this many rows of one kind per transaction (or script call), so other
+      writers (intake) get their turn between steps.
+    """
+
+    dedupe: float
+    events: float
+    delivered: float
+    dead: float
+    quarantined: float
+    marks: float
+    batch: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ValueError("batch must be at least 1")
+
+
 class Store(abc.ABC):
     """What the gateway needs from durable storage. See the module docstring for states."""
 
@@ -380,26 +432,58 @@ class Store(abc.ABC):
         otherwise ``"capped"`` is False). This default counts exactly."""
         return [{**row, "capped": False} for row in await self.queue_stats(0.0)]
 
+    # -- retention ---------------------------------------------------------------------------
     @abc.abstractmethod
-    async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
-        """Forget dedupe keys first seen before `dedupe_before`, delivered deliveries (with
-        their attempts) finished before `delivered_before`, and marks untouched since then."""
+    async def purge(self, policy: RetentionPolicy, now: float) -> dict[str, int]:
+        """One retention pass: remove what `policy` no longer keeps (see `RetentionPolicy` for
+        each kind's rule; every cutoff is ``now`` minus the kind's window).
 
-    # -- marks: small durable per-key state for plugins (ordering, threads, pauses) ----------
+        Works in steps of at most ``policy.batch`` rows of a kind, each its own transaction
+        (or script call), until nothing more qualifies, so concurrent writers are never held up
+        for long. Safe while other processes use the store, and when several processes purge
+        at once (a row is counted by the process that removed it). Never removes a pending or
+        in-flight delivery, an event with a delivery left, a ``received`` event, or a
+        ``gateway``-scope mark.
+
+        Returns a count for every kind in `PURGE_KINDS` (zeros included): ``events`` (routed,
+        unmatched or filtered events), ``quarantined`` (quarantined events), ``delivered`` and
+        ``dead`` (deliveries), ``attempts`` (attempt records of those deliveries),
+        ``dedupe_keys``, ``marks``.
+        """
+
+    async def reclaim(self) -> None:
+        """Give storage freed by `purge` back for reuse (SQLite: incremental vacuum and a WAL
+        checkpoint). Called after each scheduled pass; the default does nothing, for backends
+        whose server does it by itself."""
+        return None
+
+    async def footprint(self) -> Footprint:
+        """How much space the store takes, for the metrics gauges; the default knows nothing."""
+        return Footprint()
+
+    # -- marks: small durable per-key state (ordering, threads, pauses, alarms) ---------------
+    #
+    # Every mark lives in a scope (`MARK_SCOPES`): the same key in two scopes names two
+    # different marks. ``plugin`` (the default) is what plugins see and what `purge` forgets
+    # after ``policy.marks``; ``gateway`` holds the gateway's own state and is never purged.
     @abc.abstractmethod
     async def advance_mark(
-        self, key: str, rank: str, value: str, now: float
+        self, key: str, rank: str, value: str, now: float, *, scope: str = "plugin"
     ) -> tuple[bool, str | None]:
-        """Atomically store (`rank`, `value`) under `key` if the key is new or its stored rank
-        sorts strictly below `rank` (string order). Returns (advanced, previous value)."""
+        """Atomically store (`rank`, `value`) under `key` in `scope` if the key is new or its
+        stored rank sorts strictly below `rank` (byte order). Returns (advanced, previous
+        value)."""
 
     @abc.abstractmethod
-    async def get_mark(self, key: str) -> tuple[str, str] | None:
-        """(rank, value) stored under `key`, or None."""
+    async def get_mark(self, key: str, *, scope: str = "plugin") -> tuple[str, str] | None:
+        """(rank, value) stored under `key` in `scope`, or None."""
 
     @abc.abstractmethod
-    async def set_mark(self, key: str, value: str | None, now: float, rank: str = "") -> None:
-        """Store `value` under `key` unconditionally; None deletes the key."""
+    async def set_mark(
+        self, key: str, value: str | None, now: float, rank: str = "", *, scope: str = "plugin"
+    ) -> None:
+        """Store `value` under `key` in `scope` unconditionally; None deletes the key. Writing
+        counts as a use: a ``plugin`` mark's retention starts again at `now`."""
 
     @abc.abstractmethod
     async def queue_stats(self, now: float) -> list[dict[str, Any]]:

@@ -45,13 +45,18 @@ Key layout (``P`` = prefix)::
     P dl:all, dl:state:<s>, dl:dest:<d>,   zsets by created_at for listing without scans
       dl:sd:<s>:<d>
     P dl:msg:<message_uuid>                set of delivery ids
-    P dl:done                              zset of delivered deliveries by finish time (purge)
-    P m:<key>  /  P marks                  mark hash / zset by update time (purge)
+    P dl:done  /  P dl:dead                zsets of delivered / dead deliveries by finish time
+    P m:<key>  /  P marks                  plugin mark hash / zset by update time (retention)
+    P g:<key>                              the gateway's own marks (pauses, alarms): never purged
+    P schema                               data version (see `gateway.store.redis_retention`)
     P ev:msg:<message_uuid>                set of event ids (the console's message timeline)
     P src:last  /  P src:recent:<source>   hash source->latest arrival / zset of the last
                                            ~hour's event ids by arrival (trimmed at ingest)
     P dl:ok:<dest>                         zset of the last ~hour's delivered ids by finish time
     P dl:err                               zset of the newest 1000 failed deliveries by time
+
+An event hash's ``dls`` field lists its deliveries' ids: retention keeps the event while one
+of them exists. Retention, marks and upgrades: `gateway.store.redis_retention`.
 """
 
 from __future__ import annotations
@@ -100,6 +105,8 @@ from gateway.store.redis_codec import (
     pairs,
     split_url,
 )
+from gateway.store.redis_retention import SCRIPTS as RETENTION_SCRIPTS
+from gateway.store.redis_retention import RedisRetention
 from gateway.store.redis_scripts import SCRIPTS
 
 log = logging.getLogger("gateway.store")
@@ -108,7 +115,7 @@ BATCH = 500  # ids per script call for bulk operations (replay, purge): keeps Re
 BATCHED = ("ingest", "finish_event", "finish_attempt", "advance_mark")
 
 
-class RedisStore(Store):
+class RedisStore(RedisRetention, Store):
     """See the module docstring. Nothing connects before `open`.
 
     The client decodes replies (``decode_responses=True``), so every reply is ``str``;
@@ -182,9 +189,15 @@ class RedisStore(Store):
                 await client.aclose()
                 raise
         self._client = client
-        self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
+        scripts = {**SCRIPTS, **RETENTION_SCRIPTS}
+        self._scripts = {name: client.register_script(src) for name, src in scripts.items()}
         self.batchers = {name: Batcher(name, functools.partial(self._run_group, name))
                          for name in BATCHED}
+        try:
+            await self.upgrade()
+        except BaseException:
+            await self.close()
+            raise
         if risk := self.persistence.risk:
             log.warning("redis store: acknowledged events can be lost: %s", risk)
 
@@ -411,42 +424,6 @@ class RedisStore(Store):
     async def recent_errors(self, limit: int = 20) -> list[DeliveryRecord]:
         with self._mapped():
             return await redis_reads.recent_errors(self, limit)
-
-    async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
-        total = [0, 0, 0]
-        while True:
-            counts = await self._run("purge", num(dedupe_before), num(delivered_before), BATCH)
-            total = [t + int(c) for t, c in zip(total, counts, strict=True)]
-            if max(int(c) for c in counts) < BATCH:
-                break
-        return {"dedupe_keys": total[0], "deliveries": total[1], "marks": total[2]}
-
-    # -- marks ----------------------------------------------------------------------------------
-    async def advance_mark(
-        self, key: str, rank: str, value: str, now: float
-    ) -> tuple[bool, str | None]:
-        found = await self._batch("advance_mark", [key, rank, value, num(now)])
-        return found[0] == "1", found[2:] if len(found) > 1 else None
-
-    async def get_mark(self, key: str) -> tuple[str, str] | None:
-        with self._mapped():
-            rank, value = cast("list[str | None]",
-                               await self._r.hmget(self.prefix + "m:" + key, ["rank", "value"]))
-        # rank and value are always written together (set_mark, ADVANCE_MARK)
-        return None if rank is None else (rank, cast(str, value))
-
-    async def set_mark(self, key: str, value: str | None, now: float, rank: str = "") -> None:
-        p = self.prefix
-        with self._mapped():
-            async with self._r.pipeline(transaction=True) as pipe:
-                if value is None:
-                    pipe.delete(p + "m:" + key)
-                    pipe.zrem(p + "marks", key)
-                else:
-                    pipe.hset(p + "m:" + key,
-                              mapping={"rank": rank, "value": value, "updated_at": num(now)})
-                    pipe.zadd(p + "marks", {key: now})
-                await pipe.execute()
 
     async def queue_stats(self, now: float) -> list[dict[str, Any]]:
         p, states = self.prefix, ("pending", "in_flight", "dead")

@@ -178,7 +178,7 @@ FINISH_EVENT = _COMMON + r"""
 local function finish_one(b)
   local eid, state, now, n = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 4])
   local k = P .. 'e:' .. eid
-  local cur = redis.call('HMGET', k, 'state', 'source', 'message_uuid')
+  local cur = redis.call('HMGET', k, 'state', 'source', 'message_uuid', 'dls')
   if cur[1] ~= 'received' then return '0' end
   local fresh = {}
   for i = 0, n - 1 do fresh[i + 1] = redis.call('EXISTS', P .. 'd:' .. ARGV[b + 5 + i * 5]) == 0 end
@@ -187,6 +187,7 @@ local function finish_one(b)
   set_opt(k, 'reason', ARGV[b + 3])
   redis.call('ZREM', P .. 'ev:due', eid)
   ev_move(eid, 'received', state)
+  local dls = cur[4] or ''
   for i = 0, n - 1 do
     local j = b + 5 + i * 5
     local id, dest, due = ARGV[j], ARGV[j + 2], ARGV[j + 3]
@@ -204,8 +205,11 @@ local function finish_one(b)
       dl_move(id, dest, nil, 'pending', now)
       redis.call('ZADD', P .. 'dl:due:' .. dest, due, id)
       redis.call('SADD', P .. 'dl:dests', dest)
+      dls = dls .. ' ' .. id
     end
   end
+  -- The event's deliveries, so that retention keeps it while one of them is left.
+  if dls ~= '' then redis.call('HSET', k, 'dls', dls) end
   return '1'
 end
 return batch(function(b) return 5 + tonumber(ARGV[b + 4]) * 5 end, finish_one)
@@ -326,6 +330,11 @@ local function finish_one(b)
   else
     redis.call('ZREM', P .. 'dl:err', id)
   end
+  if state == 'dead' then
+    redis.call('ZADD', P .. 'dl:dead', now, id)
+  else
+    redis.call('ZREM', P .. 'dl:dead', id)
+  end
   return '1'
 end
 return batch(function() return 9 end, finish_one)
@@ -365,6 +374,7 @@ for i = 4, #ARGV do
     dl_move(id, c[2], c[1], 'pending', c[3])
     redis.call('ZADD', P .. 'dl:due:' .. c[2], now, id)
     redis.call('ZREM', P .. 'dl:done', id)
+    redis.call('ZREM', P .. 'dl:dead', id)
     out[#out + 1] = id
   end
 end
@@ -381,7 +391,9 @@ end
 return out
 """
 
-# Batched: ARGV: P, number of calls, then per call: key, rank, value, now. Returns per call
+# Batched: ARGV: P, number of calls, then per call: key, rank, value, now, space ('m' for
+# plugin marks, indexed by update time in 'marks' for retention; 'g' for the gateway's own
+# state, never purged). Returns per call
 # '1' (advanced) or '0', then the previous value as `opt` encodes it ('' for none).
 # Ranks compare byte by byte (like SQLite's BINARY collation); Lua's `<` would use the
 # server's locale.
@@ -395,50 +407,18 @@ local function below(a, b)
   return #a < #b
 end
 local function advance_one(b)
-  local key, rank, now = ARGV[b], ARGV[b + 1], ARGV[b + 3]
-  local k = P .. 'm:' .. key
+  local key, rank, now, space = ARGV[b], ARGV[b + 1], ARGV[b + 3], ARGV[b + 4]
+  if space ~= 'm' and space ~= 'g' then error('unknown mark space ' .. space) end
+  local k = P .. space .. ':' .. key
   local cur = redis.call('HMGET', k, 'rank', 'value')
   local previous = cur[2] and ('=' .. cur[2]) or ''
   if cur[1] and not below(cur[1], rank) then return '0' .. previous end
-  want_type('marks', 'zset')
+  if space == 'm' then want_type('marks', 'zset') end
   redis.call('HSET', k, 'rank', rank, 'value', ARGV[b + 2], 'updated_at', now)
-  redis.call('ZADD', P .. 'marks', now, key)
+  if space == 'm' then redis.call('ZADD', P .. 'marks', now, key) end
   return '1' .. previous
 end
-return batch(function() return 4 end, advance_one)
-"""
-
-# ARGV: P, dedupe_before, delivered_before, batch size. Removes at most one batch of each
-# kind; returns {dedupe keys, deliveries, marks} removed. Callers loop until a count is short.
-PURGE = _COMMON + r"""
-local batch = tonumber(ARGV[4])
-local fields = redis.call('ZRANGEBYSCORE', P .. 'dedupe:age', '-inf', '(' .. ARGV[2],
-  'LIMIT', 0, batch)
-for _, f in ipairs(fields) do
-  redis.call('HDEL', P .. 'dedupe', f)
-  redis.call('HDEL', P .. 'dedupe:hits', f)
-  redis.call('ZREM', P .. 'dedupe:age', f)
-end
-local ids = redis.call('ZRANGEBYSCORE', P .. 'dl:done', '-inf', '(' .. ARGV[3], 'LIMIT', 0, batch)
-for _, id in ipairs(ids) do
-  local c = redis.call('HMGET', P .. 'd:' .. id, 'state', 'destination', 'message_uuid')
-  if c[1] then
-    redis.call('ZREM', P .. 'dl:state:' .. c[1], id)
-    redis.call('ZREM', P .. 'dl:sd:' .. c[1] .. ':' .. c[2], id)
-    redis.call('ZREM', P .. 'dl:dest:' .. c[2], id)
-    redis.call('ZREM', P .. 'dl:due:' .. c[2], id)
-    if c[3] then redis.call('SREM', P .. 'dl:msg:' .. c[3], id) end
-  end
-  redis.call('ZREM', P .. 'dl:all', id)
-  redis.call('ZREM', P .. 'dl:done', id)
-  redis.call('DEL', P .. 'd:' .. id, P .. 'a:' .. id)
-end
-local marks = redis.call('ZRANGEBYSCORE', P .. 'marks', '-inf', '(' .. ARGV[3], 'LIMIT', 0, batch)
-for _, m in ipairs(marks) do
-  redis.call('DEL', P .. 'm:' .. m)
-  redis.call('ZREM', P .. 'marks', m)
-end
-return {#fields, #ids, #marks}
+return batch(function() return 5 end, advance_one)
 """
 
 SCRIPTS = {
@@ -454,5 +434,4 @@ SCRIPTS = {
     "replay_deliveries": REPLAY_DELIVERIES,
     "fetch_deliveries": FETCH_DELIVERIES,
     "advance_mark": ADVANCE_MARK,
-    "purge": PURGE,
 }

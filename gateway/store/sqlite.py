@@ -20,7 +20,6 @@ from gateway.ids import new_id, new_ids
 from gateway.store import sqlite_reads
 from gateway.store.base import (
     AttemptRecord,
-    DeliveryFilter,
     DeliveryPage,
     DeliveryRecord,
     EventRecord,
@@ -34,47 +33,19 @@ from gateway.store.base import (
 )
 from gateway.store.committer import Committer
 from gateway.store.owners import OwnerLocks
-from gateway.store.sqlite_schema import SCHEMA, add_missing_columns
-
-_EVENT_COLS = (
-    "id, source, received_at, raw, state, message_uuid, event, reason, route_attempts,"
-    " next_route_at, recheck"
+from gateway.store.sqlite_inspect import SQLiteInspection
+from gateway.store.sqlite_retention import WAL_LIMIT, SQLiteRetention
+from gateway.store.sqlite_rows import (
+    DELIVERY_COLS,
+    EVENT_COLS,
+    EXPIRED,
+    FIRST_PENDING,
+    PENDING_DUE,
+    delivery_row,
+    event_row,
+    finish_event,
 )
-_DELIVERY_COLS = (
-    "d.id, d.event_id, d.source, d.route, d.destination, d.state, d.attempts, d.next_attempt_at,"
-    " d.created_at, d.updated_at, d.first_attempt_at, d.last_error, d.last_status,"
-    " d.message_uuid, d.enrichment, e.raw, e.received_at, d.lease_until"
-)
-# Claim and next_due walk the partial index ``deliveries_due (destination, next_attempt_at)
-# WHERE state IN ('pending', 'in_flight')`` in time order, so their cost does not grow with the
-# backlog. Repeating the index's WHERE term verbatim is what lets SQLite use a partial index.
-_QUEUED = "destination = :dest AND state IN ('pending', 'in_flight')"
-_PENDING_DUE = (
-    f"SELECT id FROM deliveries WHERE {_QUEUED} AND state = 'pending'"
-    " AND next_attempt_at <= :now ORDER BY next_attempt_at LIMIT :limit"
-)
-_EXPIRED = (
-    "SELECT id FROM deliveries WHERE state = 'in_flight' AND destination = :dest"
-    " AND lease_until < :now LIMIT :limit"
-)
-_FIRST_PENDING = (
-    f"SELECT next_attempt_at FROM deliveries WHERE {_QUEUED} AND state = 'pending'"
-    " ORDER BY next_attempt_at LIMIT 1"
-)
-
-
-def _event(row: tuple[Any, ...]) -> EventRecord:
-    """An `EventRecord` from a row of `_EVENT_COLS` (``recheck`` is stored as 0/1)."""
-    values = list(row)
-    values[-1] = bool(values[-1])
-    return EventRecord(*values)
-
-
-def _delivery(row: tuple[Any, ...]) -> DeliveryRecord:
-    values = list(row)
-    values[14] = json.loads(values[14] or "{}")
-    return DeliveryRecord(*values)
-
+from gateway.store.sqlite_schema import prepare
 
 #: The readiness probe's row: never visible (deleted in the transaction that inserts it), and
 #: about the size of a small group of callbacks, so that it needs the space intake would.
@@ -82,7 +53,7 @@ PROBE_KEY = "\x00readyz-probe"
 PROBE_BYTES = 16 * 1024
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteInspection, SQLiteRetention, Store):
     """See the module docstring. `path` is created with its parent directory if missing."""
 
     def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
@@ -101,18 +72,21 @@ class SQLiteStore(Store):
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        # Under the writers' lock: processes opening a file together (Sanic workers, a CLI
-        # verb) would otherwise race through the schema's statements on the busy timeout alone.
-        fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            conn.executescript(SCHEMA)
-            add_missing_columns(conn)
-        finally:
-            os.close(fd)  # releases the lock
+            # Creating or upgrading the schema writes: take the writers' turn like a group
+            # commit does, so opening beside busy writers never runs out of the busy timeout.
+            lock = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                prepare(conn)  # WAL and the schema
+            finally:
+                os.close(lock)  # also releases the flock
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     async def open(self) -> None:
@@ -254,10 +228,10 @@ class SQLiteStore(Store):
                 f"UPDATE events SET lease_until = :until, leased_by = :owner WHERE id IN ("
                 " SELECT id FROM events WHERE state = 'received' AND next_route_at <= :now"
                 " AND (lease_until IS NULL OR lease_until < :now) ORDER BY id LIMIT :limit)"
-                f" RETURNING {_EVENT_COLS}",
+                f" RETURNING {EVENT_COLS}",
                 {"until": now + lease, "owner": owner, "now": now, "limit": limit},
             ).fetchall()
-            return sorted((_event(r) for r in rows), key=lambda e: e.id)
+            return sorted((event_row(r) for r in rows), key=lambda e: e.id)
 
         return await self._write(op)
 
@@ -270,7 +244,7 @@ class SQLiteStore(Store):
         reason: str | None = None,
     ) -> None:
         finished = FinishedEvent(event_id, state, deliveries, now, reason)
-        await self._write(lambda c: _finish_event(c, finished))
+        await self._write(lambda c: finish_event(c, finished))
 
     async def finish_events(self, finished: list[FinishedEvent]) -> None:
         # One operation for the router's whole batch: one future and one turn of the
@@ -282,7 +256,7 @@ class SQLiteStore(Store):
             plain: dict[tuple[str, str | None, float], list[str]] = {}
             for f in finished:
                 if f.deliveries:
-                    _finish_event(c, f)
+                    finish_event(c, f)
                 else:
                     plain.setdefault((f.state, f.reason, f.now), []).append(f.event_id)
             for (state, reason, now), ids in plain.items():
@@ -336,7 +310,7 @@ class SQLiteStore(Store):
                 for r in c.execute(
                     "UPDATE deliveries SET state = 'in_flight', lease_until = :until,"
                     " leased_by = :owner, updated_at = :now WHERE id IN ("
-                    f" SELECT id FROM ({_EXPIRED}) UNION ALL SELECT id FROM ({_PENDING_DUE})"
+                    f" SELECT id FROM ({EXPIRED}) UNION ALL SELECT id FROM ({PENDING_DUE})"
                     " LIMIT :limit) RETURNING id",
                     {
                         "until": now + lease,
@@ -351,11 +325,11 @@ class SQLiteStore(Store):
                 return []
             marks = ",".join("?" * len(ids))
             rows = c.execute(
-                f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
+                f"SELECT {DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
                 f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at, d.id",
                 ids,
             ).fetchall()
-            return [_delivery(r) for r in rows]
+            return [delivery_row(r) for r in rows]
 
         return await self._write(op)
 
@@ -418,7 +392,7 @@ class SQLiteStore(Store):
             # Two index lookups instead of visiting every queued row of the destination.
             row = await self._read(
                 lambda c: c.execute(
-                    f"SELECT ({_FIRST_PENDING}), (SELECT MIN(lease_until) FROM deliveries"
+                    f"SELECT ({FIRST_PENDING}), (SELECT MIN(lease_until) FROM deliveries"
                     " WHERE state = 'in_flight' AND destination = :dest)",
                     {"dest": destination},
                 ).fetchone()
@@ -434,102 +408,6 @@ class SQLiteStore(Store):
             ).fetchone()
         )
         return row[0]
-
-    # -- inspection and repair -----------------------------------------------------------------
-    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRecord]:
-        where, args = _delivery_where(flt)
-        return await self._read(
-            lambda c: [
-                _delivery(r)
-                for r in c.execute(
-                    f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
-                    f" {where} ORDER BY d.created_at, d.id LIMIT ?",
-                    (*args, flt.limit),
-                ).fetchall()
-            ]
-        )
-
-    async def get_delivery(
-        self, delivery_id: str
-    ) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
-        def op(c: sqlite3.Connection) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
-            row = c.execute(
-                f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
-                " WHERE d.id = ?",
-                (delivery_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            attempts = [
-                AttemptRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6] or "{}"))
-                for r in c.execute(
-                    "SELECT started_at, finished_at, outcome, status, error, number, details"
-                    " FROM attempts WHERE delivery_id = ? ORDER BY number",
-                    (delivery_id,),
-                )
-            ]
-            return _delivery(row), attempts
-
-        return await self._read(op)
-
-    async def replay_deliveries(
-        self, ids: list[str] | None, flt: DeliveryFilter | None, now: float
-    ) -> list[str]:
-        def op(c: sqlite3.Connection) -> list[str]:
-            if ids is not None:
-                marks = ",".join("?" * len(ids))
-                where, args = f"WHERE d.id IN ({marks}) AND d.state != 'in_flight'", list(ids)
-            else:
-                where, args = _delivery_where(flt or DeliveryFilter())
-                # A delivery in flight belongs to its worker; resetting it would send it twice.
-                where = (where + " AND" if where else "WHERE") + " d.state != 'in_flight'"
-            targets = [
-                r[0] for r in c.execute(f"SELECT d.id FROM deliveries d {where}", args).fetchall()
-            ]
-            c.executemany(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, first_attempt_at = NULL,"
-                " next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                [(now, now, i) for i in targets],
-            )
-            return targets
-
-        return await self._write(op)
-
-    async def list_events(self, state: str, limit: int = 1000) -> list[EventRecord]:
-        return await self._read(
-            lambda c: [
-                _event(r)
-                for r in c.execute(
-                    f"SELECT {_EVENT_COLS} FROM events WHERE state = ? ORDER BY id LIMIT ?",
-                    (state, limit),
-                ).fetchall()
-            ]
-        )
-
-    async def get_event(self, event_id: str) -> EventRecord | None:
-        row = await self._read(
-            lambda c: c.execute(
-                f"SELECT {_EVENT_COLS} FROM events WHERE id = ?", (event_id,)
-            ).fetchone()
-        )
-        return _event(row) if row else None
-
-    async def replay_quarantined(self, ids: list[str] | None, now: float) -> list[str]:
-        def op(c: sqlite3.Connection) -> list[str]:
-            sql = "SELECT id FROM events WHERE state = 'quarantined'"
-            args: list[Any] = []
-            if ids is not None:
-                sql += f" AND id IN ({','.join('?' * len(ids))})"
-                args = list(ids)
-            targets = [r[0] for r in c.execute(sql, args).fetchall()]
-            c.executemany(
-                "UPDATE events SET state = 'received', recheck = 1, next_route_at = ?,"
-                " updated_at = ? WHERE id = ?",
-                [(now, now, i) for i in targets],
-            )
-            return targets
-
-        return await self._write(op)
 
     # -- the console's reads (gateway.store.sqlite_reads) -------------------------------------
     async def message_events(self, message_uuid: str, limit: int = 500) -> list[EventRecord]:
@@ -549,129 +427,6 @@ class SQLiteStore(Store):
 
     async def queue_figures(self, cap: int) -> list[dict[str, Any]]:
         return await self._read(lambda c: sqlite_reads.queue_figures(c, cap))
-
-    async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
-        def op(c: sqlite3.Connection) -> dict[str, int]:
-            keys = c.execute("DELETE FROM dedupe WHERE first_seen < ?", (dedupe_before,)).rowcount
-            c.execute(
-                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
-                " WHERE state = 'delivered' AND updated_at < ?)",
-                (delivered_before,),
-            )
-            done = c.execute(
-                "DELETE FROM deliveries WHERE state = 'delivered' AND updated_at < ?",
-                (delivered_before,),
-            ).rowcount
-            marks = c.execute(
-                "DELETE FROM marks WHERE updated_at < ?", (delivered_before,)
-            ).rowcount
-            return {"dedupe_keys": keys, "deliveries": done, "marks": marks}
-
-        return await self._write(op)
-
-    async def advance_mark(
-        self, key: str, rank: str, value: str, now: float
-    ) -> tuple[bool, str | None]:
-        def op(c: sqlite3.Connection) -> tuple[bool, str | None]:
-            row = c.execute("SELECT rank, value FROM marks WHERE key = ?", (key,)).fetchone()
-            if row is not None and row[0] >= rank:
-                return False, row[1]
-            c.execute(
-                "INSERT INTO marks (key, rank, value, updated_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET rank = excluded.rank, value = excluded.value,"
-                " updated_at = excluded.updated_at",
-                (key, rank, value, now),
-            )
-            return True, row[1] if row else None
-
-        return await self._write(op)
-
-    async def get_mark(self, key: str) -> tuple[str, str] | None:
-        row = await self._read(
-            lambda c: c.execute("SELECT rank, value FROM marks WHERE key = ?", (key,)).fetchone()
-        )
-        return (row[0], row[1]) if row else None
-
-    async def set_mark(self, key: str, value: str | None, now: float, rank: str = "") -> None:
-        if value is None:
-            await self._write(lambda c: c.execute("DELETE FROM marks WHERE key = ?", (key,)))
-            return
-        await self._write(
-            lambda c: c.execute(
-                "INSERT INTO marks (key, rank, value, updated_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET rank = excluded.rank, value = excluded.value,"
-                " updated_at = excluded.updated_at",
-                (key, rank, value, now),
-            )
-        )
-
-    async def queue_stats(self, now: float) -> list[dict[str, Any]]:
-        rows = await self._read(
-            lambda c: c.execute(
-                "SELECT destination, state, COUNT(*), MIN(created_at) FROM deliveries"
-                " WHERE state IN ('pending', 'in_flight', 'dead') GROUP BY destination, state"
-            ).fetchall()
-        )
-        return [{"destination": r[0], "state": r[1], "count": r[2], "oldest": r[3]} for r in rows]
-
-    async def counts(self) -> dict[str, dict[str, int]]:
-        def op(c: sqlite3.Connection) -> dict[str, dict[str, int]]:
-            return {
-                "events": dict(c.execute("SELECT state, COUNT(*) FROM events GROUP BY state")),
-                "deliveries": dict(
-                    c.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
-                ),
-            }
-
-        return await self._read(op)
-
-
-def _finish_event(c: sqlite3.Connection, f: FinishedEvent) -> None:
-    row = c.execute(
-        "UPDATE events SET state = ?, reason = ?, lease_until = NULL, leased_by = NULL,"
-        " recheck = 0, updated_at = ? WHERE id = ? AND state = 'received'"
-        " RETURNING source, message_uuid",
-        (f.state, f.reason, f.now, f.event_id),
-    ).fetchone()
-    if row is None:
-        return  # already finished by another worker whose lease we outlived
-    c.executemany(
-        "INSERT INTO deliveries (id, event_id, source, route, destination, state,"
-        " next_attempt_at, created_at, updated_at, message_uuid, enrichment)"
-        " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        [
-            (
-                d.id,
-                d.event_id,
-                row[0],
-                d.route,
-                d.destination,
-                d.next_attempt_at,
-                f.now,
-                f.now,
-                row[1],
-                json.dumps(d.enrichment, separators=(",", ":")),
-            )
-            for d in f.deliveries
-        ],
-    )
-
-
-def _delivery_where(flt: DeliveryFilter) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    args: list[Any] = []
-    for column, value in (
-        ("d.state", flt.state),
-        ("d.destination", flt.destination),
-        ("d.message_uuid", flt.message_uuid),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            args.append(value)
-    if flt.since is not None:
-        clauses.append("d.created_at >= ?")
-        args.append(flt.since)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 def new_delivery_id(now: float | None = None) -> str:

@@ -27,22 +27,16 @@ from gateway.store.base import (
     EventRecord,
     SourceActivity,
 )
-
-
-def _sqlite() -> Any:
-    from gateway.store import sqlite  # the row converters; imported late (sqlite imports us)
-
-    return sqlite
+from gateway.store.sqlite_rows import DELIVERY_COLS, EVENT_COLS, delivery_row, event_row
 
 
 def message_events(c: sqlite3.Connection, message_uuid: str, limit: int) -> list[EventRecord]:
-    s = _sqlite()
     rows = c.execute(
-        f"SELECT {s._EVENT_COLS} FROM events WHERE message_uuid = ?"
+        f"SELECT {EVENT_COLS} FROM events WHERE message_uuid = ?"
         " ORDER BY received_at, id LIMIT ?",
         (message_uuid, limit),
     ).fetchall()
-    return [s._event(r) for r in rows]
+    return [event_row(r) for r in rows]
 
 
 def _destinations(c: sqlite3.Connection, state: str) -> list[str]:
@@ -59,7 +53,6 @@ def _destinations(c: sqlite3.Connection, state: str) -> list[str]:
 
 
 def page_deliveries(c: sqlite3.Connection, page: DeliveryPage) -> list[DeliveryRecord]:
-    s = _sqlite()
     states = [page.state] if page.state else list(DELIVERY_STATES)
     clauses = ["state = :state", "destination = :dest"]
     args: dict[str, Any] = {"limit": max(0, page.limit)}
@@ -87,11 +80,11 @@ def page_deliveries(c: sqlite3.Connection, page: DeliveryPage) -> list[DeliveryR
     if not ids:
         return []
     rows = c.execute(
-        f"SELECT {s._DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
+        f"SELECT {DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
         f" WHERE d.id IN ({','.join('?' * len(ids))})",
         ids,
     ).fetchall()
-    by_id = {r[0]: s._delivery(r) for r in rows}
+    by_id = {r[0]: delivery_row(r) for r in rows}
     return [by_id[i] for i in ids if i in by_id]
 
 
@@ -128,14 +121,13 @@ def delivered_since(
 
 
 def recent_errors(c: sqlite3.Connection, limit: int) -> list[DeliveryRecord]:
-    s = _sqlite()
     rows = c.execute(
-        f"SELECT {s._DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
+        f"SELECT {DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
         " WHERE d.last_error IS NOT NULL AND d.state != 'delivered'"
         " ORDER BY d.updated_at DESC, d.id DESC LIMIT ?",
         (limit,),
     ).fetchall()
-    return [s._delivery(r) for r in rows]
+    return [delivery_row(r) for r in rows]
 
 
 def queue_figures(c: sqlite3.Connection, cap: int) -> list[dict[str, Any]]:

@@ -1,6 +1,26 @@
-"""The SQLite schema. Statements are idempotent; the file is created on first open."""
+"""The SQLite schema and its upgrades. `prepare(conn)` brings any file to the current version.
+
+Versions (``PRAGMA user_version``):
+
+- 0: the first release (events, dedupe, deliveries, attempts, marks).
+- 1: retention. ``gateway_marks`` holds the gateway's own state (destination pauses, the silence
+  alarm), apart from the plugins' ``marks``, which retention forgets; upgrading moves the
+  keys the first release kept among the marks (``paused:``, ``silence:``, ``last-seen:``).
+  Indexes for the retention pass: finished deliveries by last change, marks by last write.
+
+New files are created with ``auto_vacuum=INCREMENTAL``, so `gateway.store.sqlite_retention` can
+hand pages freed by retention back to the filesystem. A file of version 0 keeps the mode it was
+made with (``NONE``): switching needs a full ``VACUUM``, which rewrites the whole file under an
+exclusive lock and needs as much free disk again, so it is never done behind the operator's
+back (docs/operations.md, "Disk space"). Such a file still stops growing at steady state: the
+pages retention frees go on SQLite's free list and new rows reuse them.
+"""
+
+from __future__ import annotations
 
 import sqlite3
+
+VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -68,6 +88,12 @@ CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries (destination, upda
     WHERE state = 'delivered';
 CREATE INDEX IF NOT EXISTS deliveries_failed ON deliveries (updated_at)
     WHERE last_error IS NOT NULL;
+-- retention: finished deliveries by their last change, one partial index per state (so that
+-- pending and in-flight deliveries, changed on every claim, are in neither)
+CREATE INDEX IF NOT EXISTS deliveries_delivered_age ON deliveries (updated_at)
+    WHERE state = 'delivered';
+CREATE INDEX IF NOT EXISTS deliveries_dead_age ON deliveries (updated_at)
+    WHERE state = 'dead';
 
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id TEXT NOT NULL,
@@ -81,7 +107,17 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (delivery_id, number)
 ) WITHOUT ROWID;
 
+-- plugin marks (scope 'plugin'): forgotten once unwritten for the retention window
 CREATE TABLE IF NOT EXISTS marks (
+    key TEXT PRIMARY KEY,
+    rank TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS marks_age ON marks (updated_at);
+
+-- the gateway's own state (scope 'gateway'): pauses, the silence alarm; never purged
+CREATE TABLE IF NOT EXISTS gateway_marks (
     key TEXT PRIMARY KEY,
     rank TEXT NOT NULL,
     value TEXT NOT NULL,
@@ -89,13 +125,49 @@ CREATE TABLE IF NOT EXISTS marks (
 ) WITHOUT ROWID;
 """
 
-
 #: Columns added after the first release: (table, column, declaration). A file written by an
 #: earlier release gets them on open (``ALTER TABLE ... ADD COLUMN``; existing rows get NULL).
 ADDED_COLUMNS = (("attempts", "details", "TEXT"),)
 
+#: Key prefixes the first release wrote among the plugin marks for the gateway's own state.
+V0_GATEWAY_PREFIXES = ("paused:", "silence:", "last-seen:")
 
-def add_missing_columns(conn: "sqlite3.Connection") -> None:
+
+def prepare(conn: sqlite3.Connection) -> None:
+    """Switch `conn` to WAL, then create the schema in a new file or upgrade an older one in
+    place. Idempotent, and safe when several processes open the same file at once (the upgrade
+    is one IMMEDIATE transaction that checks the version first). `conn` must be in autocommit
+    mode."""
+    if conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
+        # Only takes effect before the first table exists and before the switch to WAL.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(SCHEMA)  # only reads when every table and index exists
+    add_missing_columns(conn)
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= VERSION:
+        return  # no write lock needed: opening beside busy writers stays cheap
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < 1:
+            for prefix in V0_GATEWAY_PREFIXES:
+                # A range on the primary key: keys starting with the prefix.
+                bounds = (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+                conn.execute(
+                    "INSERT OR REPLACE INTO gateway_marks (key, rank, value, updated_at)"
+                    " SELECT key, rank, value, updated_at FROM marks WHERE key >= ? AND key < ?",
+                    bounds,
+                )
+                conn.execute("DELETE FROM marks WHERE key >= ? AND key < ?", bounds)
+        if version < VERSION:
+            conn.execute(f"PRAGMA user_version = {VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def add_missing_columns(conn: sqlite3.Connection) -> None:
     """Upgrade a file written by an earlier release in place (see `ADDED_COLUMNS`)."""
     for table, column, decl in ADDED_COLUMNS:
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
