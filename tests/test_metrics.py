@@ -216,3 +216,13 @@ def test_counts_from_two_worker_processes_are_summed(
     total = "callback_gateway_callbacks_total"
     assert value(samples, total, source="revicom", event="delivered", outcome="accepted") == sent
     assert value(samples, "callback_gateway_requests_total", source="revicom", status="200") == sent
+
+
+def test_the_store_size_and_its_free_disk_space_are_gauges(gw):
+    samples = scrape(gw)
+    db = gw.workdir / "var"
+    size = value(samples, "callback_gateway_store_bytes")
+    free = value(samples, "callback_gateway_store_free_bytes")
+    on_disk = sum(p.stat().st_size for p in db.glob("*.db*") if not p.name.endswith("-shm"))
+    assert size is not None and 0 < size <= on_disk * 2
+    assert free is not None and free > 0

@@ -2,13 +2,16 @@
 
 With several Sanic workers, ``run`` sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start and
 every worker writes its counters there (prometheus-client's multiprocess mode); ``/metrics`` in any
-worker then reports the sum. Queue gauges are read from the store at scrape time, so they are
-the same whichever worker answers.
+worker then reports the sum. The store's gauges (queues, quarantine, size on disk, free space)
+are read from the store, at most once per `STORE_TTL`, so they are the same whichever worker
+answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from typing import Any
 
 from prometheus_client import (
@@ -22,6 +25,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 PREFIX = "callback_gateway"
 FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Seconds one reading of the store's gauges serves scrapes for.
+STORE_TTL = 2.0
 SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -81,6 +86,8 @@ class Metrics:
         self._children: dict[tuple[str, ...], Any] = {}
         self._store: Any = None
         self._clock: Any = None
+        self._cached: tuple[float, list[GaugeMetricFamily]] | None = None
+        self._reading = asyncio.Lock()
 
 
     def child(self, metric: str, *labels: str) -> Any:
@@ -93,9 +100,12 @@ class Metrics:
             metric_obj = getattr(self, metric)
             found = self._children[key] = metric_obj.labels(*labels) if labels else metric_obj
         return found
+
     def watch_store(self, store: Any, clock: Any) -> None:
-        """Report queue depth and oldest pending age from `store` on every scrape."""
+        """Report queue depth, oldest pending age, quarantine and the store's size from
+        `store` (see `_store_families`)."""
         self._store, self._clock = store, clock
+        self._cached = None
 
     async def render(self) -> bytes:
         """The exposition text for one scrape."""
@@ -105,7 +115,7 @@ class Metrics:
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
-        families = await self._queue_families()
+        families = await self._store_families()
         body = generate_latest(registry)
         if families:
             extra = CollectorRegistry()
@@ -113,9 +123,24 @@ class Metrics:
             body += generate_latest(extra)
         return body
 
-    async def _queue_families(self) -> list[GaugeMetricFamily]:
+    async def _store_families(self) -> list[GaugeMetricFamily]:
+        """The store's gauges, read at most once per `STORE_TTL` seconds: scrapes in between
+        (several Prometheus servers, a dashboard refreshing) share one reading, and concurrent
+        scrapes wait for the same one. Every reading goes through indexes whose size is the
+        queue's, the dead letters' and the quarantine's, never the number of events stored."""
         if self._store is None:
             return []
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < STORE_TTL:
+            return self._cached[1]
+        async with self._reading:
+            if self._cached is not None and time.monotonic() - self._cached[0] < STORE_TTL:
+                return self._cached[1]
+            families = await self._read_store()
+            self._cached = (time.monotonic(), families)
+            return families
+
+    async def _read_store(self) -> list[GaugeMetricFamily]:
         now = self._clock.now()
         depth = GaugeMetricFamily(
             f"{PREFIX}_queue_depth",
@@ -135,10 +160,25 @@ class Metrics:
                 ages[row["destination"]] = max(age, ages.get(row["destination"], 0.0))
         for destination, age in sorted(ages.items()):
             oldest.add_metric([destination], age)
-        counts = await self._store.counts()
         quarantined = GaugeMetricFamily(f"{PREFIX}_quarantined_events", "Events held in quarantine")
-        quarantined.add_metric([], counts["events"].get("quarantined", 0))
-        return [depth, oldest, quarantined]
+        quarantined.add_metric([], await self._store.count_events("quarantined"))
+        families = [depth, oldest, quarantined]
+        space = await self._store.footprint()
+        if space.bytes is not None:
+            size = GaugeMetricFamily(
+                f"{PREFIX}_store_bytes",
+                "Bytes the store takes: SQLite's database and WAL files, Redis's used_memory",
+            )
+            size.add_metric([], space.bytes)
+            families.append(size)
+        if space.free_bytes is not None:
+            free = GaugeMetricFamily(
+                f"{PREFIX}_store_free_bytes",
+                "Bytes free (for unprivileged users) on the filesystem holding the SQLite store",
+            )
+            free.add_metric([], space.free_bytes)
+            families.append(free)
+        return families
 
 
 class _Static:

@@ -491,6 +491,12 @@ class Store(abc.ABC):
         "state", "count", "oldest"}`` where ``oldest`` is the earliest ``created_at`` (or None).
         Cheap enough to call on every metrics scrape."""
 
+    async def count_events(self, state: str) -> int:
+        """How many events are in `state`; backends answer through an index of that state
+        (cheap for ``quarantined``, which the metrics read on every scrape). The default
+        counts everything through `counts`."""
+        return (await self.counts())["events"].get(state, 0)
+
     @abc.abstractmethod
     async def counts(self) -> dict[str, dict[str, int]]:
         """``{"events": {state: n}, "deliveries": {state: n}}``."""

@@ -232,6 +232,10 @@ class RedisRetention:
         used = info.get("used_memory")
         return Footprint(bytes=int(used) if used is not None else None)
 
+    async def count_events(self, state: str) -> int:
+        with self._mapped():
+            return int(await self._r.zcard(self.prefix + "ev:state:" + state))
+
     # -- marks -----------------------------------------------------------------------------------
     async def advance_mark(
         self, key: str, rank: str, value: str, now: float, *, scope: str = "plugin"

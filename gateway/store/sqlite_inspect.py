@@ -136,3 +136,9 @@ class SQLiteInspection(Runs):
             }
 
         return await self._read(op)
+
+    async def count_events(self, state: str) -> int:
+        row = await self._read(
+            lambda c: c.execute("SELECT COUNT(*) FROM events WHERE state = ?", (state,)).fetchone()
+        )
+        return int(row[0])
