@@ -6,7 +6,7 @@
 With ``--history``: N events already routed, with their dedupe keys and no deliveries (a store
 after a day of traffic, for intake to write into).
 
-Creates the file with the gateway's own schema (`gateway.store.sqlite_schema.SCHEMA`), then
+Creates the file with the gateway's own schema (`gateway.store.sqlite_schema.prepare`), then
 inserts N routed events of the ``revicom`` source, each with one pending delivery per
 destination (due now), as the router would have left them: the same tables, columns, states
 and id format (`gateway.ids.new_id`: the ULID time part of now, then a counter as the
@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gateway.ids import new_id
-from gateway.store.sqlite_schema import SCHEMA
+from gateway.store.sqlite_schema import SCHEMA, prepare
 
 RAW = (
     '{"message_uuid":"backlog-%d","channel_type":"SMS","callback_event":"delivered",'
@@ -42,9 +42,8 @@ def _open(db: Path) -> sqlite3.Connection:
     this data is durable)."""
     db.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
+    prepare(conn)  # WAL, the schema and its version, as the gateway makes a new file
     conn.execute("PRAGMA synchronous=OFF")
-    conn.executescript(SCHEMA)
     return conn
 
 
