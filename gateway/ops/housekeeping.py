@@ -30,11 +30,16 @@ from gateway.store.base import RetentionPolicy
 log = logging.getLogger("gateway.ops.housekeeping")
 
 #: Rows of one kind a retention step removes in one transaction (or Redis script call).
-BATCH = 1000
+BATCH = 500
+#: Share of a pass's time spent deleting: between steps it rests as long as the step took, so
+#: intake has the store (and the CPU) at least half of the time while a big pass runs.
+DUTY = 0.5
 SLOT_KEY = "retention:slot"
 
 
-def policy_of(retention: RetentionConfig, batch: int = BATCH) -> RetentionPolicy:
+def policy_of(
+    retention: RetentionConfig, batch: int = BATCH, duty: float = DUTY
+) -> RetentionPolicy:
     """The store-level policy of a `retention:` section. Plugin marks (ordering, Slack
     threads) are kept for the dedupe window: a status can arrive out of order, or be resent,
     for as long as the provider resends."""
@@ -46,6 +51,7 @@ def policy_of(retention: RetentionConfig, batch: int = BATCH) -> RetentionPolicy
         quarantined=retention.quarantined,
         marks=retention.dedupe,
         batch=batch,
+        duty=duty,
     )
 
 

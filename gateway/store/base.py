@@ -14,10 +14,14 @@ States:
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 EVENT_STATES = ("received", "routed", "unmatched", "filtered", "quarantined")
 DELIVERY_STATES = ("pending", "in_flight", "delivered", "dead")
@@ -243,6 +247,9 @@ class RetentionPolicy:
       marks never go.
     - `batch`: at most this many rows of one kind per transaction (or script call), so other
       writers (intake) get their turn between steps.
+    - `duty`: the share of a pass's wall time spent in steps (1.0: back to back). After a step
+      that took d seconds the pass rests d * (1 / duty - 1), so a pass that removes millions of
+      rows leaves the store, and the CPU, to intake most of the time (`Pacer`).
     """
 
     dedupe: float
@@ -252,10 +259,28 @@ class RetentionPolicy:
     quarantined: float
     marks: float
     batch: int = 1000
+    duty: float = 1.0
 
     def __post_init__(self) -> None:
         if self.batch < 1:
             raise ValueError("batch must be at least 1")
+        if not 0.0 < self.duty <= 1.0:
+            raise ValueError("duty must be in (0, 1]")
+
+
+class Pacer:
+    """Runs a pass's steps at `RetentionPolicy.duty`: ``await pacer(step())`` returns the step's
+    result after resting in proportion to how long the step took."""
+
+    def __init__(self, policy: RetentionPolicy) -> None:
+        self.rest = 1.0 / policy.duty - 1.0
+
+    async def __call__(self, step: Awaitable[T]) -> T:
+        started = time.monotonic()
+        result = await step
+        if self.rest > 0:
+            await asyncio.sleep((time.monotonic() - started) * self.rest)
+        return result
 
 
 class Store(abc.ABC):

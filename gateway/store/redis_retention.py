@@ -29,7 +29,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from gateway.ids import floor_id
-from gateway.store.base import PURGE_KINDS, Footprint, RetentionPolicy
+from gateway.store.base import PURGE_KINDS, Footprint, Pacer, RetentionPolicy
 from gateway.store.redis_codec import num
 from gateway.store.redis_scripts import _COMMON
 
@@ -195,11 +195,11 @@ class RedisRetention:
     # -- retention ---------------------------------------------------------------------------
     async def purge(self, policy: RetentionPolicy, now: float) -> dict[str, int]:
         counts = dict.fromkeys(PURGE_KINDS, 0)
-        n = policy.batch
+        n, pace = policy.batch, Pacer(policy)
         for state, window in (("delivered", policy.delivered), ("dead", policy.dead)):
             while True:
-                removed, attempts, read = await self._run(
-                    "purge_deliveries", state, num(now - window), n)
+                removed, attempts, read = await pace(self._run(
+                    "purge_deliveries", state, num(now - window), n))
                 counts[state] += int(removed)
                 counts["attempts"] += int(attempts)
                 if int(read) < n:
@@ -210,8 +210,8 @@ class RedisRetention:
         for state, kind, window, column in kinds:
             before, after = now - window, ""
             while True:
-                removed, read, last = await self._run(
-                    "purge_events", state, num(before), floor_id("evt", before), after, n, column)
+                removed, read, last = await pace(self._run(
+                    "purge_events", state, num(before), floor_id("evt", before), after, n, column))
                 counts[kind] += int(removed)
                 if int(read) < n:
                     break
@@ -219,7 +219,7 @@ class RedisRetention:
         for which, kind, window in (("dedupe", "dedupe_keys", policy.dedupe),
                                     ("marks", "marks", policy.marks)):
             while True:
-                removed = int(await self._run("purge_keys", which, num(now - window), n))
+                removed = int(await pace(self._run("purge_keys", which, num(now - window), n)))
                 counts[kind] += removed
                 if removed < n:
                     break

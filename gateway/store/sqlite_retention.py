@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 
 from gateway.ids import floor_id
-from gateway.store.base import PURGE_KINDS, Footprint, RetentionPolicy
+from gateway.store.base import PURGE_KINDS, Footprint, Pacer, RetentionPolicy
 from gateway.store.sqlite_rows import Runs, advance_mark, mark_table, put_mark
 
 #: ``PRAGMA journal_size_limit``: after a checkpoint resets the WAL, it is truncated to this.
@@ -152,12 +152,12 @@ class SQLiteRetention(Runs):
     # -- retention ---------------------------------------------------------------------------
     async def purge(self, policy: RetentionPolicy, now: float) -> dict[str, int]:
         counts = dict.fromkeys(PURGE_KINDS, 0)
-        batch = policy.batch
+        batch, pace = policy.batch, Pacer(policy)
         for state, window in (("delivered", policy.delivered), ("dead", policy.dead)):
             while True:
-                removed, attempts = await self._write(
+                removed, attempts = await pace(self._write(
                     partial(delete_deliveries, state=state, before=now - window, batch=batch)
-                )
+                ))
                 counts[state] += removed
                 counts["attempts"] += attempts
                 if removed < batch:
@@ -167,10 +167,10 @@ class SQLiteRetention(Runs):
         for state, kind, window, by_update in kinds:
             after = ""
             while True:
-                removed, last = await self._write(
+                removed, last = await pace(self._write(
                     partial(delete_events, state=state, before=now - window, after=after,
                             batch=batch, by_update=by_update)
-                )
+                ))
                 counts[kind] += removed
                 if removed < batch or last is None:
                     break
@@ -180,7 +180,9 @@ class SQLiteRetention(Runs):
             ("marks", policy.marks, delete_marks),
         ):
             while True:
-                removed = await self._write(partial(step, before=now - window, batch=batch))
+                removed = await pace(
+                    self._write(partial(step, before=now - window, batch=batch))
+                )
                 counts[kind] += removed
                 if removed < batch:
                     break
