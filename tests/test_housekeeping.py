@@ -18,10 +18,12 @@ import pytest
 from manual_clock import ManualClock
 
 from gateway.config.models import RetentionConfig
+from gateway.delivery import admin
 from gateway.ops.housekeeping import Housekeeper, purge_once
 from gateway.ops.silence import SilenceWatcher
 from gateway.store import IncomingEvent
 from gateway.store.base import PURGE_KINDS, Footprint
+from gateway.store.marks import Marks
 from gateway.store.sqlite import SQLiteStore
 
 T0 = 1_700_000_000.0
@@ -124,3 +126,12 @@ def test_retention_keys_accept_any_duration_down_to_one_second() -> None:
         RetentionConfig(events="500ms")
     with pytest.raises(ValueError, match="25h"):
         RetentionConfig(dedupe="24h")
+
+
+async def test_a_plugins_marks_cannot_read_or_change_a_pause(store: SQLiteStore) -> None:
+    await admin.pause_destination(store, "crm", "maintenance", T0)
+    marks = Marks(store, ManualClock(T0))  # what filters and enrichers get as meta["marks"]
+    assert await marks.get("paused:crm") is None
+    await marks.set("paused:crm", None)
+    await marks.advance("paused:crm", "9", "{}")
+    assert await admin.paused_reason(store, "crm") == "maintenance"

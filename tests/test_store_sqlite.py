@@ -14,6 +14,7 @@ from gateway.delivery import admin
 from gateway.store import IncomingEvent
 from gateway.store.base import RetentionPolicy
 from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite_retention import WAL_LIMIT
 from gateway.store.sqlite_schema import VERSION
 
 T0 = 1_700_000_000.0
@@ -140,3 +141,13 @@ async def test_ingesting_again_after_a_purge_grows_the_file_much_less(
 
 def _files(path: Path) -> int:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+
+
+async def test_the_wal_is_truncated_after_checkpoints_to_a_bounded_size(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "gw.db")
+    await store.open()
+    try:
+        limit = await store._read(lambda c: c.execute("PRAGMA journal_size_limit").fetchone()[0])
+        assert limit == WAL_LIMIT
+    finally:
+        await store.close()

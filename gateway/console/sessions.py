@@ -74,11 +74,14 @@ def read_cookie(admin_token: str, value: str | None, now: float) -> Session | No
 
 
 async def is_revoked(store: Store, session: Session) -> bool:
-    return await store.get_mark(REVOKED_PREFIX + session.id) is not None
+    return await store.get_mark(REVOKED_PREFIX + session.id, scope="gateway") is not None
 
 
 async def revoke(store: Store, session: Session, now: float) -> None:
     """Log `session` out everywhere (its cookie may have been copied)."""
+    # The gateway's own scope: retention never forgets it (a session may outlive the plugin
+    # marks' window) and no plugin can read or remove it.
     await store.set_mark(
-        REVOKED_PREFIX + session.id, json.dumps({"expires_at": session.expires_at}), now
+        REVOKED_PREFIX + session.id, json.dumps({"expires_at": session.expires_at}), now,
+        scope="gateway",
     )

@@ -41,7 +41,7 @@ def _rank(ts: float) -> str:
 async def silent_since(store: Store, source: str) -> float | None:
     """When `source` went silent (the last traffic before the alarm), or None when no silence
     alarm is raised for it now."""
-    alarm = await store.get_mark(f"silence:{source}")
+    alarm = await store.get_mark(f"silence:{source}", scope=GATEWAY)
     return float(alarm[1]) if alarm and alarm[1] else None
 
 
