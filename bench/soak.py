@@ -186,7 +186,8 @@ def main() -> int:
         mean, dev = plateau(rows, key)
         print(f"last third: {key} mean {mean:,.0f}, largest deviation {dev:.1%}")
     first, last = rows[0], rows[-1]
-    print(f"dedupe keys: {first['dedupe']} -> {last['dedupe']} (kept 25h: they grow all run)")
+    kept = args.dedupe or "25h: they grow all run"
+    print(f"dedupe keys: {first['dedupe']} -> {last['dedupe']} (kept {kept})")
     return 0
 
 
