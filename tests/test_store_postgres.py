@@ -65,10 +65,32 @@ async def sql(store: PostgresStore, query: str, args: Any = None) -> list[tuple[
 async def test_instances_starting_together_create_the_schema_once(make: Callable) -> None:
     stores = [make() for _ in range(4)]
     await asyncio.gather(*(s.open() for s in stores))
-    assert await sql(stores[0], "SELECT version FROM cg_schema_version") == [(len(MIGRATIONS),)]
+    assert await sql(stores[0], "SELECT MAX(version) FROM cg_schema_version") == [
+        (len(MIGRATIONS),)]
     again = make()
     await again.open()  # an up-to-date schema is left as it is
-    assert await sql(again, "SELECT count(*) FROM cg_schema_version") == [(1,)]
+    assert await sql(again, "SELECT count(*) FROM cg_schema_version") == [(len(MIGRATIONS),)]
+
+
+async def test_a_schema_of_the_first_release_is_upgraded_in_place() -> None:
+    # Version 1 kept pauses and the silence alarm among the plugins' marks; version 2 moves
+    # them out of retention's and the plugins' reach.
+    with scratch_schema() as (url, _):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(MIGRATIONS[0])
+            conn.execute("CREATE TABLE cg_schema_version (version integer NOT NULL,"
+                         " applied_at timestamptz NOT NULL DEFAULT now())")
+            conn.execute("INSERT INTO cg_schema_version (version) VALUES (1)")
+            conn.execute("INSERT INTO marks VALUES ('paused:crm', '', '{\"reason\": \"m\"}', 0),"
+                         " ('ordering:all:u:status', '2', 'x', 0)")
+        store = PostgresStore(url)
+        await store.open()
+        try:
+            assert await store.get_mark("paused:crm") is None
+            assert await store.get_mark("paused:crm", scope="gateway") == ("", '{"reason": "m"}')
+            assert await store.get_mark("ordering:all:u:status") == ("2", "x")
+        finally:
+            await store.close()
 
 
 async def test_a_schema_newer_than_the_gateway_refuses_to_open(make: Callable) -> None:

@@ -50,6 +50,7 @@ from gateway.store.base import (
 )
 from gateway.store.postgres_conn import CHANNEL, Listener, Pool, split_url
 from gateway.store.postgres_ingest import IngestGroups
+from gateway.store.postgres_retention import PostgresRetention
 from gateway.store.postgres_sql import (
     CLAIM_DELIVERIES,
     CLAIM_EVENTS,
@@ -67,7 +68,7 @@ from gateway.store.postgres_sql import (
 Conn = psycopg.AsyncConnection[Any]
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresRetention, Store):
     """See the module docstring. Nothing connects before `open`."""
 
     def __init__(self, url: str) -> None:
@@ -386,53 +387,6 @@ class PostgresStore(Store):
     async def recent_errors(self, limit: int = 20) -> list[DeliveryRecord]:
         return await self.pool.run(lambda c: postgres_reads.recent_errors(c, limit))
 
-    async def purge(self, dedupe_before: float, delivered_before: float) -> dict[str, int]:
-        async def op(c: Conn) -> dict[str, int]:
-            keys = await c.execute("DELETE FROM dedupe WHERE first_seen < %s", (dedupe_before,))
-            await c.execute(
-                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
-                " WHERE state = 'delivered' AND updated_at < %s)",
-                (delivered_before,),
-            )
-            done = await c.execute(
-                "DELETE FROM deliveries WHERE state = 'delivered' AND updated_at < %s",
-                (delivered_before,),
-            )
-            marks = await c.execute(
-                "DELETE FROM marks WHERE updated_at < %s", (delivered_before,)
-            )
-            return {"dedupe_keys": keys.rowcount, "deliveries": done.rowcount,
-                    "marks": marks.rowcount}
-
-        return await self.pool.run(op, transaction=True)
-
-    # -- marks -------------------------------------------------------------------------------
-    async def advance_mark(
-        self, key: str, rank: str, value: str, now: float
-    ) -> tuple[bool, str | None]:
-        async def op(c: Conn) -> tuple[bool, str | None]:
-            # Serialise calls on one key, including the first (no row to lock yet).
-            await c.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
-            row = await (await c.execute(
-                "SELECT rank, value FROM marks WHERE key = %s", (key,)
-            )).fetchone()
-            if row is not None and row[0] >= rank:
-                return False, row[1]
-            await _upsert_mark(c, key, rank, value, now)
-            return True, row[1] if row else None
-
-        return await self.pool.run(op, transaction=True)
-
-    async def get_mark(self, key: str) -> tuple[str, str] | None:
-        rows = await self._rows("SELECT rank, value FROM marks WHERE key = %s", (key,))
-        return (rows[0][0], rows[0][1]) if rows else None
-
-    async def set_mark(self, key: str, value: str | None, now: float, rank: str = "") -> None:
-        if value is None:
-            await self.pool.run(lambda c: c.execute("DELETE FROM marks WHERE key = %s", (key,)))
-            return
-        await self.pool.run(lambda c: _upsert_mark(c, key, rank, value, now))
-
     async def queue_stats(self, now: float) -> list[dict[str, Any]]:
         rows = await self._rows(
             "SELECT destination, state, COUNT(*), MIN(created_at) FROM deliveries"
@@ -449,13 +403,3 @@ class PostgresStore(Store):
             return result
 
         return await self.pool.run(op, transaction=True)
-
-
-async def _upsert_mark(c: Conn, key: str, rank: str, value: str, now: float) -> None:
-    await c.execute(
-        "INSERT INTO marks (key, rank, value, updated_at) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (key) DO UPDATE SET rank = excluded.rank, value = excluded.value,"
-        " updated_at = excluded.updated_at",
-        (key, rank, value, now),
-    )
-

@@ -103,8 +103,30 @@ CREATE TABLE marks (
 );
 """
 
+#: Version 2, retention: the gateway's own marks (destination pauses, the silence alarm,
+#: console session revocations) move to ``gateway_marks``, which retention never touches and
+#: plugins never reach; indexes for the retention pass.
+SCHEMA_V2 = """
+CREATE TABLE gateway_marks (
+    key text PRIMARY KEY,
+    rank text COLLATE "C" NOT NULL,
+    value text NOT NULL,
+    updated_at double precision NOT NULL
+);
+INSERT INTO gateway_marks (key, rank, value, updated_at)
+    SELECT key, rank, value, updated_at FROM marks
+    WHERE key LIKE 'paused:%' OR key LIKE 'silence:%' OR key LIKE 'last-seen:%'
+       OR key LIKE 'console-revoked:%';
+DELETE FROM marks
+    WHERE key LIKE 'paused:%' OR key LIKE 'silence:%' OR key LIKE 'last-seen:%'
+       OR key LIKE 'console-revoked:%';
+CREATE INDEX marks_age ON marks (updated_at);
+CREATE INDEX deliveries_delivered_age ON deliveries (updated_at) WHERE state = 'delivered';
+CREATE INDEX deliveries_dead_age ON deliveries (updated_at) WHERE state = 'dead';
+"""
+
 #: Index n: the statements that take schema version n to n + 1.
-MIGRATIONS: list[str] = [SCHEMA_V1]
+MIGRATIONS: list[str] = [SCHEMA_V1, SCHEMA_V2]
 
 VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS cg_schema_version (

@@ -35,7 +35,7 @@ from gateway.store.redis_scripts import _COMMON
 
 VERSION = 1
 #: Key prefixes the first release wrote among the plugin marks for the gateway's own state.
-V0_GATEWAY_PREFIXES = ("paused:", "silence:", "last-seen:")
+V0_GATEWAY_PREFIXES = ("paused:", "silence:", "last-seen:", "console-revoked:")
 #: Members one upgrade script call handles.
 UPGRADE_BATCH = 500
 _SPACES = {"plugin": "m", "gateway": "g"}

@@ -130,7 +130,7 @@ CREATE TABLE IF NOT EXISTS gateway_marks (
 ADDED_COLUMNS = (("attempts", "details", "TEXT"),)
 
 #: Key prefixes the first release wrote among the plugin marks for the gateway's own state.
-V0_GATEWAY_PREFIXES = ("paused:", "silence:", "last-seen:")
+V0_GATEWAY_PREFIXES = ("paused:", "silence:", "last-seen:", "console-revoked:")
 
 
 def prepare(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,164 @@
+"""Retention and marks for the PostgreSQL store: the steps of a purge pass and the two mark
+scopes (``marks`` for plugins, ``gateway_marks`` for the gateway's own state). A mixin of
+`gateway.store.postgres.PostgresStore`, which provides `pool`.
+
+Each step removes at most ``policy.batch`` rows of one kind in its own transaction, reading
+through an index in the order it deletes, as on SQLite (`gateway.store.sqlite_retention`):
+finished deliveries by last change (``deliveries_delivered_age``, ``deliveries_dead_age``),
+events in id (= receive) order up to `floor_id` of the cutoff with a cursor, dedupe keys by
+first sight, plugin marks by last write.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.ids import floor_id
+from gateway.store.base import PURGE_KINDS, Pacer, RetentionPolicy
+
+Conn = Any
+_TABLES = {"plugin": "marks", "gateway": "gateway_marks"}
+
+
+def mark_table(scope: str) -> str:
+    try:
+        return _TABLES[scope]
+    except KeyError:
+        raise ValueError(f"unknown mark scope {scope!r}") from None
+
+
+class PostgresRetention:
+    """`Store.purge` and the mark methods on PostgreSQL."""
+
+    pool: Any
+
+    async def purge(self, policy: RetentionPolicy, now: float) -> dict[str, int]:
+        counts = dict.fromkeys(PURGE_KINDS, 0)
+        n, pace = policy.batch, Pacer(policy)
+        for state, window in (("delivered", policy.delivered), ("dead", policy.dead)):
+            while True:
+                removed, attempts = await pace(self.pool.run(
+                    _deliveries(state, now - window, n), transaction=True))
+                counts[state] += removed
+                counts["attempts"] += attempts
+                if removed < n:
+                    break
+        kinds = [(s, "events", policy.events, "received_at")
+                 for s in ("routed", "unmatched", "filtered")]
+        kinds.append(("quarantined", "quarantined", policy.quarantined, "updated_at"))
+        for state, kind, window, column in kinds:
+            after = ""
+            while True:
+                removed, last = await pace(self.pool.run(
+                    _events(state, now - window, after, n, column), transaction=True))
+                counts[kind] += removed
+                if removed < n or last is None:
+                    break
+                after = last
+        for kind, sql, window in (
+            ("dedupe_keys", "DELETE FROM dedupe WHERE (source, key) IN (SELECT source, key"
+             " FROM dedupe WHERE first_seen < %s ORDER BY first_seen LIMIT %s)", policy.dedupe),
+            ("marks", "DELETE FROM marks WHERE key IN (SELECT key FROM marks"
+             " WHERE updated_at < %s ORDER BY updated_at LIMIT %s)", policy.marks),
+        ):
+            while True:
+                removed = await pace(self.pool.run(_count(sql, (now - window, n)),
+                                                   transaction=True))
+                counts[kind] += removed
+                if removed < n:
+                    break
+        return counts
+
+    async def count_events(self, state: str) -> int:
+        async def op(c: Conn) -> int:
+            cur = await c.execute("SELECT COUNT(*) FROM events WHERE state = %s", (state,))
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        return int(await self.pool.run(op))
+
+    # -- marks -----------------------------------------------------------------------------------
+    async def advance_mark(
+        self, key: str, rank: str, value: str, now: float, *, scope: str = "plugin"
+    ) -> tuple[bool, str | None]:
+        table = mark_table(scope)
+
+        async def op(c: Conn) -> tuple[bool, str | None]:
+            # Serialise calls on one key, including the first (no row to lock yet).
+            await c.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                            (f"{table}:{key}",))
+            row = await (await c.execute(
+                f"SELECT rank, value FROM {table} WHERE key = %s", (key,))).fetchone()
+            if row is not None and row[0] >= rank:
+                return False, row[1]
+            await _upsert(c, table, key, rank, value, now)
+            return True, row[1] if row else None
+
+        return await self.pool.run(op, transaction=True)  # type: ignore[no-any-return]
+
+    async def get_mark(self, key: str, *, scope: str = "plugin") -> tuple[str, str] | None:
+        table = mark_table(scope)
+
+        async def op(c: Conn) -> Any:
+            return await (await c.execute(
+                f"SELECT rank, value FROM {table} WHERE key = %s", (key,))).fetchone()
+
+        row = await self.pool.run(op)
+        return (row[0], row[1]) if row else None
+
+    async def set_mark(
+        self, key: str, value: str | None, now: float, rank: str = "", *, scope: str = "plugin"
+    ) -> None:
+        table = mark_table(scope)
+        if value is None:
+            await self.pool.run(
+                lambda c: c.execute(f"DELETE FROM {table} WHERE key = %s", (key,)))
+            return
+        await self.pool.run(lambda c: _upsert(c, table, key, rank, value, now))
+
+
+async def _upsert(c: Conn, table: str, key: str, rank: str, value: str, now: float) -> None:
+    await c.execute(
+        f"INSERT INTO {table} (key, rank, value, updated_at) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (key) DO UPDATE SET rank = excluded.rank, value = excluded.value,"
+        " updated_at = excluded.updated_at",
+        (key, rank, value, now),
+    )
+
+
+def _count(sql: str, args: tuple[Any, ...]) -> Any:
+    async def op(c: Conn) -> int:
+        return int((await c.execute(sql, args)).rowcount)
+
+    return op
+
+
+def _deliveries(state: str, before: float, n: int) -> Any:
+    async def op(c: Conn) -> tuple[int, int]:
+        # The state is a literal so that the partial index of that state is used.
+        cur = await c.execute(
+            f"SELECT id FROM deliveries WHERE state = '{state}' AND updated_at < %s"
+            " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED", (before, n))
+        ids = [r[0] for r in await cur.fetchall()]
+        if not ids:
+            return 0, 0
+        attempts = await c.execute("DELETE FROM attempts WHERE delivery_id = ANY(%s)", (ids,))
+        removed = await c.execute(
+            f"DELETE FROM deliveries WHERE id = ANY(%s) AND state = '{state}'", (ids,))
+        return int(removed.rowcount), int(attempts.rowcount)
+
+    return op
+
+
+def _events(state: str, before: float, after: str, n: int, column: str) -> Any:
+    async def op(c: Conn) -> tuple[int, str | None]:
+        cur = await c.execute(
+            "DELETE FROM events WHERE id IN (SELECT e.id FROM events e"
+            f" WHERE e.state = %s AND e.id > %s AND e.id < %s AND e.{column} < %s"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)"
+            " ORDER BY e.id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id",
+            (state, after, floor_id("evt", before), before, n))
+        ids = [r[0] for r in await cur.fetchall()]
+        return len(ids), max(ids, default=None)
+
+    return op
