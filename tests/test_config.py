@@ -99,8 +99,8 @@ def test_a_valid_file_loads_with_its_values_and_defaults() -> None:
     assert loaded.destination_options["archive"].timeout == 5
 
 
-def test_an_empty_file_is_a_valid_default_config() -> None:
-    config = load("").config
+def test_an_empty_mapping_is_a_valid_default_config() -> None:
+    config = load("{}").config
     assert config.sources == {}
     assert config.store == "sqlite:///var/gateway.db"
 
@@ -432,7 +432,7 @@ def test_a_destination_type_registered_twice_names_both_plugins() -> None:
             register("probe", ProbeDestination)
 
     with pytest.raises(ConfigError) as info:
-        load_config_text("", {}, extra_plugins=[ProbePlugin(), Twin()])
+        load_config_text("{}", {}, extra_plugins=[ProbePlugin(), Twin()])
     assert_problem(info.value.problems, r"'probe' is registered by both")
 
 

@@ -57,7 +57,7 @@ def test_every_hook_has_a_docstring_with_its_contract():
 
 
 def test_every_built_in_filter_and_enricher_is_described():
-    registry = load_config_text("", env={}).registry
+    registry = load_config_text("{}", env={}).registry
     for kind in ("filters", "enrichers"):
         for name, reg in registry.kinds[kind].items():
             if reg.plugin in ("enrichers", "ordering"):

@@ -1,7 +1,9 @@
 """Loading: read, parse YAML, interpolate, validate the schema, then validate what plugins define.
 
 Every problem is collected and raised together as one `ConfigError`, one line per problem,
-``key.path[index]: message``. YAML syntax errors keep their ``line:column``.
+``key.path[index]: message``. YAML errors keep their ``line:column``; the YAML itself is parsed
+within limits (size, expanded aliases, depth; no duplicate keys, not empty): see
+`gateway.config.yaml_safe`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from gateway.config.components import check_components
@@ -22,6 +23,7 @@ from gateway.config.models import Config
 from gateway.config.paths import join_path
 from gateway.config.problems import allowed_keys, pydantic_problems, suggest
 from gateway.config.redact import collect_secrets
+from gateway.config.yaml_safe import MAX_BYTES, parse_yaml
 from gateway.errors import ConfigError
 from gateway.plugin.components import Registry, build_registry
 from gateway.plugin.manager import make_plugin_manager
@@ -35,15 +37,28 @@ def load_config(
 ) -> Loaded:
     """Load and fully validate the file at `path`; raise `ConfigError` listing every problem."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{p}: no such file"]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{p}: cannot read: {e}"]) from None
+    text = read_config_text(p)
     loaded = load_config_text(text, env, name=str(p), extra_plugins=extra_plugins)
     loaded.path = p
     return loaded
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text; at most `MAX_BYTES` are read (the path may name a device or a huge
+    file). `ConfigError` when it cannot be read, is larger, or is not UTF-8."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e}"]) from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_BYTES // (1024 * 1024)} MiB"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: cannot read: {e}"]) from None
 
 
 def load_config_text(
@@ -55,16 +70,7 @@ def load_config_text(
 ) -> Loaded:
     """Like `load_config`, from YAML text (tests use this)."""
     env = os.environ if env is None else env
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
-        raise ConfigError([f"{where}: YAML syntax error: {e.problem}"]) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{name}: YAML error: {e}"]) from None
-    if tree is None:
-        tree = {}
+    tree = parse_yaml(text, name)
     if not isinstance(tree, dict):
         raise ConfigError([f"{name}: the top level must be a mapping of keys to values"])
     problems: list[str] = []
@@ -98,4 +104,12 @@ def _plugins(
         return None, None
 
 
-__all__ = ["Loaded", "allowed_keys", "join_path", "load_config", "load_config_text", "suggest"]
+__all__ = [
+    "Loaded",
+    "allowed_keys",
+    "join_path",
+    "load_config",
+    "load_config_text",
+    "read_config_text",
+    "suggest",
+]
