@@ -68,7 +68,7 @@ class BoundedSafeLoader(Composer, _Parser, SafeConstructor, Resolver):
     duplicate keys refused while constructing (see the module docstring)."""
 
     def __init__(self, stream: str) -> None:
-        _Parser.__init__(self, stream)
+        _Parser.__init__(self, stream)  # type: ignore[call-arg]
         Composer.__init__(self)
         SafeConstructor.__init__(self)
         Resolver.__init__(self)

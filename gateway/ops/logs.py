@@ -129,6 +129,14 @@ def setup_logging(
     logging.getLogger("sanic.access").setLevel(logging.WARNING)
 
 
+def add_secrets(secrets: set[str]) -> None:
+    """Scrub `secrets` too from now on (a reload may bring new ones). The set is replaced,
+    not changed in place, because the logging thread may be iterating over it."""
+    writer = _listener
+    if writer is not None and isinstance(writer.formatter, ScrubbingFormatter):
+        writer.formatter.secrets = writer.formatter.secrets | secrets
+
+
 #: What the logging thread takes: a record, a hot-path line (see `line`), or None to stop.
 _Line = tuple[float, str, int, str, tuple[object, ...]]
 _Item = logging.LogRecord | _Line | list[Any] | None

@@ -7,17 +7,26 @@ is dropped: intake hands events to whichever runtime is current when they commit
 one stops, its delivery engine finishing in-flight attempts. ``store`` and ``server`` (address,
 workers) take effect on the next restart; the log says so.
 
-With several workers (``server.workers > 1``) the main process validates the file and asks Sanic
-to restart the workers one by one, each loading the file anew (no downtime).
+The file is read once (`gateway.config.load.read_config_text`) and validated first in a child
+process with memory, CPU and time limits (`gateway.config.isolated`); only a text the child
+found valid is loaded here, in a thread, so neither a hostile file nor a large one stalls the
+serving loop (``/healthz`` keeps answering, SIGTERM keeps working) or grows this process.
+
+With several workers (``server.workers > 1``) the main process validates the file the same way
+and asks Sanic to restart the workers one by one, each loading the file anew (no downtime).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.config import load_config
+from gateway.config.isolated import check_isolated, check_isolated_sync
+from gateway.config.load import load_config_text, read_config_text
 from gateway.errors import ConfigError, GatewayError
+from gateway.ops.logs import add_secrets
 
 if TYPE_CHECKING:
     from sanic import Sanic
@@ -43,7 +52,11 @@ async def apply_reload(gw: Gateway) -> None:
     `gw.reload_lock`); `ConfigError` when it has problems (nothing changed)."""
     if gw.loaded.path is None:
         raise ConfigError(["reload: this gateway was not started from a file"])
-    new = load_config(gw.loaded.path)
+    path = gw.loaded.path
+    text = read_config_text(path)
+    await check_isolated(text, str(path))
+    new = await asyncio.to_thread(load_config_text, text, name=str(path))
+    new.path = path
     old = gw.config
     for key in ("store", "server"):
         if getattr(new.config, key) != getattr(old, key):
@@ -55,6 +68,7 @@ async def apply_reload(gw: Gateway) -> None:
         raise
     except Exception as e:
         raise ConfigError([f"reload: {type(e).__name__}: {e}"]) from e
+    add_secrets(new.secrets)
     cfg = new.config
     log.info(
         "reload: configuration loaded (%d sources, %d destinations, %d routes)",
@@ -84,7 +98,7 @@ def restart_workers_on_sighup(app: Sanic, path: str) -> None:
 
     def on_hup(signum: int, frame: object) -> None:
         try:
-            load_config(path)
+            check_isolated_sync(read_config_text(Path(path)), path)
         except ConfigError as e:
             for problem in e.problems:
                 log.error("reload refused: %s", problem)
