@@ -57,6 +57,7 @@ async def apply_reload(gw: Gateway) -> None:
     await check_isolated(text, str(path))
     new = await asyncio.to_thread(load_config_text, text, name=str(path))
     new.path = path
+    add_secrets(new.secrets)  # before anything of the new configuration can log
     old = gw.config
     for key in ("store", "server"):
         if getattr(new.config, key) != getattr(old, key):
@@ -68,7 +69,6 @@ async def apply_reload(gw: Gateway) -> None:
         raise
     except Exception as e:
         raise ConfigError([f"reload: {type(e).__name__}: {e}"]) from e
-    add_secrets(new.secrets)
     cfg = new.config
     log.info(
         "reload: configuration loaded (%d sources, %d destinations, %d routes)",
