@@ -88,6 +88,12 @@ async def replay(
                              limit=10**9), now)
 
 
+async def replay_quarantined(store: Store, now: float, ids: list[str] | None = None) -> list[str]:
+    """Send quarantined events (all of them, or `ids`) back to the router to be checked again
+    by today's chain; returns the ids sent. The caller wakes its router."""
+    return await store.replay_quarantined(list(ids) if ids else None, now)
+
+
 async def pause_destination(store: Store, name: str, reason: str, now: float) -> None:
     """Durably stop sending to `name` (every engine notices within its pause poll)."""
     await store.set_mark(

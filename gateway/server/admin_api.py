@@ -15,6 +15,10 @@ Off unless ``admin.token`` is set; every request needs ``Authorization: Bearer <
     POST /admin/destinations/<name>/pause   {"reason": "..."} (optional)
     POST /admin/destinations/<name>/resume
     POST /admin/reload              validate the config file and load it
+
+Bodies and query strings are validated by the models of `gateway.server.admin_models` before
+anything is read or changed: a request they refuse is answered ``400 {"error": "bad_request",
+"detail": ["field.path: message", ...]}`` and changes nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +34,15 @@ from gateway.delivery import admin
 from gateway.errors import ConfigError, StoreError
 from gateway.intake.responses import error
 from gateway.runtime import Gateway
+from gateway.server.admin_models import (
+    DeliveriesQuery,
+    PauseRequest,
+    QuarantineQuery,
+    ReplayRequest,
+    RequestInvalid,
+    parse,
+    parse_query,
+)
 
 Handler = Callable[..., Awaitable[HTTPResponse]]
 
@@ -66,6 +79,8 @@ def admin_blueprint() -> Blueprint:
         async def wrapper(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
             try:
                 return await fn(request, *args, **kwargs)
+            except RequestInvalid as e:
+                return error(400, "bad_request", e.problems)
             except ValueError as e:
                 return error(400, "bad_request", str(e))
             except StoreError as e:
@@ -77,15 +92,9 @@ def admin_blueprint() -> Blueprint:
     @bp.get("/deliveries")
     @guarded
     async def deliveries(request: Request) -> HTTPResponse:
-        q = request.args
-        since = q.get("since")
+        q = parse_query(DeliveriesQuery, request.args)
         records, more = await admin.list_deliveries_page(
-            ctx(request).open_store(),
-            q.get("state"),
-            q.get("destination"),
-            q.get("message_uuid"),
-            float(since) if since else None,
-            int(q.get("limit", 1000)),
+            ctx(request).open_store(), q.state, q.destination, q.message_uuid, q.since, q.limit
         )
         return response.json([r.as_dict() for r in records], headers=_more(more))
 
@@ -100,23 +109,15 @@ def admin_blueprint() -> Blueprint:
     @bp.post("/replay")
     @guarded
     async def replay(request: Request) -> HTTPResponse:
-        body = request.json if request.body else {}
-        if not isinstance(body, dict):
-            raise ValueError("expected a JSON object")
+        req = parse(ReplayRequest, body_of(request))
         c = ctx(request)
         now = c.clock.now()
-        if body.get("quarantined"):
-            ids = await c.open_store().replay_quarantined(body.get("ids") or None, now)
+        if req.quarantined:
+            ids = await admin.replay_quarantined(c.open_store(), now, req.ids)
             c.wake_router()
             return response.json({"replayed": ids})
-        since = body.get("since")
         ids = await admin.replay(
-            c.open_store(),
-            now,
-            body.get("ids") or None,
-            body.get("state"),
-            body.get("destination"),
-            float(since) if since is not None else None,
+            c.open_store(), now, req.ids, req.state, req.destination, req.since
         )
         c.wake_engine()
         return response.json({"replayed": ids})
@@ -124,8 +125,8 @@ def admin_blueprint() -> Blueprint:
     @bp.get("/quarantine")
     @guarded
     async def quarantine(request: Request) -> HTTPResponse:
-        limit = int(request.args.get("limit", 1000))
-        events, more = await admin.list_quarantined_page(ctx(request).open_store(), limit)
+        q = parse_query(QuarantineQuery, request.args)
+        events, more = await admin.list_quarantined_page(ctx(request).open_store(), q.limit)
         return response.json([e.as_dict() for e in events], headers=_more(more))
 
     @bp.get("/destinations")
@@ -156,8 +157,7 @@ def admin_blueprint() -> Blueprint:
             return error(404, "not_found", f"no destination named {name!r}")
         now = c.clock.now()
         if action == "pause":
-            body = request.json if request.body else {}
-            reason = (body or {}).get("reason") or "paused by an operator"
+            reason = parse(PauseRequest, body_of(request)).reason
             if c.engine is not None:
                 await c.engine.pause(name, reason)
             else:
@@ -180,3 +180,8 @@ def admin_blueprint() -> Blueprint:
         return response.json({"reloaded": True})
 
     return bp
+
+
+def body_of(request: Request) -> Any:
+    """The request's JSON body; an empty body is an empty object (`parse` checks the rest)."""
+    return request.json if request.body else {}
