@@ -8,7 +8,7 @@ one stops, its delivery engine finishing in-flight attempts. ``store`` and ``ser
 workers) take effect on the next restart; the log says so.
 
 The file is read once (`gateway.config.load.read_config_text`) and validated first in a child
-process with memory, CPU and time limits (`gateway.config.isolated`); only a text the child
+process with memory, CPU and time limits (`gateway.server.isolated`); only a text the child
 found valid is loaded here, in a thread, so neither a hostile file nor a large one stalls the
 serving loop (``/healthz`` keeps answering, SIGTERM keeps working) or grows this process.
 
@@ -23,10 +23,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.config.isolated import check_isolated, check_isolated_sync
 from gateway.config.load import load_config_text, read_config_text
 from gateway.errors import ConfigError, GatewayError
 from gateway.ops.logs import add_secrets
+from gateway.server.isolated import check_isolated, check_isolated_sync
 
 if TYPE_CHECKING:
     from sanic import Sanic

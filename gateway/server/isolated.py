@@ -3,7 +3,7 @@
 A reload (SIGHUP, ``POST /admin/reload``) reads a file that may have been changed by someone
 else. Parsing is bounded (`gateway.config.yaml_safe`), but validating a large file still takes
 CPU and memory, and a serving process must neither stall nor grow while doing it. So the text
-is first validated here, in ``python -m gateway.config.isolated``, a child process with
+is first validated here, in ``python -m gateway.server.isolated``, a child process with
 `MEMORY_LIMIT` bytes of address space, `CPU_LIMIT` seconds of CPU and `TIMEOUT` seconds of
 wall time; the serving process loads the same text only once the child found it valid (and then
 off its event loop, see `gateway.server.reload`).
@@ -32,7 +32,7 @@ TIMEOUT = 30.0
 
 
 def _command(name: str) -> list[str]:
-    return [sys.executable, "-m", "gateway.config.isolated", name]
+    return [sys.executable, "-m", "gateway.server.isolated", name]
 
 
 def _verdict(code: int | None, out: bytes, err: bytes, name: str) -> None:
