@@ -2,13 +2,17 @@
 
 Options (``destinations.<name>``)::
 
-    url: https://crm.example.com/hooks
+    url: https://crm.example.com/hooks   # https://user:password@host/... sends Basic auth
     method: POST                 # default
     headers: {X-Team: ops}       # extra request headers (values may be secrets: they are scrubbed)
     timeout: 10s                 # the whole request, connect to last byte
     payload: original            # original (default) | envelope | template
     body: '{"uuid": {{ event.message_uuid | tojson }}}'   # with payload: template
     secret: whsec_...            # sign (webhook-timestamp, webhook-signature); empty: unsigned
+
+Credentials in the URL (``https://user:pa%40ss@host/hooks``, percent-encoded as URLs require)
+are sent as ``Authorization: Basic`` on every request and removed from the URL itself; a URL
+with credentials and an ``Authorization`` header together are refused by ``check``.
 
 Every request carries ``webhook-id: <delivery id>`` (stable across retries and replays, so
 receivers can drop repeats) and ``Content-Type: application/json``. With ``secret`` the body is
@@ -83,6 +87,18 @@ class WebhookOptions(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _credentials(self) -> WebhookOptions:
+        # Checked on the whole model so that the error never quotes the URL (it holds a password).
+        if httpx.URL(self.url).userinfo and any(
+            k.lower() == "authorization" for k in self.headers
+        ):
+            raise ValueError(
+                "url: credentials in the URL are sent as Basic auth, and headers has an"
+                " Authorization header too; give one of them"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _body(self) -> WebhookOptions:
         if self.payload == "template":
             if not self.body:
@@ -107,6 +123,16 @@ def signing_key(secret: str) -> bytes:
         raise ValueError("the part after 'whsec_' is not valid base64") from None
 
 
+def split_userinfo(url: httpx.URL) -> tuple[httpx.URL, str | None]:
+    """`url` without its userinfo, and the ``Authorization: Basic`` value it stood for (None
+    when the URL has none). Sending both would fail in the HTTP client ("Cannot combine
+    AUTHORIZATION header with ... credentials encoded in URL")."""
+    if not url.userinfo:
+        return url, None
+    pair = f"{url.username}:{url.password}".encode()  # httpx percent-decodes both
+    return url.copy_with(userinfo=b""), "Basic " + base64.b64encode(pair).decode("ascii")
+
+
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` header value."""
     mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
@@ -124,9 +150,12 @@ class Webhook(HTTPDestination):
         self.secrets |= set(options.headers.values())  # receivers may echo them back
         self.key = signing_key(options.secret) if options.secret else None
         self.template = JsonTemplate(options.body) if options.body else None
-        self.url = httpx.URL(options.url)  # parsed once, not on every request
+        self.url, basic = split_userinfo(httpx.URL(options.url))  # parsed once
         lowered = {k.lower() for k in options.headers}
         self.base_headers = dict(options.headers)
+        if basic is not None:
+            self.base_headers["authorization"] = basic
+            self.secrets.add(basic)
         if "content-type" not in lowered:
             self.base_headers["content-type"] = "application/json"
 

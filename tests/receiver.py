@@ -34,6 +34,9 @@ class Reply:
     stall: float = 0.0
     #: Put the request's headers into the body (to check what a caller would store).
     echo_headers: bool = False
+    #: Put the request line (method, path and query) and its headers into the body, as a
+    #: misbehaving receiver that echoes its request into an error answer would.
+    echo_request: bool = False
 
 
 @dataclass
@@ -86,6 +89,9 @@ class Receiver:
             payload: Any = reply.body
             if reply.echo_headers:
                 payload = repr(dict(request.headers))
+            if reply.echo_request:
+                head = f"{request.method} {request.path_qs} HTTP/1.1\n"
+                payload = head + "".join(f"{k}: {v}\n" for k, v in request.headers.items())
             return web.Response(status=reply.status, body=payload, headers=reply.headers)
         finally:
             self.in_flight -= 1

@@ -447,7 +447,8 @@ def test_redact_masks_secret_keys_at_any_depth_and_in_any_case() -> None:
             "slack": {"type": "slack", "webhook_url": "https://hooks.slack.com/T/B/x"},
             "crm": {
                 "type": "webhook", "url": "https://crm.example.com/h", "Secret": "whsec_abc",
-                "headers": {"Authorization": "Bearer t0k", "X-Trace": "visible"},
+                "headers": {"Authorization": "Bearer t0k", "X-Api-Key": "k3y-0123",
+                            "Content-Type": "application/json"},
             },
             "bot": {"type": "slack", "TOKEN": "xoxb-1", "channel": "#ops"},
         },
@@ -458,13 +459,30 @@ def test_redact_masks_secret_keys_at_any_depth_and_in_any_case() -> None:
     assert out["sources"]["s"]["auth"]["basic"] == {"username": "gw", "password": MASK}
     assert out["destinations"]["slack"]["webhook_url"] == MASK
     assert out["destinations"]["crm"]["Secret"] == MASK
-    assert out["destinations"]["crm"]["headers"] == {"Authorization": MASK, "X-Trace": "visible"}
+    assert out["destinations"]["crm"]["headers"] == {  # every header value but plain ones
+        "Authorization": MASK, "X-Api-Key": MASK, "Content-Type": "application/json"}
     assert out["destinations"]["crm"]["url"] == "https://crm.example.com/h"
     assert out["destinations"]["bot"] == {"type": "slack", "TOKEN": MASK, "channel": "#ops"}
     assert out["list"] == [{"secret": MASK}, "plain"]
     assert tree["password"] == "p1", "redact must return a copy, not mask in place"
-    for secret in ("p1", "p2", "hooks.slack.com", "whsec_abc", "t0k", "xoxb-1", "in-a-list"):
+    for secret in ("p1", "p2", "hooks.slack.com", "whsec_abc", "t0k", "k3y-0123", "xoxb-1",
+                   "in-a-list"):
         assert secret not in repr(out)
+
+
+def test_secrets_include_header_values_and_the_path_of_a_secret_url() -> None:
+    found = collect_secrets({"destinations": {
+        "ops": {"type": "slack",
+                "webhook_url": "https://hooks.slack.com/services/T0AB/B0CD/aSecretToken12345678"},
+        "crm": {"type": "webhook", "url": "https://crm.example.com/hooks",
+                "headers": {"X-Api-Key": "key-0123456789", "Content-Type": "application/json"}},
+    }})
+    assert "/services/T0AB/B0CD/aSecretToken12345678" in found  # echoed in a request line
+    assert "aSecretToken12345678" in found
+    assert "key-0123456789" in found
+    assert "application/json" not in found and "/hooks" not in found
+    echoed = "HTTP 500: POST /services/T0AB/B0CD/aSecretToken12345678 x-api-key: key-0123456789"
+    assert scrub(echoed, found) == "HTTP 500: POST *** x-api-key: ***"
 
 
 def test_redact_masks_secret_values_that_are_not_strings() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from gateway.config.paths import format_loc
+from gateway.config.redact import is_secret_key, redact_url
 
 
 def pydantic_problems(
@@ -30,7 +31,9 @@ def pydantic_problems(
             msg = err["msg"].removeprefix("Value error, ")
             found = err.get("input")
             shown = "" if isinstance(found, dict | list) or found is None else f" (found {found!r})"
-            out.append(f"{path}: {msg}{shown}")
+            if any(is_secret_key(part) or part == "headers" for part in loc):
+                shown = ""  # never echo a secret, even a malformed one
+            out.append(f"{path}: {msg}{redact_url(shown)}")
     return out
 
 
