@@ -38,7 +38,7 @@ MAX_NAME_LENGTH = 200
 #: Longest pause reason.
 MAX_REASON_LENGTH = 500
 #: Largest ``limit`` of a listing.
-MAX_LIMIT = 10_000
+MAX_LIMIT = 100_000
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
