@@ -108,13 +108,13 @@ class DeliveriesQuery(_Query):
     destination: Name | None = None
     message_uuid: Name | None = None
     since: Since | None = None
-    limit: int = Field(default=1000, ge=1, le=MAX_LIMIT)
+    limit: int = Field(default=1000, ge=0, le=MAX_LIMIT)
 
 
 class QuarantineQuery(_Query):
     """``GET /admin/quarantine?limit=``."""
 
-    limit: int = Field(default=1000, ge=1, le=MAX_LIMIT)
+    limit: int = Field(default=1000, ge=0, le=MAX_LIMIT)
 
 
 def parse(model: type[M], data: Any) -> M:
