@@ -7,7 +7,11 @@ Options (``destinations.<name>``)::
     headers: {X-Team: ops}       # extra request headers (values may be secrets: they are scrubbed)
     timeout: 10s                 # the whole request, connect to last byte
     payload: original            # original (default) | envelope | template
-    body: '{"uuid": {{ event.message_uuid | tojson }}}'   # with payload: template
+    body:                        # with payload: template; the gateway builds the JSON
+      uuid: "{{ event.message_uuid }}"        # string leaves are templates
+      price: "{{ event.price }}"              # one expression keeps its type (a number here)
+    # or a string that must render JSON; printed values are escaped, tojson prints a JSON value:
+    # body: '{"uuid": "{{ event.message_uuid }}", "event": {{ event | tojson }}}'
     secret: whsec_...            # sign (webhook-timestamp, webhook-signature); empty: unsigned
 
 Credentials in the URL (``https://user:pa%40ss@host/hooks``, percent-encoded as URLs require)
@@ -38,10 +42,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from gateway import hookimpl
 from gateway.destination import (
     HTTPDestination,
-    JsonTemplate,
     Outcome,
     Services,
     envelope_text,
+    json_body,
     original_body,
 )
 from gateway.store import DeliveryRecord
@@ -58,7 +62,7 @@ class WebhookOptions(BaseModel):
     headers: dict[str, str] = {}
     timeout: Duration = Field(default=10.0, gt=0)
     payload: Literal["original", "envelope", "template"] = "original"
-    body: str | None = None
+    body: str | dict[str, Any] | list[Any] | None = None
     secret: str | None = None
 
     @field_validator("method", mode="before")
@@ -101,9 +105,11 @@ class WebhookOptions(BaseModel):
     @model_validator(mode="after")
     def _body(self) -> WebhookOptions:
         if self.payload == "template":
-            if not self.body:
-                raise ValueError("payload: template needs 'body' (a template rendering JSON)")
-            JsonTemplate(self.body)
+            if self.body is None or self.body == "":
+                raise ValueError(
+                    "payload: template needs 'body' (a mapping whose string values are"
+                    " templates, or a template string rendering JSON)")
+            json_body(self.body)
         elif self.body is not None:
             raise ValueError("'body' is only used with payload: template")
         return self
@@ -149,7 +155,7 @@ class Webhook(HTTPDestination):
         super().__init__(name, options, services)
         self.secrets |= set(options.headers.values())  # receivers may echo them back
         self.key = signing_key(options.secret) if options.secret else None
-        self.template = JsonTemplate(options.body) if options.body else None
+        self.template = json_body(options.body) if options.body is not None else None
         self.url, basic = split_userinfo(httpx.URL(options.url))  # parsed once
         lowered = {k.lower() for k in options.headers}
         self.base_headers = dict(options.headers)

@@ -256,3 +256,38 @@ def test_options_defaults():
     o = Options.model_validate({"url": "https://x"})
     assert (o.method, o.timeout, o.payload, o.headers, o.secret) == (
         "POST", 10.0, "original", {}, None)
+
+
+# -- template bodies: the gateway builds the JSON ----------------------------------------------
+
+
+async def test_a_mapping_body_builds_json_and_keeps_single_expression_types():
+    seen = []
+    body = {"uuid": "{{ event.message_uuid }}", "price": "{{ event.price }}",
+            "missing": "{{ event.nothing }}", "note": "{{ event.status_text }}!",
+            "fixed": [1, True, None, "plain"]}
+    hook = make(lambda r: seen.append(r) or httpx.Response(200), payload="template", body=body)
+    out = await hook.deliver(delivery())
+    assert out.kind == "delivered"
+    assert json.loads(seen[0].content) == {
+        "uuid": "063474ec-a34f-4558-90c5-984395000004", "price": 1.1, "missing": None,
+        "note": "Delivered!", "fixed": [1, True, None, "plain"]}
+
+
+async def test_a_string_body_escapes_printed_values_and_tojson_prints_json():
+    seen = []
+    body = '{"text": "{{ event.status_text }}", "raw": {{ event.status_text | tojson }}}'
+    hook = make(lambda r: seen.append(r) or httpx.Response(200), payload="template", body=body)
+    evil = 'x", "admin": true, "y": "\n'
+    await hook.deliver(delivery(enrichment={"status_text": evil}))
+    assert json.loads(seen[0].content) == {"text": evil, "raw": evil}
+
+
+@pytest.mark.parametrize("body, problem", [
+    ('{"a": {{ event.x }}', "does not render valid JSON"),
+    ('{"a": "{{ event.x }}" "b": 1}', "does not render valid JSON"),
+    ({"a": ["{% if %}"]}, "body.a[0]: template syntax error"),
+])
+def test_check_sees_bodies_that_cannot_render_json(body, problem):
+    with pytest.raises(ValidationError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+        Options.model_validate({"url": "https://x", "payload": "template", "body": body})

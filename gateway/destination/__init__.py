@@ -21,7 +21,13 @@ from gateway.destination.base import (
 )
 from gateway.destination.http import parse_retry_after, read_capped
 from gateway.destination.http_destination import Answer, HTTPDestination
-from gateway.destination.payload import JsonTemplate, envelope_text, original_body
+from gateway.destination.payload import (
+    JsonTemplate,
+    JsonTree,
+    envelope_text,
+    json_body,
+    original_body,
+)
 from gateway.destination.templates import (
     TemplateTree,
     compile_template,
@@ -40,6 +46,7 @@ __all__ = [
     "Destination",
     "HTTPDestination",
     "JsonTemplate",
+    "JsonTree",
     "Marks",
     "Outcome",
     "OutcomeKind",
@@ -49,6 +56,7 @@ __all__ = [
     "envelope_text",
     "environment",
     "isotime",
+    "json_body",
     "original_body",
     "parse_retry_after",
     "read_capped",
