@@ -35,8 +35,10 @@ from gateway.store import IncomingEvent, NewDelivery
 from gateway.store.marks import Marks
 from gateway.store.sqlite import SQLiteStore, new_delivery_id
 
-RAW = ('{"message_uuid": "%s", "channel_type": "SMS", "callback_event": "delivered",'
-       ' "status": "delivered", "status_time": "2020-10-16T18:51:13Z"}')
+RAW = (
+    '{"message_uuid": "%s", "channel_type": "SMS", "callback_event": "delivered",'
+    ' "status": "delivered", "status_time": "2020-10-16T18:51:13Z"}'
+)
 
 
 def rss_mib() -> float:
@@ -53,10 +55,14 @@ async def fill(store: SQLiteStore, n: int, now: float) -> None:
         uuids = [str(uuid.uuid4()) for _ in range(size)]
         items = [IncomingEvent(RAW % u, u, u, "delivered") for u in uuids]
         result = await store.ingest("revicom", items, now)
-        await asyncio.gather(*(
-            store.finish_event(eid, "routed",
-                               [NewDelivery(new_delivery_id(now), eid, "all", "hook", now)], now)
-            for eid in result.event_ids))
+        await asyncio.gather(
+            *(
+                store.finish_event(
+                    eid, "routed", [NewDelivery(new_delivery_id(now), eid, "all", "hook", now)], now
+                )
+                for eid in result.event_ids
+            )
+        )
 
 
 async def run(args: argparse.Namespace, url: str) -> None:
@@ -73,7 +79,9 @@ async def run(args: argparse.Namespace, url: str) -> None:
         loaded = load_config_text(
             f"delivery: {{concurrency: {args.concurrency}}}\n"
             f"destinations:\n  hook: {{type: webhook, url: '{url}', payload: {args.payload}"
-            f"{secret}}}\n", env={})
+            f"{secret}}}\n",
+            env={},
+        )
         http = make_http_client(args.transport)
         services = Services(http, clock, Marks(store, clock), loaded.secrets)
         engine = DeliveryEngine(loaded, store, services, clock, "bench")
@@ -92,9 +100,11 @@ async def run(args: argparse.Namespace, url: str) -> None:
         groups, ops = store.committer.groups, store.committer.operations
         await store.close()
     print(f"queued {args.deliveries} deliveries in {fill_s:.1f}s")
-    print(f"drained {args.deliveries} in {drain_s:.1f}s: {args.deliveries / drain_s:.0f}"
-          f" deliveries/s (concurrency {args.concurrency}, transport {args.transport},"
-          f" payload {args.payload}{', signed' if args.secret else ''})")
+    print(
+        f"drained {args.deliveries} in {drain_s:.1f}s: {args.deliveries / drain_s:.0f}"
+        f" deliveries/s (concurrency {args.concurrency}, transport {args.transport},"
+        f" payload {args.payload}{', signed' if args.secret else ''})"
+    )
     print(f"CPU: {cpu_ms:.2f} ms per delivery in the gateway process (all threads)")
     print(f"resident memory: {before:.0f} MiB before the drain, peak {peak:.0f} MiB during it")
     print(f"store: {groups} commit groups for {ops} operations (whole run)")

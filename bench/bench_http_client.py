@@ -26,16 +26,20 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gateway.destination.http import make_http_client
 
-BODY = (b'[{"message_uuid": "063474ec-a34f-4558-90c5-984395000004", "channel_type": "SMS",'
-        b' "callback_event": "delivered", "status": "delivered",'
-        b' "status_time": "2020-10-16T18:51:13Z"}]')
+BODY = (
+    b'[{"message_uuid": "063474ec-a34f-4558-90c5-984395000004", "channel_type": "SMS",'
+    b' "callback_event": "delivered", "status": "delivered",'
+    b' "status_time": "2020-10-16T18:51:13Z"}]'
+)
 HEADERS = {"content-type": "application/json", "webhook-id": "msg_01BENCH"}
 
 
 def start_receiver() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("loopback_receiver.py"))],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     port = proc.stdout.readline().split()[1]
     return proc, f"http://127.0.0.1:{port}/hook"
@@ -75,11 +79,14 @@ async def run(url: str, n: int, concurrency: int) -> dict[str, tuple[float, floa
     await with_httpx("httpx (stock, default pool)", make_http_client("httpx"))
     await with_httpx(
         f"httpx (stock, {concurrency}-connection pool)",
-        httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency,
-                                              max_keepalive_connections=concurrency)))
+        httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        ),
+    )
     await with_httpx("httpx + httpx-aiohttp transport (make_http_client)", make_http_client())
 
     async with aiohttp.ClientSession() as session:
+
         async def send() -> int:
             async with session.post(url, data=BODY, headers=HEADERS) as r:
                 await r.read()

@@ -40,8 +40,19 @@ Rows = list[tuple[Any, ...]]
 def rows_for(n: int) -> Rows:
     now = time.time()
     return [
-        (new_id("evt", now), "revicom", uuid.uuid4().hex, '{"message_uuid":"x","k":1}',
-         "received", "x", "delivered", None, now, None, None)
+        (
+            new_id("evt", now),
+            "revicom",
+            uuid.uuid4().hex,
+            '{"message_uuid":"x","k":1}',
+            "received",
+            "x",
+            "delivered",
+            None,
+            now,
+            None,
+            None,
+        )
         for _ in range(n)
     ]
 
@@ -75,8 +86,9 @@ class Grouper:
                 fut.set_result(None)
 
 
-async def drive(submit: Callable[[Rows], Awaitable[None]], clients: int, items: int,
-                seconds: float) -> tuple[int, list[float]]:
+async def drive(
+    submit: Callable[[Rows], Awaitable[None]], clients: int, items: int, seconds: float
+) -> tuple[int, list[float]]:
     latencies: list[float] = []
     stop = time.monotonic() + seconds
 
@@ -91,12 +103,22 @@ async def drive(submit: Callable[[Rows], Awaitable[None]], clients: int, items: 
     return len(latencies), latencies
 
 
-def report(name: str, clients: int, items: int, seconds: float, calls: int,
-           latencies: list[float], groups: int | None) -> None:
+def report(
+    name: str,
+    clients: int,
+    items: int,
+    seconds: float,
+    calls: int,
+    latencies: list[float],
+    groups: int | None,
+) -> None:
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
     per_group = f"{calls / groups:6.1f}" if groups else "     -"
-    print(f"{name:20} {clients:7} {calls / seconds:9.0f} {calls * items / seconds:9.0f}"
-          f" {per_group} {q[49] * 1000:7.2f} {q[98] * 1000:7.2f}", flush=True)
+    print(
+        f"{name:20} {clients:7} {calls / seconds:9.0f} {calls * items / seconds:9.0f}"
+        f" {per_group} {q[49] * 1000:7.2f} {q[98] * 1000:7.2f}",
+        flush=True,
+    )
 
 
 async def psycopg_grouped(dsn: str, clients: int, items: int, seconds: float) -> None:
@@ -149,8 +171,9 @@ async def store_grouped(dsn: str, clients: int, items: int, seconds: float) -> N
     await store.open()
 
     async def submit(rows: Rows) -> None:
-        await store.ingest("revicom", [IncomingEvent(r[3], r[2], r[5], r[6]) for r in rows],
-                           time.time())
+        await store.ingest(
+            "revicom", [IncomingEvent(r[3], r[2], r[5], r[6]) for r in rows], time.time()
+        )
 
     calls, lat = await drive(submit, clients, items, seconds)
     assert store._ingest is not None
@@ -158,8 +181,12 @@ async def store_grouped(dsn: str, clients: int, items: int, seconds: float) -> N
     await store.close()
 
 
-ROWS = {"psycopg": psycopg_grouped, "asyncpg": asyncpg_grouped, "nogroup": psycopg_ungrouped,
-        "store": store_grouped}
+ROWS = {
+    "psycopg": psycopg_grouped,
+    "asyncpg": asyncpg_grouped,
+    "nogroup": psycopg_ungrouped,
+    "store": store_grouped,
+}
 
 
 async def main() -> None:
@@ -168,8 +195,11 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--clients", default="1,32,128")
     ap.add_argument("--items", type=int, default=1)
-    ap.add_argument("--rows", default="psycopg,asyncpg,nogroup,store",
-                    help="which rows: psycopg, asyncpg, nogroup, store")
+    ap.add_argument(
+        "--rows",
+        default="psycopg,asyncpg,nogroup,store",
+        help="which rows: psycopg, asyncpg, nogroup, store",
+    )
     args = ap.parse_args()
     name = f"cg_bench_{uuid.uuid4().hex[:8]}"
     admin = await psycopg.AsyncConnection.connect(args.dsn, autocommit=True)
@@ -181,10 +211,14 @@ async def main() -> None:
         await schema.close()
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
             row = await (await c.execute("SHOW synchronous_commit")).fetchone()
-            print(f"synchronous_commit={row[0] if row else '?'}; {args.items} event(s) a call,"
-                  f" {args.seconds:g}s a run")
-        print(f"{'driver':20} {'clients':>7} {'calls/s':>9} {'events/s':>9} {'/group':>6}"
-              f" {'p50 ms':>7} {'p99 ms':>7}")
+            print(
+                f"synchronous_commit={row[0] if row else '?'}; {args.items} event(s) a call,"
+                f" {args.seconds:g}s a run"
+            )
+        print(
+            f"{'driver':20} {'clients':>7} {'calls/s':>9} {'events/s':>9} {'/group':>6}"
+            f" {'p50 ms':>7} {'p99 ms':>7}"
+        )
         for clients in (int(c) for c in args.clients.split(",")):
             for row in args.rows.split(","):
                 await ROWS[row](dsn, clients, args.items, args.seconds)

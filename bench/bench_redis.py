@@ -60,9 +60,24 @@ def start_redis(work: Path, fsync: str) -> tuple[subprocess.Popen[bytes], str]:
     data = work / f"redis-{fsync}"
     data.mkdir()
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-         "--appendonly", "yes", "--appendfsync", fsync, "--save", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            fsync,
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     import redis
 
@@ -85,18 +100,24 @@ def delete_prefix(url: str, prefix: str) -> None:
         r.delete(*keys[i : i + 500])
 
 
-def run(name: str, store: str, instances: int, work: Path, conns: int, duration: float,
-        warmup: float) -> tuple[float, float, float, int]:
+def run(
+    name: str, store: str, instances: int, work: Path, conns: int, duration: float, warmup: float
+) -> tuple[float, float, float, int]:
     servers = []
     try:
         for n in range(instances):
             d = work / f"{name}-{instances}-{n}"
             d.mkdir()
             port = free_port()
-            (d / "gateway.yaml").write_text(CONFIG.format(
-                port=port, store=store, path=PATH, user=USER, password=PASSWORD))
-            s = Server(f"{name}-{n}", [sys.executable, "-m", "gateway", "run", "-c",
-                                       "gateway.yaml"], d, port)
+            (d / "gateway.yaml").write_text(
+                CONFIG.format(port=port, store=store, path=PATH, user=USER, password=PASSWORD)
+            )
+            s = Server(
+                f"{name}-{n}",
+                [sys.executable, "-m", "gateway", "run", "-c", "gateway.yaml"],
+                d,
+                port,
+            )
             servers.append(s)
             s.start()
         share = max(1, conns // instances)
@@ -122,15 +143,21 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--connections", type=int, default=32, help="total, split over instances")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    p.add_argument("--fsync", default="always,none",
-                   help="Redis persistence to measure: always, everysec, none (comma-separated)")
+    p.add_argument(
+        "--fsync",
+        default="always,none",
+        help="Redis persistence to measure: always, everysec, none (comma-separated)",
+    )
     args = p.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("bench_redis needs wrk on the PATH (apt-get install wrk)")
     work = Path(tempfile.mkdtemp(prefix="bench-redis-"))
-    print(f"bench_redis: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
-          f" {args.duration:g}s per run, {args.connections} connections in total,"
-          f" hiredis {'on' if HIREDIS_AVAILABLE else 'off'}", flush=True)
+    print(
+        f"bench_redis: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
+        f" {args.duration:g}s per run, {args.connections} connections in total,"
+        f" hiredis {'on' if HIREDIS_AVAILABLE else 'off'}",
+        flush=True,
+    )
     rows = []
     redis_procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -151,28 +178,36 @@ def main() -> int:
                 elif instances == 2:
                     store = "sqlite:///" + str(work / "gateway2.db")
                 try:
-                    rps, p50, p99, errors = run(name, store, instances, work, args.connections,
-                                                args.duration, args.warmup)
+                    rps, p50, p99, errors = run(
+                        name, store, instances, work, args.connections, args.duration, args.warmup
+                    )
                 finally:
                     if redis_url:
                         delete_prefix(redis_url, prefix)
                 rows.append((name, instances, rps, p50, p99, errors))
-                print(f"  {name:<15} x{instances}  {rps:>8.0f} req/s  p50 {p50:7.2f} ms"
-                      f"  p99 {p99:7.2f} ms  errors {errors}", flush=True)
+                print(
+                    f"  {name:<15} x{instances}  {rps:>8.0f} req/s  p50 {p50:7.2f} ms"
+                    f"  p99 {p99:7.2f} ms  errors {errors}",
+                    flush=True,
+                )
     finally:
         for proc in redis_procs:
             proc.terminate()
             proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
     sqlite = {n: rps for name, n, rps, *_ in rows if name == "sqlite"}
-    print(f"\n{'store':<16}{'inst':>5}{'req/s':>10}{'vs sqlite':>10}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'errors':>8}")
+    print(
+        f"\n{'store':<16}{'inst':>5}{'req/s':>10}{'vs sqlite':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'errors':>8}"
+    )
     for name, n, rps, p50, p99, errors in rows:
         ratio = f"{rps / sqlite[n]:.2f}" if sqlite.get(n) else "-"
         print(f"{name:<16}{n:>5}{rps:>10.0f}{ratio:>10}{p50:>9.2f}{p99:>9.2f}{errors:>8}")
-    print("\nvs sqlite: requests/s over SQLite's with as many instances, in this run."
-          "\nredis-asis: the --redis-url server as configured (check its persistence);"
-          " load generator and servers share this machine's CPUs.")
+    print(
+        "\nvs sqlite: requests/s over SQLite's with as many instances, in this run."
+        "\nredis-asis: the --redis-url server as configured (check its persistence);"
+        " load generator and servers share this machine's CPUs."
+    )
     return 0
 
 

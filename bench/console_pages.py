@@ -72,31 +72,59 @@ def fill(db: Path, n: int) -> tuple[float, str, str]:
                         if not sample_delivery and i > n // 2:
                             sample_uuid, sample_delivery = uuid, did
                     state, attempts, error, code, updated = row
-                    deliveries.append((did, eid, dest, state, attempts, at, updated, error, code,
-                                       uuid))
+                    deliveries.append(
+                        (did, eid, dest, state, attempts, at, updated, error, code, uuid)
+                    )
             conn.executemany(
                 "INSERT INTO events (id, source, received_at, raw, state, message_uuid, event,"
-                " updated_at) VALUES (?, ?, ?, ?, 'routed', ?, 'delivered', ?)", events)
+                " updated_at) VALUES (?, ?, ?, ?, 'routed', ?, 'delivered', ?)",
+                events,
+            )
             conn.executemany(
                 "INSERT INTO deliveries (id, event_id, source, route, destination, state,"
                 " attempts, next_attempt_at, created_at, updated_at, last_error, last_status,"
                 " message_uuid) VALUES (?, ?, 'revicom', 'all', ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-                [(d, e, dest, s, a, at, up, err, code, u)
-                 for d, e, dest, s, a, at, up, err, code, u in deliveries])
+                [
+                    (d, e, dest, s, a, at, up, err, code, u)
+                    for d, e, dest, s, a, at, up, err, code, u in deliveries
+                ],
+            )
             conn.executemany(
                 "INSERT INTO attempts (delivery_id, number, started_at, finished_at, outcome,"
                 " status, error) VALUES (?, 1, ?, ?, ?, ?, ?)",
-                [(d, up - 0.1, up, {"delivered": "delivered", "dead": "dead"}.get(s, "retry"),
-                  code, err) for d, _, _, s, a, _, up, err, code, _ in deliveries if a])
+                [
+                    (
+                        d,
+                        up - 0.1,
+                        up,
+                        {"delivered": "delivered", "dead": "dead"}.get(s, "retry"),
+                        code,
+                        err,
+                    )
+                    for d, _, _, s, a, _, up, err, code, _ in deliveries
+                    if a
+                ],
+            )
         conn.executemany(
             "INSERT INTO events (id, source, received_at, raw, state, message_uuid, event,"
             " reason, updated_at) VALUES (?, 'revicom', ?, ?, 'quarantined', ?, 'delivered',"
             " 'status: required field is missing', ?)",
-            [(f"evt_{stamp}{n + q:016d}", now - q, json.dumps({"message_uuid": f"q-{q}"}),
-              f"q-{q}", now - q) for q in range(1000)])
+            [
+                (
+                    f"evt_{stamp}{n + q:016d}",
+                    now - q,
+                    json.dumps({"message_uuid": f"q-{q}"}),
+                    f"q-{q}",
+                    now - q,
+                )
+                for q in range(1000)
+            ],
+        )
         for dest in ("crm", "ops"):  # paused: the engine sends nothing during the run
-            conn.execute("INSERT INTO marks (key, rank, value, updated_at) VALUES (?, '', ?, ?)",
-                         (f"paused:{dest}", json.dumps({"reason": "bench", "at": now}), now))
+            conn.execute(
+                "INSERT INTO marks (key, rank, value, updated_at) VALUES (?, '', ?, ?)",
+                (f"paused:{dest}", json.dumps({"reason": "bench", "at": now}), now),
+            )
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -117,8 +145,9 @@ routes:
 """
 
 
-def measure(client: httpx.Client, method: str, path: str, rounds: int,
-            data: dict[str, str] | None = None) -> list[float]:
+def measure(
+    client: httpx.Client, method: str, path: str, rounds: int, data: dict[str, str] | None = None
+) -> list[float]:
     times = []
     for k in range(rounds + 1):
         t0 = time.perf_counter()
@@ -149,8 +178,12 @@ def main() -> int:
         uuid, delivery = json.loads(sample.read_text())
         (work / "gateway.yaml").write_text(CONFIG)
         port = free_port()
-        server = Server("gateway", [sys.executable, "-m", "gateway", "run", "-c", "gateway.yaml",
-                                    "--port", str(port)], work, port)
+        server = Server(
+            "gateway",
+            [sys.executable, "-m", "gateway", "run", "-c", "gateway.yaml", "--port", str(port)],
+            work,
+            port,
+        )
         try:
             server.start(timeout=300)
             return run(server, args, uuid, delivery)
@@ -172,32 +205,49 @@ def run(server: Server, args: argparse.Namespace, uuid: str, delivery: str) -> i
         pages: list[tuple[str, str, str, dict[str, str] | None]] = [
             ("overview", "GET", "/console/", None),
             ("deliveries, first page", "GET", "/console/deliveries", None),
-            ("deliveries, next page", "GET",
-             f"/console/deliveries?before={cursor.group(1) if cursor else ''}", None),
+            (
+                "deliveries, next page",
+                "GET",
+                f"/console/deliveries?before={cursor.group(1) if cursor else ''}",
+                None,
+            ),
             ("dead letters", "GET", "/console/deliveries?state=dead", None),
-            ("deliveries, ops + time window", "GET",
-             "/console/deliveries?destination=ops&since=2000-01-01T00:00"
-             "&until=2100-01-01T00:00", None),
+            (
+                "deliveries, ops + time window",
+                "GET",
+                "/console/deliveries?destination=ops&since=2000-01-01T00:00&until=2100-01-01T00:00",
+                None,
+            ),
             ("search (message_uuid)", "GET", f"/console/search?q={uuid}", None),
             ("message timeline", "GET", f"/console/messages/{uuid}", None),
             ("delivery", "GET", f"/console/deliveries/{delivery}", None),
             ("quarantine", "GET", "/console/quarantine", None),
             ("destinations", "GET", "/console/destinations", None),
-            ("route tester (sample)", "POST", "/console/tester",
-             {"csrf": csrf.group(1), "sample": "delivered", "source": "revicom"}),
+            (
+                "route tester (sample)",
+                "POST",
+                "/console/tester",
+                {"csrf": csrf.group(1), "sample": "delivered", "source": "revicom"},
+            ),
         ]
-        print(f"\n{'page':32} {'median':>9} {'p95':>9} {'max':>9}   ({args.rounds} requests"
-              " each, sequential)")
+        print(
+            f"\n{'page':32} {'median':>9} {'p95':>9} {'max':>9}   ({args.rounds} requests"
+            " each, sequential)"
+        )
         worst = 0.0
         for name, method, path, data in pages:
             times = sorted(measure(c, method, path, args.rounds, data))
             p95 = times[max(0, int(len(times) * 0.95) - 1)]
             worst = max(worst, p95)
-            print(f"{name:32} {statistics.median(times) * 1000:7.1f}ms {p95 * 1000:7.1f}ms"
-                  f" {times[-1] * 1000:7.1f}ms")
+            print(
+                f"{name:32} {statistics.median(times) * 1000:7.1f}ms {p95 * 1000:7.1f}ms"
+                f" {times[-1] * 1000:7.1f}ms"
+            )
     ok = worst < BUDGET
-    print(f"\nevery page's p95 under {BUDGET * 1000:.0f} ms: {'yes' if ok else 'NO'}"
-          f" (worst p95 {worst * 1000:.1f} ms)")
+    print(
+        f"\nevery page's p95 under {BUDGET * 1000:.0f} ms: {'yes' if ok else 'NO'}"
+        f" (worst p95 {worst * 1000:.1f} ms)"
+    )
     return 0 if ok else 1
 
 

@@ -42,9 +42,7 @@ async def callbacks(request: Request) -> HTTPResponse:
     items = json.loads(request.body)
     if isinstance(items, dict):
         items = [items]
-    async with request.app.ctx.session.post(
-        TARGET["url"], data=request.body, headers=HEADERS
-    ) as r:
+    async with request.app.ctx.session.post(TARGET["url"], data=request.body, headers=HEADERS) as r:
         await r.read()
         if r.status >= 300:
             return response.json({"error": "forward failed"}, status=502)

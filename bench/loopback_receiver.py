@@ -34,7 +34,7 @@ class Http(asyncio.Protocol):
                 end = self.buffer.find(b"\r\n\r\n")
                 if end < 0:
                     return
-                head, self.buffer = self.buffer[:end].lower(), self.buffer[end + 4:]
+                head, self.buffer = self.buffer[:end].lower(), self.buffer[end + 4 :]
                 length = 0
                 for line in head.split(b"\r\n"):
                     if line.startswith(b"content-length:"):
@@ -42,7 +42,7 @@ class Http(asyncio.Protocol):
                 self.need = length
             if len(self.buffer) < self.need:
                 return
-            self.buffer = self.buffer[self.need:]
+            self.buffer = self.buffer[self.need :]
             self.need = None
             Counter.requests += 1
             self.transport.write(RESPONSE)  # type: ignore[attr-defined]

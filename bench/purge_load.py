@@ -70,10 +70,12 @@ def main() -> int:
     print(f"purge_load: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, in {work}")
     seconds = fill_history(db, args.events)
     size = sum(f.stat().st_size for f in db.parent.glob("gateway.db*"))
-    print(f"fill: {args.events:,} events with dedupe keys in {seconds:.0f}s,"
-          f" {size / 2**20:.0f} MiB")
-    gw = Server("gateway", [sys.executable, "-m", "gateway", "run", "-c", "gateway.yaml"], work,
-                port)
+    print(
+        f"fill: {args.events:,} events with dedupe keys in {seconds:.0f}s, {size / 2**20:.0f} MiB"
+    )
+    gw = Server(
+        "gateway", [sys.executable, "-m", "gateway", "run", "-c", "gateway.yaml"], work, port
+    )
     purge: subprocess.Popen[str] | None = None
     try:
         gw.start(timeout=120)
@@ -81,19 +83,26 @@ def main() -> int:
         print("scrape /metrics: " + ", ".join(f"{t:.1f}" for t in times) + " ms")
         url = gw.url(PATH)
         n, secs, p50, p99, errors = run_wrk(url, args.connections, args.round, "base")
-        print(f"baseline: {n / secs:,.0f} req/s  p50 {p50:.1f} ms  p99 {p99:.1f} ms"
-              f"  errors {errors}")
+        print(
+            f"baseline: {n / secs:,.0f} req/s  p50 {p50:.1f} ms  p99 {p99:.1f} ms  errors {errors}"
+        )
         started = time.monotonic()
         purge = subprocess.Popen(
             [sys.executable, "-m", "gateway", "purge", "-c", "purge.yaml", "--json"],
-            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         rounds = 0
         while purge.poll() is None and rounds < 60:
             rounds += 1
             n, secs, p50, p99, errors = run_wrk(url, args.connections, args.round, f"r{rounds}")
-            print(f"round {rounds} (purge running: {purge.poll() is None}): {n / secs:,.0f} req/s"
-                  f"  p50 {p50:.1f} ms  p99 {p99:.1f} ms  errors {errors}", flush=True)
+            print(
+                f"round {rounds} (purge running: {purge.poll() is None}): {n / secs:,.0f} req/s"
+                f"  p50 {p50:.1f} ms  p99 {p99:.1f} ms  errors {errors}",
+                flush=True,
+            )
         out, err = purge.communicate(timeout=3600)
         elapsed = time.monotonic() - started
         if purge.returncode != 0:

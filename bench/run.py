@@ -182,23 +182,46 @@ def targets(b: Bench, res: dict[tuple[str, str, int], dict[str, float]]) -> list
     out = []
     for (target, store, conns), d in res.items():
         if target == "e2e-1" and d["nr"]:
-            out.append(check(d["nr"] >= 1.5, f"{store}: e2e one webhook, one core:"
-                             f" {d['deliv']:.0f} ev/s = {d['nr']:.2f}x Node-RED (>= 1.5x)"))
+            out.append(
+                check(
+                    d["nr"] >= 1.5,
+                    f"{store}: e2e one webhook, one core:"
+                    f" {d['deliv']:.0f} ev/s = {d['nr']:.2f}x Node-RED (>= 1.5x)",
+                )
+            )
         if target == "e2e-1-2cores" and d["nr"]:
-            out.append(check(d["nr"] >= 2.5, f"{store}: e2e one webhook, both cores:"
-                             f" {d['deliv']:.0f} ev/s = {d['nr']:.2f}x Node-RED (>= 2.5x)"))
+            out.append(
+                check(
+                    d["nr"] >= 2.5,
+                    f"{store}: e2e one webhook, both cores:"
+                    f" {d['deliv']:.0f} ev/s = {d['nr']:.2f}x Node-RED (>= 2.5x)",
+                )
+            )
         if target == "intake" and conns == 32 and d["bare"]:
-            out.append(check(d["bare"] >= 0.4 and d["p99"] < 10,
-                             f"{store}: intake at 32 connections {d['bare']:.0%} of bare Sanic"
-                             f" (>= 40%), ack p99 {d['p99']:.1f} ms (< 10 ms)"))
+            out.append(
+                check(
+                    d["bare"] >= 0.4 and d["p99"] < 10,
+                    f"{store}: intake at 32 connections {d['bare']:.0%} of bare Sanic"
+                    f" (>= 40%), ack p99 {d['p99']:.1f} ms (< 10 ms)",
+                )
+            )
         if target == "batch-100":
             ev = d["rps"] * d["events"]
-            out.append(check(ev >= 20_000, f"{store}: {d['events']:.0f}-event batches at"
-                             f" {conns} connections: {ev:.0f} events/s (>= 20,000)"))
+            out.append(
+                check(
+                    ev >= 20_000,
+                    f"{store}: {d['events']:.0f}-event batches at"
+                    f" {conns} connections: {ev:.0f} events/s (>= 20,000)",
+                )
+            )
     big = [v for k, v in b.memory.items() if k.startswith(f"{b.args.backlog} pending")]
     if big:
-        out.append(check(max(big) < 200, f"memory with {b.args.backlog} pending deliveries:"
-                         f" {max(big):.0f} MiB (< 200 MiB)"))
+        out.append(
+            check(
+                max(big) < 200,
+                f"memory with {b.args.backlog} pending deliveries: {max(big):.0f} MiB (< 200 MiB)",
+            )
+        )
     return out  # fmt: skip
 
 
@@ -212,9 +235,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--e2e-conns", type=int, default=32, help="forwarding and batch runs (32)")
     p.add_argument("--store", action="append", help="sqlite (default), redis://..., postgresql://")
     p.add_argument("--batch-events", type=int, default=100, help="events per batch request")
-    p.add_argument("--both-cores-config", default=BOTH_CORES_CONFIG,
-                   help="YAML added to the gateway's config in e2e1-both"
-                   " (default: delivery: {processes: 1})")
+    p.add_argument(
+        "--both-cores-config",
+        default=BOTH_CORES_CONFIG,
+        help="YAML added to the gateway's config in e2e1-both (default: delivery: {processes: 1})",
+    )
     p.add_argument("--drain", type=int, help="deliveries for the drain phase (100000)")
     p.add_argument("--backlog", type=int, help="pending deliveries for memory (1000000)")
     p.add_argument("--history", type=int, help="routed events for the history phase (1000000)")

@@ -45,7 +45,9 @@ RETENTION = "{events: 30s, delivered: 30s, dead: 30s, quarantined: 30s, interval
 
 def config(port: int, hook_port: int, dedupe: str | None) -> str:
     retention = RETENTION if dedupe is None else RETENTION[:-1] + f", dedupe: {dedupe}}}"
-    return source_config(port) + f"""\
+    return (
+        source_config(port)
+        + f"""\
 retention: {retention}
 destinations:
   hook: {{type: webhook, url: "http://127.0.0.1:{hook_port}/hook"}}
@@ -53,6 +55,7 @@ routes:
   - name: all
     to: [hook]
 """
+    )
 
 
 def sample(db: Path) -> dict[str, int]:
@@ -85,9 +88,13 @@ async def post_at_rate(url: str, rate: float, seconds: float, counts: dict[str, 
     async with httpx.AsyncClient(timeout=10.0, headers=headers, limits=limits) as client:
 
         async def one(i: int) -> None:
-            element = {"message_uuid": f"soak-{i}", "channel_type": "SMS",
-                       "callback_event": "delivered", "status": "delivered",
-                       "status_time": "2020-10-16T18:51:13Z"}
+            element = {
+                "message_uuid": f"soak-{i}",
+                "channel_type": "SMS",
+                "callback_event": "delivered",
+                "status": "delivered",
+                "status_time": "2020-10-16T18:51:13Z",
+            }
             if i % 20 == 19:
                 del element["status_time"]  # invalid: quarantined
                 element["status"] = 42  # type: ignore[assignment]
@@ -165,19 +172,30 @@ def main() -> int:
             f"models.MIN_DEDUPE_RETENTION = parse_duration({args.dedupe!r})\n"
         )
         shim_path = str(shim)
-    receiver = Server("receiver", [sys.executable, str(BENCH / "loopback_receiver.py"),
-                                   str(hook_port)], work, hook_port, ready_path="/")
-    gateway = Server("gateway", [sys.executable, "-m", "gateway", "run", "-c", "gateway.yaml"],
-                     work, port)
+    receiver = Server(
+        "receiver",
+        [sys.executable, str(BENCH / "loopback_receiver.py"), str(hook_port)],
+        work,
+        hook_port,
+        ready_path="/",
+    )
+    gateway = Server(
+        "gateway", [sys.executable, "-m", "gateway", "run", "-c", "gateway.yaml"], work, port
+    )
     try:
         receiver.start()
         if shim_path:  # inherited by the gateway (and its workers), started next
             os.environ["PYTHONPATH"] = shim_path
         gateway.start()
-        print(f"soak: {args.rate:g}/s for {args.minutes:g} min, retention {RETENTION}"
-              f" (dedupe {args.dedupe or 'at its 25h floor'}), in {work}")
-        rows = asyncio.run(soak(work / "var" / "gateway.db", gateway.url(PATH), args.minutes,
-                                args.rate, args.every))
+        print(
+            f"soak: {args.rate:g}/s for {args.minutes:g} min, retention {RETENTION}"
+            f" (dedupe {args.dedupe or 'at its 25h floor'}), in {work}"
+        )
+        rows = asyncio.run(
+            soak(
+                work / "var" / "gateway.db", gateway.url(PATH), args.minutes, args.rate, args.every
+            )
+        )
     finally:
         with contextlib.suppress(Exception):
             gateway.stop()

@@ -57,21 +57,40 @@ async def fill(store: Store, n: int, deliver: bool) -> None:
     for start in range(0, n, 500):
         await store.ingest("revicom", items(start, min(500, n - start)), T)
         claimed = await store.claim_events("r", 1000, 30, T)
-        await store.finish_events([
-            FinishedEvent(e.id, "routed" if deliver else "unmatched",
-                          [NewDelivery(new_id("msg", T), e.id, "all", "crm", T)] if deliver
-                          else [], T)
-            for e in claimed])
+        await store.finish_events(
+            [
+                FinishedEvent(
+                    e.id,
+                    "routed" if deliver else "unmatched",
+                    [NewDelivery(new_id("msg", T), e.id, "all", "crm", T)] if deliver else [],
+                    T,
+                )
+                for e in claimed
+            ]
+        )
         if not deliver:
             continue
         label = json.dumps({"event_id": "evt_x", "label": "delivered at 2020-10-16T18:51:13Z"})
-        await asyncio.gather(*(
-            store.set_mark(f"ordering:all:{e.message_uuid}:status", label, T,
-                           rank="2|2020-10-16T18:51:13.000000Z") for e in claimed))
+        await asyncio.gather(
+            *(
+                store.set_mark(
+                    f"ordering:all:{e.message_uuid}:status",
+                    label,
+                    T,
+                    rank="2|2020-10-16T18:51:13.000000Z",
+                )
+                for e in claimed
+            )
+        )
         work = await store.claim_deliveries("w", "crm", 1000, 30, T)
-        await asyncio.gather(*(
-            store.finish_attempt(d.id, AttemptRecord(T, T + 0.05, "delivered", 200),
-                                 "delivered", None, True, T) for d in work))
+        await asyncio.gather(
+            *(
+                store.finish_attempt(
+                    d.id, AttemptRecord(T, T + 0.05, "delivered", 200), "delivered", None, True, T
+                )
+                for d in work
+            )
+        )
 
 
 async def sqlite_bytes(n: int, deliver: bool) -> dict[str, float]:
@@ -116,8 +135,10 @@ async def redis_bytes(url: str, n: int, deliver: bool) -> float:
 
 async def main(n: int, url: str) -> None:
     print(f"{n:,} callbacks of {len(json.dumps(SAMPLE, separators=(',', ':')))} bytes each")
-    for deliver, what in ((False, "event + dedupe key"),
-                          (True, "event + dedupe key + delivered delivery + attempt + mark")):
+    for deliver, what in (
+        (False, "event + dedupe key"),
+        (True, "event + dedupe key + delivered delivery + attempt + mark"),
+    ):
         sizes = await sqlite_bytes(n, deliver)
         tables = ", ".join(f"{t} {sizes[t]:.0f}" for t in TABLES)
         print(f"sqlite, {what}: {sizes['file']:.0f} B/callback ({tables})")

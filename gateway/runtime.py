@@ -93,7 +93,12 @@ class Runtime:
                 self.engine.poll = ENGINE_POLL_WATCHED
         if background and gateway.role != "delivery":
             self.router = Router(
-                loaded, store, self.chain, gateway.clock, gateway.owner, self._routed,
+                loaded,
+                store,
+                self.chain,
+                gateway.clock,
+                gateway.owner,
+                self._routed,
                 gateway.metrics,
             )
             if gateway.watched:

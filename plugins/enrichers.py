@@ -64,7 +64,8 @@ def read_code_table(path: Path) -> dict[int, str]:
                 if n == 0:
                     continue  # header
                 raise ValueError(
-                    f"{path}: row {n + 1}: {row[0]!r} is not an integer code") from None
+                    f"{path}: row {n + 1}: {row[0]!r} is not an integer code"
+                ) from None
             table[code] = ",".join(row[1:]).strip()
         return table
     data = yaml.safe_load(text) or {}
@@ -95,7 +96,8 @@ class ErrorText:
                     table = read_code_table(self.file)
                 except OSError as e:
                     raise ValueError(
-                        f"file: cannot read {str(self.file)!r}: {e.strerror}") from None
+                        f"file: cannot read {str(self.file)!r}: {e.strerror}"
+                    ) from None
                 self.codes = {**table, **self.codes}
             return self
 

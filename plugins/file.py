@@ -58,7 +58,7 @@ class FileDestination:
         view = memoryview(line)
         while view:  # a raw write may be short (rare on regular files, but allowed)
             written = self._file.write(view)
-            view = view[written or 0:]
+            view = view[written or 0 :]
         if self.options.fsync:
             os.fsync(self._file.fileno())
 

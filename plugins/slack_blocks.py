@@ -32,6 +32,7 @@ MAX_CONTEXT_ELEMENTS = 10
 MAX_MARKDOWN_TEXT = 12_000
 ELLIPSIS = "…"
 
+
 def slack_escape(value: Any) -> Any:
     """Escape what a template prints for Slack mrkdwn; `Markup` (``|safe``) passes as is."""
     if value is None:

@@ -93,9 +93,7 @@ class WebhookOptions(BaseModel):
     @model_validator(mode="after")
     def _credentials(self) -> WebhookOptions:
         # Checked on the whole model so that the error never quotes the URL (it holds a password).
-        if httpx.URL(self.url).userinfo and any(
-            k.lower() == "authorization" for k in self.headers
-        ):
+        if httpx.URL(self.url).userinfo and any(k.lower() == "authorization" for k in self.headers):
             raise ValueError(
                 "url: credentials in the URL are sent as Basic auth, and headers has an"
                 " Authorization header too; give one of them"
@@ -108,7 +106,8 @@ class WebhookOptions(BaseModel):
             if self.body is None or self.body == "":
                 raise ValueError(
                     "payload: template needs 'body' (a mapping whose string values are"
-                    " templates, or a template string rendering JSON)")
+                    " templates, or a template string rendering JSON)"
+                )
             json_body(self.body)
         elif self.body is not None:
             raise ValueError("'body' is only used with payload: template")

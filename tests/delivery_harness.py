@@ -1,9 +1,9 @@
 """A delivery engine on a real SQLite store in tmp_path, with a manual clock, for tests.
 
-    async with EngineHarness(tmp_path, CONFIG_YAML) as h:
-        [did] = await h.add("crm")
-        await h.engine.start()
-        record, attempts = await h.until(did, lambda r: r.state == "delivered")
+async with EngineHarness(tmp_path, CONFIG_YAML) as h:
+    [did] = await h.add("crm")
+    await h.engine.start()
+    record, attempts = await h.until(did, lambda r: r.state == "delivered")
 """
 
 from __future__ import annotations
@@ -35,8 +35,14 @@ SAMPLE = (
 
 class EngineHarness:
     def __init__(
-        self, tmp_path: Path, config: str, *, extra_plugins: Iterable[object] = (),
-        clock: ManualClock | None = None, owner: str = "test-1", transport: str | None = None,
+        self,
+        tmp_path: Path,
+        config: str,
+        *,
+        extra_plugins: Iterable[object] = (),
+        clock: ManualClock | None = None,
+        owner: str = "test-1",
+        transport: str | None = None,
     ) -> None:
         self.tmp_path = tmp_path
         self.config = config
@@ -51,13 +57,13 @@ class EngineHarness:
         self.loaded = load_config_text(self.config, env={}, extra_plugins=self.extra_plugins)
         self.http = make_http_client(self.transport)
         self.services = Services(
-            self.http, self.clock, Marks(self.store, self.clock), set(self.loaded.secrets))
+            self.http, self.clock, Marks(self.store, self.clock), set(self.loaded.secrets)
+        )
         self.engine = self.new_engine(self.owner)
         return self
 
     def new_engine(self, owner: str) -> DeliveryEngine:
-        return DeliveryEngine(
-            self.loaded, self.store, self.services, self.clock, owner)
+        return DeliveryEngine(self.loaded, self.store, self.services, self.clock, owner)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.engine.stop(0)
@@ -65,22 +71,33 @@ class EngineHarness:
         await self.store.close()
 
     async def add(
-        self, destination: str, n: int = 1, raw: str = SAMPLE, route: str = "r",
+        self,
+        destination: str,
+        n: int = 1,
+        raw: str = SAMPLE,
+        route: str = "r",
         enrichment: dict[str, Any] | None = None,
     ) -> list[str]:
         """`n` events, each routed to `destination` (one delivery each, due now)."""
         now = self.clock.now()
         ids = []
         fields = json.loads(raw)
-        items = [IncomingEvent(raw, f"k-{uuid.uuid4()}", fields.get("message_uuid"),
-                               fields.get("callback_event")) for _ in range(n)]
+        items = [
+            IncomingEvent(
+                raw, f"k-{uuid.uuid4()}", fields.get("message_uuid"), fields.get("callback_event")
+            )
+            for _ in range(n)
+        ]
         result = await self.store.ingest("revicom", items, now)
         for event_id in result.event_ids:
             did = new_delivery_id(now)
             ids.append(did)
             await self.store.finish_event(
-                event_id, "routed",
-                [NewDelivery(did, event_id, route, destination, now, enrichment or {})], now)
+                event_id,
+                "routed",
+                [NewDelivery(did, event_id, route, destination, now, enrichment or {})],
+                now,
+            )
         self.engine.wake(destination)
         return ids
 
@@ -90,7 +107,9 @@ class EngineHarness:
         return found
 
     async def until(
-        self, delivery_id: str, predicate: Callable[[DeliveryRecord], bool],
+        self,
+        delivery_id: str,
+        predicate: Callable[[DeliveryRecord], bool],
         timeout: float = 5.0,  # noqa: ASYNC109 - a test helper's limit
     ) -> tuple[DeliveryRecord, list[AttemptRecord]]:
         """Poll the store (real time) until the delivery satisfies `predicate`."""

@@ -74,9 +74,15 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         async with self._arrived:
-            self.requests.append(Received(
-                request.method, request.path, {k.lower(): v for k, v in request.headers.items()},
-                body, time.time()))
+            self.requests.append(
+                Received(
+                    request.method,
+                    request.path,
+                    {k.lower(): v for k, v in request.headers.items()},
+                    body,
+                    time.time(),
+                )
+            )
             self._arrived.notify_all()
         reply = self._next(request.path)
         self.in_flight += 1
@@ -99,8 +105,7 @@ class Receiver:
     async def wait_for(self, n: int, timeout: float = 5.0) -> list[Received]:  # noqa: ASYNC109
         """Wait until at least `n` requests arrived; return them all."""
         async with self._arrived:
-            await asyncio.wait_for(
-                self._arrived.wait_for(lambda: len(self.requests) >= n), timeout)
+            await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.requests) >= n), timeout)
         return self.requests
 
     async def start(self) -> Receiver:
@@ -130,8 +135,8 @@ class Receiver:
 class ReceiverThread:
     """A `Receiver` on its own event loop in a thread, for tests that block (subprocesses).
 
-        with ReceiverThread(Reply(200, stall=0.3)) as rx:
-            ... rx.url, rx.requests, rx.set_default(Reply(200)), rx.wait_for(n, timeout) ...
+    with ReceiverThread(Reply(200, stall=0.3)) as rx:
+        ... rx.url, rx.requests, rx.set_default(Reply(200)), rx.wait_for(n, timeout) ...
     """
 
     def __init__(self, default: Reply | None = None) -> None:

@@ -50,8 +50,9 @@ def api_error(code: str, retry_after: int | None = None, **extra: Any) -> Answer
     """A Web API error: HTTP 200 (429 for ``ratelimited``, as Slack does) with ``ok: false``."""
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
     status = 429 if code == "ratelimited" else 200
-    return Answer(status, json.dumps({"ok": False, "error": code, **extra}), headers,
-                  "application/json")
+    return Answer(
+        status, json.dumps({"ok": False, "error": code, **extra}), headers, "application/json"
+    )
 
 
 @dataclass
@@ -111,8 +112,9 @@ class SlackServer:
 
     @staticmethod
     def _answer(a: Answer) -> web.Response:
-        return web.Response(status=a.status, text=a.body, headers=a.headers,
-                            content_type=a.content_type)
+        return web.Response(
+            status=a.status, text=a.body, headers=a.headers, content_type=a.content_type
+        )
 
     async def _webhook(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
@@ -151,8 +153,12 @@ class SlackServer:
         self._ts += 100
         ts = f"{self._ts // 1_000_000}.{self._ts % 1_000_000:06d}"
         self.posted[ts] = body
-        answer = {"ok": True, "channel": channel or body["channel"], "ts": ts,
-                  "message": {"text": body.get("text", ""), "ts": ts}}
+        answer = {
+            "ok": True,
+            "channel": channel or body["channel"],
+            "ts": ts,
+            "message": {"text": body.get("text", ""), "ts": ts},
+        }
         return self._answer(Answer(200, json.dumps(answer), {}, "application/json"))
 
 

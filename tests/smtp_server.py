@@ -41,10 +41,28 @@ class Cert:
 def make_cert(directory: Path) -> Cert:
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
     )
     return Cert(cert, key)
 
@@ -76,8 +94,14 @@ class _Handler:
     server: SmtpServer
     messages: list[Received] = field(default_factory=list)
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         reply = self.server.refuse_rcpt.get(address)
         if reply:
             return reply
@@ -92,16 +116,28 @@ class _Handler:
         login = auth.login.decode() if isinstance(auth, LoginPassword) else None
         tls = session.ssl is not None or (  # STARTTLS, or implicit TLS from the first byte
             server.transport is not None
-            and server.transport.get_extra_info("sslcontext") is not None)
-        self.messages.append(Received(
-            envelope.mail_from or "", list(envelope.rcpt_tos), msg,  # type: ignore[arg-type]
-            tls, login))
+            and server.transport.get_extra_info("sslcontext") is not None
+        )
+        self.messages.append(
+            Received(
+                envelope.mail_from or "",
+                list(envelope.rcpt_tos),
+                msg,  # type: ignore[arg-type]
+                tls,
+                login,
+            )
+        )
         return "250 Message accepted for delivery"
 
 
 class SmtpServer:
-    def __init__(self, *, starttls: Cert | None = None, tls: Cert | None = None,
-                 users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        starttls: Cert | None = None,
+        tls: Cert | None = None,
+        users: dict[str, str] | None = None,
+    ) -> None:
         self.refuse_rcpt: dict[str, str] = {}
         self.data_reply: str | None = None
         self.users = users
@@ -116,21 +152,24 @@ class SmtpServer:
             kwargs["ssl_context"] = tls.server_context()
         if users is not None:
             kwargs["authenticator"] = self._authenticate
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
-                                     ready_timeout=5.0, **kwargs)
+        self.controller = Controller(
+            self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=5.0, **kwargs
+        )
 
     @property
     def messages(self) -> list[Received]:
         return self.handler.messages
 
-    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
-                      mechanism: str, auth_data: Any) -> AuthResult:
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         if not isinstance(auth_data, LoginPassword) or self.users is None:
             return AuthResult(success=False, handled=False)
         login, password = auth_data.login.decode(), auth_data.password.decode()
         self.auth_attempts.append((login, session.ssl is not None))
-        return AuthResult(success=self.users.get(login) == password, handled=False,
-                          auth_data=auth_data)
+        return AuthResult(
+            success=self.users.get(login) == password, handled=False, auth_data=auth_data
+        )
 
     def __enter__(self) -> SmtpServer:
         self.controller.start()

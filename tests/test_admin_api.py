@@ -55,10 +55,6 @@ routes:
 """
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def rx() -> Iterator[Receiver]:
     with ThreadedReceiver() as receiver:
@@ -70,9 +66,11 @@ def servers(
     tmp_path_factory: pytest.TempPathFactory, rx: Receiver
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     admin = GatewayProcess(
-        CONFIG.format(token=TOKEN, rx=rx.url, required="/type"), tmp_path_factory.mktemp("admin"))
+        CONFIG.format(token=TOKEN, rx=rx.url, required="/type"), tmp_path_factory.mktemp("admin")
+    )
     plain = GatewayProcess(
-        "sources: {revicom: {path: /callbacks/revicom}}\n", tmp_path_factory.mktemp("no-admin"))
+        "sources: {revicom: {path: /callbacks/revicom}}\n", tmp_path_factory.mktemp("no-admin")
+    )
     with ThreadPoolExecutor(2) as pool:  # start both at once: startup dominates the run time
         started = list(pool.map(GatewayProcess.start, [admin, plain]))
     yield admin, plain
@@ -91,8 +89,6 @@ def api(gw: GatewayProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-
-
 def post(gw: GatewayProcess, path: str, *elements: Any) -> dict[str, Any]:
     answer = httpx.post(f"{gw.base}{path}", content=json.dumps(list(elements)), headers=JSON)
     assert answer.status_code == 200, answer.text
@@ -103,7 +99,10 @@ def cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
     """The `callback-gateway` CLI, run where the gateway runs (relative store path)."""
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args, "-c", str(gw.config_path)],
-        cwd=gw.workdir, capture_output=True, text=True, timeout=30,
+        cwd=gw.workdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -115,16 +114,26 @@ def deliveries_for(api: httpx.Client, message_uuid: str) -> list[dict[str, Any]]
 
 def test_the_admin_api_is_off_without_a_token(servers):
     _, plain = servers
-    for method, path in [("GET", "/admin/deliveries"), ("POST", "/admin/replay"),
-                         ("GET", "/admin/destinations")]:
+    for method, path in [
+        ("GET", "/admin/deliveries"),
+        ("POST", "/admin/replay"),
+        ("GET", "/admin/destinations"),
+    ]:
         answer = httpx.request(method, f"{plain.base}{path}", headers=BEARER)
         assert answer.status_code == 404
         assert answer.json()["error"] == "not_found"
 
 
-@pytest.mark.parametrize("authorization", [
-    None, "Bearer wrong-token-0123456789", f"Basic {TOKEN}", f"Bearer {TOKEN}x", TOKEN,
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Bearer wrong-token-0123456789",
+        f"Basic {TOKEN}",
+        f"Bearer {TOKEN}x",
+        TOKEN,
+    ],
+)
 def test_a_missing_or_wrong_bearer_token_is_401_with_a_bearer_challenge(gw, authorization):
     headers = {"Authorization": authorization} if authorization else {}
     for method, path in [("GET", "/admin/deliveries"), ("POST", "/admin/destinations/ops/pause")]:
@@ -140,8 +149,10 @@ def test_a_dead_delivery_is_listed_shown_and_delivered_after_replay_with_the_sam
     event = status("delivered")
     post(gw, "/callbacks/revicom", event)
     uuid_ = event["message_uuid"]
-    [dead] = eventually(lambda: [d for d in deliveries_for(api, uuid_) if d["state"] == "dead"],
-                        what="the delivery to die")
+    [dead] = eventually(
+        lambda: [d for d in deliveries_for(api, uuid_) if d["state"] == "dead"],
+        what="the delivery to die",
+    )
     assert dead["destination"] == "crm" and dead["route"] == "to-crm"
     assert dead["last_error"] == "HTTP 400: unknown customer"
     assert dead["id"] in [d["id"] for d in api.get("/deliveries?state=dead").json()]
@@ -157,10 +168,15 @@ def test_a_dead_delivery_is_listed_shown_and_delivered_after_replay_with_the_sam
 
     replayed = api.post("/replay", json={"state": "dead", "destination": "crm"}).json()
     assert dead["id"] in replayed["replayed"]
-    eventually(lambda: deliveries_for(api, uuid_)[0]["state"] == "delivered",
-               what="the replayed delivery to be delivered")
-    ids = [r.headers["webhook-id"] for r in rx.requests
-           if r.path == "/crm" and uuid_.encode() in r.body]
+    eventually(
+        lambda: deliveries_for(api, uuid_)[0]["state"] == "delivered",
+        what="the replayed delivery to be delivered",
+    )
+    ids = [
+        r.headers["webhook-id"]
+        for r in rx.requests
+        if r.path == "/crm" and uuid_.encode() in r.body
+    ]
     assert ids == [dead["id"], dead["id"]]
     history = api.get(f"/deliveries/{dead['id']}").json()["attempt_history"]
     assert [a["outcome"] for a in history] == ["dead", "delivered"]
@@ -178,8 +194,10 @@ def test_a_listing_cut_short_by_its_limit_says_that_more_match(gw, api, rx):
     text = cli(gw, "deliveries", "list", "--limit", "2")
     assert text.returncode == 0, text.stderr
     assert len(text.stdout.splitlines()) == 3  # header and two rows
-    assert text.stderr == ("showing the first 2 deliveries; more match (raise --limit, or narrow"
-                           " with --state, --destination or --since)\n")
+    assert text.stderr == (
+        "showing the first 2 deliveries; more match (raise --limit, or narrow"
+        " with --state, --destination or --since)\n"
+    )
     as_json = cli(gw, "deliveries", "list", "--limit", "2", "--json")
     assert as_json.returncode == 0 and len(json.loads(as_json.stdout)) == 2
     assert as_json.stderr == text.stderr
@@ -197,22 +215,23 @@ def test_replay_by_id_and_bad_requests(gw, api, rx):
     rx.script(Reply(422), path="/crm")
     event = status("delivered")
     post(gw, "/callbacks/revicom", event)
-    [dead] = eventually(lambda: [d for d in deliveries_for(api, event["message_uuid"])
-                                 if d["state"] == "dead"])
+    [dead] = eventually(
+        lambda: [d for d in deliveries_for(api, event["message_uuid"]) if d["state"] == "dead"]
+    )
     assert api.post("/replay", json={"ids": [dead["id"]]}).json() == {"replayed": [dead["id"]]}
     eventually(lambda: api.get(f"/deliveries/{dead['id']}").json()["state"] == "delivered")
 
 
 def test_quarantined_events_are_listed_and_replayed_through_todays_chain(gw, api, rx):
     held = {"id": f"order-{uuid.uuid4()}"}  # no /type, which `orders` requires
-    assert post(gw, "/callbacks/orders", held) == {"accepted": 0, "duplicates": 0,
-                                                   "quarantined": 1}
+    assert post(gw, "/callbacks/orders", held) == {"accepted": 0, "duplicates": 0, "quarantined": 1}
     listed = [e for e in api.get("/quarantine").json() if e["event"] == held]
     assert len(listed) == 1 and "/type" in listed[0]["reason"]
     [quarantined] = listed
     assert api.get("/quarantine", params={"limit": 0}).headers["X-Has-More"] == "true"
     assert cli(gw, "quarantine", "list", "--limit", "0").stderr.startswith(
-        "showing the first 0 quarantined events; more match")
+        "showing the first 0 quarantined events; more match"
+    )
     from_cli = cli(gw, "quarantine", "list", "--json")
     assert from_cli.returncode == 0, from_cli.stderr
     assert quarantined["id"] in [e["id"] for e in json.loads(from_cli.stdout)]
@@ -220,8 +239,10 @@ def test_quarantined_events_are_listed_and_replayed_through_todays_chain(gw, api
     # Still invalid under today's configuration: back to quarantine, with the reason.
     replayed = api.post("/replay", json={"quarantined": True, "ids": [quarantined["id"]]})
     assert replayed.json() == {"replayed": [quarantined["id"]]}
-    eventually(lambda: [e for e in api.get("/quarantine").json() if e["id"] == quarantined["id"]],
-               what="the event to be quarantined again")
+    eventually(
+        lambda: [e for e in api.get("/quarantine").json() if e["id"] == quarantined["id"]],
+        what="the event to be quarantined again",
+    )
 
     # The operator relaxes the source, reloads, and replays: the event is routed and delivered.
     gw.config_path.write_text(CONFIG.format(token=TOKEN, rx=rx.url, required="/id"))
@@ -229,10 +250,14 @@ def test_quarantined_events_are_listed_and_replayed_through_todays_chain(gw, api
     replayed = api.post("/replay", json={"quarantined": True}).json()
     assert quarantined["id"] in replayed["replayed"]
     out = gw.workdir / "var" / "orders.jsonl"
-    line = eventually(lambda: [json.loads(x) for x in (out.read_text().splitlines()
-                                                        if out.exists() else [])
-                               if json.loads(x)["event"] == held],
-                      what="the replayed order in the file")[0]
+    line = eventually(
+        lambda: [
+            json.loads(x)
+            for x in (out.read_text().splitlines() if out.exists() else [])
+            if json.loads(x)["event"] == held
+        ],
+        what="the replayed order in the file",
+    )[0]
     assert line["event_id"] == quarantined["id"] and line["route"] == "orders"
     assert quarantined["id"] not in [e["id"] for e in api.get("/quarantine").json()]
 
@@ -259,7 +284,9 @@ def test_a_paused_destination_keeps_its_deliveries_pending_until_resumed(gw, api
     answer = api.post("/destinations/ops/resume")
     assert answer.json() == {"name": "ops", "paused": False}
     assert {d["name"]: d["paused"] for d in api.get("/destinations").json()}["ops"] is None
-    eventually(lambda: {d["state"] for d in pending()} == {"delivered"},
-               what="the paused deliveries to arrive after resume")
+    eventually(
+        lambda: {d["state"] for d in pending()} == {"delivered"},
+        what="the paused deliveries to arrive after resume",
+    )
     arrived = [r for r in rx.requests if r.path == "/ops"]
     assert {json.loads(r.body)[0]["message_uuid"] for r in arrived} == uuids

@@ -245,4 +245,3 @@ def test_send_list_samples_needs_no_url() -> None:
     names = lines(done.stdout)
     assert names == samples.names()
     assert {"delivered", "delivered-undelivered", "batch-mixed", "inbound"} <= set(names)
-

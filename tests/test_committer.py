@@ -115,7 +115,8 @@ async def in_one_group(committer: Committer, ops: list[Callable[[Any], Any]]) ->
 
 
 async def test_a_write_is_visible_to_other_connections_when_run_returns(
-    committer: Committer, db: Path,
+    committer: Committer,
+    db: Path,
 ) -> None:
     assert await committer.run(insert("a")) == "a"
     assert stored(db) == {"a"}
@@ -144,7 +145,8 @@ async def test_many_writes_without_coordination_are_still_grouped(committer: Com
 
 
 async def test_a_failing_operation_does_not_undo_the_others_in_its_group(
-    committer: Committer, db: Path,
+    committer: Committer,
+    db: Path,
 ) -> None:
     def half_then_raise(conn: Any) -> None:
         conn.execute("INSERT INTO t (name) VALUES ('half')")
@@ -165,7 +167,8 @@ async def test_a_failing_operation_does_not_undo_the_others_in_its_group(
 
 
 async def test_a_failed_commit_fails_every_operation_of_the_group(
-    flaky: tuple[Committer, list[FlakyConnection]], db: Path,
+    flaky: tuple[Committer, list[FlakyConnection]],
+    db: Path,
 ) -> None:
     committer, (conn,) = flaky
     await committer.run(insert("before"))
@@ -182,7 +185,8 @@ async def test_a_failed_commit_fails_every_operation_of_the_group(
 
 
 async def test_a_failed_begin_fails_every_operation_of_the_group(
-    flaky: tuple[Committer, list[FlakyConnection]], db: Path,
+    flaky: tuple[Committer, list[FlakyConnection]],
+    db: Path,
 ) -> None:
     committer, (conn,) = flaky
     conn.fail.add("BEGIN IMMEDIATE")
@@ -259,7 +263,8 @@ async def test_stop_finishes_what_was_queued_before_it(db: Path) -> None:
 
 
 async def test_a_write_waits_for_the_lock_file_and_goes_on_when_it_is_released(
-    tmp_path: Path, db: Path,
+    tmp_path: Path,
+    db: Path,
 ) -> None:
     # Another process's writer holds the lock (a separate open file: flock conflicts as it
     # would between processes). Our write must not start its transaction until it is released.
@@ -324,9 +329,7 @@ def test_two_processes_writing_steadily_both_get_through(tmp_path: Path) -> None
 
     path = str(tmp_path / "shared.db")
     ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_hammer, args=(path, name, 1500, 0.1)) for name in ("a", "b")
-    ]
+    procs = [ctx.Process(target=_hammer, args=(path, name, 1500, 0.1)) for name in ("a", "b")]
     for p in procs:
         p.start()
     for p in procs:

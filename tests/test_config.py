@@ -120,8 +120,10 @@ def test_durations_and_sizes_are_parsed() -> None:
 
 def test_a_destination_retry_overrides_only_the_keys_it_names() -> None:
     config = load(
-        BASE.replace('url: "http://127.0.0.1:9/archive"',
-                     'url: "http://127.0.0.1:9/archive", retry: {attempts: 3}'),
+        BASE.replace(
+            'url: "http://127.0.0.1:9/archive"',
+            'url: "http://127.0.0.1:9/archive", retry: {attempts: 3}',
+        ),
         {"CALLBACK_PASSWORD": "x"},
     ).config
     assert config.retry_for("archive").attempts == 3
@@ -335,9 +337,7 @@ def test_source_format_options_are_validated_by_the_format() -> None:
 
 
 def test_an_unknown_destination_type_suggests_a_registered_one() -> None:
-    problems = problems_of(
-        BASE.replace("type: probe", "type: prob"), {"CALLBACK_PASSWORD": "x"}
-    )
+    problems = problems_of(BASE.replace("type: probe", "type: prob"), {"CALLBACK_PASSWORD": "x"})
     assert problems == [
         "destinations.archive.type: unknown destination type 'prob' (did you mean 'probe'?)"
     ]
@@ -349,9 +349,7 @@ def test_a_destination_without_a_type_is_reported() -> None:
 
 
 def test_destination_options_are_validated_by_the_plugin_model() -> None:
-    problems = problems_of(
-        "destinations:\n  d: {type: probe, url: 'http://x', timout: 3}\n"
-    )
+    problems = problems_of("destinations:\n  d: {type: probe, url: 'http://x', timout: 3}\n")
     assert problems == ["destinations.d.timout: unknown key (did you mean 'timeout'?)"]
 
 
@@ -446,9 +444,14 @@ def test_redact_masks_secret_keys_at_any_depth_and_in_any_case() -> None:
         "destinations": {
             "slack": {"type": "slack", "webhook_url": "https://hooks.slack.com/T/B/x"},
             "crm": {
-                "type": "webhook", "url": "https://crm.example.com/h", "Secret": "whsec_abc",
-                "headers": {"Authorization": "Bearer t0k", "X-Api-Key": "k3y-0123",
-                            "Content-Type": "application/json"},
+                "type": "webhook",
+                "url": "https://crm.example.com/h",
+                "Secret": "whsec_abc",
+                "headers": {
+                    "Authorization": "Bearer t0k",
+                    "X-Api-Key": "k3y-0123",
+                    "Content-Type": "application/json",
+                },
             },
             "bot": {"type": "slack", "TOKEN": "xoxb-1", "channel": "#ops"},
         },
@@ -460,23 +463,43 @@ def test_redact_masks_secret_keys_at_any_depth_and_in_any_case() -> None:
     assert out["destinations"]["slack"]["webhook_url"] == MASK
     assert out["destinations"]["crm"]["Secret"] == MASK
     assert out["destinations"]["crm"]["headers"] == {  # every header value but plain ones
-        "Authorization": MASK, "X-Api-Key": MASK, "Content-Type": "application/json"}
+        "Authorization": MASK,
+        "X-Api-Key": MASK,
+        "Content-Type": "application/json",
+    }
     assert out["destinations"]["crm"]["url"] == "https://crm.example.com/h"
     assert out["destinations"]["bot"] == {"type": "slack", "TOKEN": MASK, "channel": "#ops"}
     assert out["list"] == [{"secret": MASK}, "plain"]
     assert tree["password"] == "p1", "redact must return a copy, not mask in place"
-    for secret in ("p1", "p2", "hooks.slack.com", "whsec_abc", "t0k", "k3y-0123", "xoxb-1",
-                   "in-a-list"):
+    for secret in (
+        "p1",
+        "p2",
+        "hooks.slack.com",
+        "whsec_abc",
+        "t0k",
+        "k3y-0123",
+        "xoxb-1",
+        "in-a-list",
+    ):
         assert secret not in repr(out)
 
 
 def test_secrets_include_header_values_and_the_path_of_a_secret_url() -> None:
-    found = collect_secrets({"destinations": {
-        "ops": {"type": "slack",
-                "webhook_url": "https://hooks.slack.com/services/T0AB/B0CD/aSecretToken12345678"},
-        "crm": {"type": "webhook", "url": "https://crm.example.com/hooks",
-                "headers": {"X-Api-Key": "key-0123456789", "Content-Type": "application/json"}},
-    }})
+    found = collect_secrets(
+        {
+            "destinations": {
+                "ops": {
+                    "type": "slack",
+                    "webhook_url": "https://hooks.slack.com/services/T0AB/B0CD/aSecretToken12345678",
+                },
+                "crm": {
+                    "type": "webhook",
+                    "url": "https://crm.example.com/hooks",
+                    "headers": {"X-Api-Key": "key-0123456789", "Content-Type": "application/json"},
+                },
+            }
+        }
+    )
     assert "/services/T0AB/B0CD/aSecretToken12345678" in found  # echoed in a request line
     assert "aSecretToken12345678" in found
     assert "key-0123456789" in found
@@ -490,11 +513,13 @@ def test_redact_masks_secret_values_that_are_not_strings() -> None:
 
 
 def test_redact_masks_url_userinfo_passwords_anywhere() -> None:
-    out = redact({
-        "store": "redis://:hunter2@localhost:6379/0",
-        "destinations": {"w": {"url": "https://user:pa55@crm.example.com/hook"}},
-        "note": "see http://a:b@host and https://c:d@other/path",
-    })
+    out = redact(
+        {
+            "store": "redis://:hunter2@localhost:6379/0",
+            "destinations": {"w": {"url": "https://user:pa55@crm.example.com/hook"}},
+            "note": "see http://a:b@host and https://c:d@other/path",
+        }
+    )
     assert out["store"] == "redis://:***@localhost:6379/0"
     assert out["destinations"]["w"]["url"] == "https://user:***@crm.example.com/hook"
     assert out["note"] == "see http://a:***@host and https://c:***@other/path"
@@ -508,8 +533,14 @@ def test_redact_leaves_urls_without_passwords_alone() -> None:
 def test_collect_secrets_finds_every_secret_value() -> None:
     tree = {
         "sources": {"s": {"auth": {"basic": {"username": "gw", "password": "pw-1"}}}},
-        "destinations": {"w": {"headers": {"AUTHORIZATION": "Bearer abc"}, "secret": "whsec_x",
-                               "token": "", "webhook_url": None}},
+        "destinations": {
+            "w": {
+                "headers": {"AUTHORIZATION": "Bearer abc"},
+                "secret": "whsec_x",
+                "token": "",
+                "webhook_url": None,
+            }
+        },
         "others": [{"Password": "pw-2"}],
     }
     basic = base64.b64encode(b"gw:pw-1").decode()  # what HTTP Basic sends; peers echo it

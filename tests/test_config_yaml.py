@@ -38,7 +38,11 @@ def check(tmp_path: Path, text: str) -> tuple[subprocess.CompletedProcess[str], 
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "gateway", "check", "-c", "gw.yaml"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     return done, time.monotonic() - started
 
@@ -75,8 +79,10 @@ def test_a_recursive_alias_is_refused() -> None:
 
 
 def test_check_answers_a_10000_level_list_with_one_line(tmp_path: Path) -> None:
-    for text in (VALID + "x: " + "[" * 10_000 + "]" * 10_000 + "\n",
-                 VALID + "x:\n" + "".join(" " * i + "- \n" for i in range(1, 2_000))):
+    for text in (
+        VALID + "x: " + "[" * 10_000 + "]" * 10_000 + "\n",
+        VALID + "x:\n" + "".join(" " * i + "- \n" for i in range(1, 2_000)),
+    ):
         done, _ = check(tmp_path, text)
         assert done.returncode == 2
         assert "Traceback" not in done.stderr and "RecursionError" not in done.stderr
@@ -112,7 +118,8 @@ def test_an_empty_file_is_an_error(tmp_path: Path) -> None:
         done, _ = check(tmp_path, text)
         assert done.returncode == 2, text
         assert done.stderr.splitlines() == [
-            "gw.yaml: the file is empty (expected a mapping, at least 'sources:')"]
+            "gw.yaml: the file is empty (expected a mapping, at least 'sources:')"
+        ]
     assert load_config_text("{}", {}).config.sources == {}  # an explicit empty mapping is valid
 
 

@@ -76,8 +76,10 @@ def rx() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, rx: Receiver) -> Iterator[GatewayProcess]:
-    proc = GatewayProcess(CONFIG.format(token=TOKEN, rx=rx.url, required="/type"),
-                          tmp_path_factory.mktemp("console-gw")).start()
+    proc = GatewayProcess(
+        CONFIG.format(token=TOKEN, rx=rx.url, required="/type"),
+        tmp_path_factory.mktemp("console-gw"),
+    ).start()
     yield proc
     proc.kill()
 
@@ -91,11 +93,19 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-                 "--window-size=1280,900"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        "--window-size=1280,900",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(20)
@@ -104,29 +114,37 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
 
 
 def post(gw: GatewayProcess, path: str, *elements: Any) -> dict[str, Any]:
-    answer = httpx.post(f"{gw.base}{path}", content=json.dumps(list(elements)),
-                        headers={"Content-Type": "application/json"})
+    answer = httpx.post(
+        f"{gw.base}{path}",
+        content=json.dumps(list(elements)),
+        headers={"Content-Type": "application/json"},
+    )
     assert answer.status_code == 200, answer.text
     return answer.json()
 
 
 def cli(gw: GatewayProcess, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "gateway", *args, "-c", str(gw.config_path)],
-                          cwd=gw.workdir, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", *args, "-c", str(gw.config_path)],
+        cwd=gw.workdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def admin(gw: GatewayProcess, path: str) -> Any:
-    return httpx.get(f"{gw.base}/admin{path}",
-                     headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    return httpx.get(f"{gw.base}/admin{path}", headers={"Authorization": f"Bearer {TOKEN}"}).json()
 
 
 def shoot(driver: webdriver.Chrome, shots: Path, name: str) -> Path:
     """A full-page screenshot (the window grows to the page's height for it)."""
     driver.execute_script("window.scrollTo(0, 0)")
     height = driver.execute_script(
-        "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
+        "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"
+    )
     driver.set_window_size(1280, min(max(height + 140, 600), 4000))  # + the window's frame
     path = shots / f"{name}.png"
     assert driver.save_screenshot(str(path))
@@ -165,8 +183,10 @@ def story(gw: GatewayProcess, rx: Receiver) -> dict[str, Any]:
     late = {**status("sent"), "message_uuid": uuid_, "status_time": "2020-10-16T18:50:00Z"}
     broken = {"message_uuid": uuid_, "callback_event": "delivered"}  # no status: quarantined
     assert post(gw, "/callbacks/revicom", delivered)["accepted"] == 1
-    [dead] = eventually(lambda: [d for d in admin(gw, f"/deliveries?message_uuid={uuid_}")
-                                 if d["state"] == "dead"], what="the crm delivery to die")
+    [dead] = eventually(
+        lambda: [d for d in admin(gw, f"/deliveries?message_uuid={uuid_}") if d["state"] == "dead"],
+        what="the crm delivery to die",
+    )
     post(gw, "/callbacks/revicom", late, broken)
     return {"uuid": uuid_, "dead": dead["id"]}
 
@@ -207,9 +227,14 @@ def test_replaying_a_dead_delivery_reaches_the_receiver(browser, gw, rx, shots, 
     shoot(browser, shots, "dead-letters")
     browser.find_element(By.CSS_SELECTOR, f'button[name="one"][value="{story["dead"]}"]').click()
     shown(browser, "Replayed 1 delivery.")
-    eventually(lambda: [r for r in rx.requests if r.path == "/crm"
-                        and r.headers.get("webhook-id") == story["dead"]][1:],
-               what="the replayed delivery to reach the receiver again")
+    eventually(
+        lambda: [
+            r
+            for r in rx.requests
+            if r.path == "/crm" and r.headers.get("webhook-id") == story["dead"]
+        ][1:],
+        what="the replayed delivery to reach the receiver again",
+    )
     browser.get(f"{gw.base}/console/deliveries/{story['dead']}")
 
     def delivered() -> bool:
@@ -233,15 +258,22 @@ def test_replaying_a_quarantined_event_after_a_fix_delivers_it(browser, gw, rx, 
     gw.config_path.write_text(CONFIG.format(token=TOKEN, rx=rx.url, required="/id"))
     assert gw.proc is not None
     os.kill(gw.proc.pid, signal.SIGHUP)
-    eventually(lambda: gw.logs().count("reload: configuration loaded") > loaded,
-               what="the fixed configuration to load")
+    eventually(
+        lambda: gw.logs().count("reload: configuration loaded") > loaded,
+        what="the fixed configuration to load",
+    )
 
-    row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "table.list tbody tr")
-               if "order-browser-1" in r.text)
+    row = next(
+        r
+        for r in browser.find_elements(By.CSS_SELECTOR, "table.list tbody tr")
+        if "order-browser-1" in r.text
+    )
     row.find_element(By.CSS_SELECTOR, 'button[name="one"]').click()
     shown(browser, "Sent 1 event back through today's chain.")
-    [got] = eventually(lambda: [r for r in rx.requests if r.path == "/orders"],
-                       what="the replayed event to be delivered")
+    [got] = eventually(
+        lambda: [r for r in rx.requests if r.path == "/orders"],
+        what="the replayed event to be delivered",
+    )
     assert json.loads(got.body)["event"] == order
     browser.refresh()
     assert "order-browser-1" not in text(browser)
@@ -278,8 +310,11 @@ def test_the_route_tester_says_what_explain_says(browser, gw, shots):
     printed = cli(gw, "explain", "--sample", "delivered")
 
     def decisions(out: str) -> list[str]:
-        return [line.strip() for line in out.splitlines()
-                if re.match(r"\s*(\[|result:|===|payload for)", line)]
+        return [
+            line.strip()
+            for line in out.splitlines()
+            if re.match(r"\s*(\[|result:|===|payload for)", line)
+        ]
 
     assert "[matched] statuses" in result
     assert decisions(result) == decisions(printed)
@@ -287,8 +322,18 @@ def test_the_route_tester_says_what_explain_says(browser, gw, shots):
 
 def test_screenshots_of_every_page_were_taken(shots):
     taken = sorted(p.stem for p in shots.glob("*.png"))
-    assert taken == sorted(["login", "overview", "message", "dead-letters", "delivery",
-                            "quarantine", "destinations", "tester"])
+    assert taken == sorted(
+        [
+            "login",
+            "overview",
+            "message",
+            "dead-letters",
+            "delivery",
+            "quarantine",
+            "destinations",
+            "tester",
+        ]
+    )
     keep = os.environ.get("CONSOLE_SCREENSHOTS")  # where a developer wants copies
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)

@@ -38,9 +38,15 @@ routes:
     match: {{callback_event: delivered}}
     to: [crm]
 """
-PAGES = ["/console/", "/console/deliveries", "/console/deliveries?state=dead",
-         "/console/quarantine", "/console/destinations", "/console/tester",
-         "/console/search?q=x"]
+PAGES = [
+    "/console/",
+    "/console/deliveries",
+    "/console/deliveries?state=dead",
+    "/console/quarantine",
+    "/console/destinations",
+    "/console/tester",
+    "/console/search?q=x",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +60,9 @@ def servers(
     tmp_path_factory: pytest.TempPathFactory, rx: Receiver
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     on = GatewayProcess(CONFIG.format(token=TOKEN, rx=rx.url), tmp_path_factory.mktemp("con"))
-    off = GatewayProcess("sources: {revicom: {path: /callbacks/revicom}}\n",
-                         tmp_path_factory.mktemp("con-off"))
+    off = GatewayProcess(
+        "sources: {revicom: {path: /callbacks/revicom}}\n", tmp_path_factory.mktemp("con-off")
+    )
     with ThreadPoolExecutor(2) as pool:
         started = list(pool.map(GatewayProcess.start, [on, off]))
     yield on, off
@@ -91,13 +98,17 @@ def login(gw: GatewayProcess) -> tuple[str, str]:
 def cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args, "-c", str(gw.config_path)],
-        cwd=gw.workdir, capture_output=True, text=True, timeout=30,
+        cwd=gw.workdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
 def paused(gw: GatewayProcess) -> dict[str, Any]:
-    listed = httpx.get(f"{gw.base}/admin/destinations",
-                       headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    listed = httpx.get(
+        f"{gw.base}/admin/destinations", headers={"Authorization": f"Bearer {TOKEN}"}
+    ).json()
     return {d["name"]: d["paused"] for d in listed}
 
 
@@ -105,8 +116,11 @@ def dead_delivery(gw: GatewayProcess, rx: Receiver) -> tuple[str, str]:
     """(message_uuid, delivery id) of a fresh dead delivery to crm."""
     rx.script(Reply(400, b"no such customer"), path="/crm")
     event = status("delivered")
-    answer = httpx.post(f"{gw.base}/callbacks/revicom", content=json.dumps([event]),
-                        headers={"Content-Type": "application/json"})
+    answer = httpx.post(
+        f"{gw.base}/callbacks/revicom",
+        content=json.dumps([event]),
+        headers={"Content-Type": "application/json"},
+    )
     assert answer.status_code == 200
     api = f"{gw.base}/admin/deliveries"
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -120,8 +134,9 @@ def dead_delivery(gw: GatewayProcess, rx: Receiver) -> tuple[str, str]:
 
 
 def state_of(gw: GatewayProcess, delivery_id: str) -> str:
-    answer = httpx.get(f"{gw.base}/admin/deliveries/{delivery_id}",
-                       headers={"Authorization": f"Bearer {TOKEN}"})
+    answer = httpx.get(
+        f"{gw.base}/admin/deliveries/{delivery_id}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     return answer.json()["state"]
 
 
@@ -136,8 +151,11 @@ def test_the_console_is_not_there_without_an_admin_token(servers):
 def test_without_a_session_every_page_leads_to_the_login_and_reveals_nothing(gw, rx):
     message_uuid, delivery_id = dead_delivery(gw, rx)
     with client(gw) as c:
-        for path in [*PAGES, f"/console/messages/{message_uuid}",
-                     f"/console/deliveries/{delivery_id}"]:
+        for path in [
+            *PAGES,
+            f"/console/messages/{message_uuid}",
+            f"/console/deliveries/{delivery_id}",
+        ]:
             answer = c.get(path)
             assert answer.status_code == 303, path
             assert answer.headers["location"].startswith("/console/login?next=")
@@ -189,12 +207,19 @@ def test_a_post_without_its_csrf_token_is_refused_and_changes_nothing(gw, rx):
     assert other_csrf != csrf, "each session has its own token"
     with client(gw, cookie) as c:
         for data in [{}, {"csrf": ""}, {"csrf": other_csrf}, {"csrf": csrf + "0"}]:
-            assert c.post("/console/destinations/ops/pause",
-                          data={**data, "reason": "test"}).status_code == 403
-            assert c.post("/console/deliveries/replay",
-                          data={**data, "one": delivery_id}).status_code == 403
-            assert c.post("/console/quarantine/replay", data={**data, "all": "1"}).status_code \
+            assert (
+                c.post(
+                    "/console/destinations/ops/pause", data={**data, "reason": "test"}
+                ).status_code
                 == 403
+            )
+            assert (
+                c.post("/console/deliveries/replay", data={**data, "one": delivery_id}).status_code
+                == 403
+            )
+            assert (
+                c.post("/console/quarantine/replay", data={**data, "all": "1"}).status_code == 403
+            )
             assert c.post("/console/logout", data=data).status_code == 403
         assert paused(gw)["ops"] is None
         assert state_of(gw, delivery_id) == "dead"
@@ -211,9 +236,13 @@ def test_a_get_on_an_action_url_changes_nothing(gw, rx):
     _, delivery_id = dead_delivery(gw, rx)
     cookie, _ = login(gw)
     with client(gw, cookie) as c:
-        for path in ["/console/destinations/ops/pause?reason=x", "/console/destinations/ops/resume",
-                     f"/console/deliveries/replay?one={delivery_id}&id={delivery_id}",
-                     "/console/quarantine/replay?all=1", "/console/logout"]:
+        for path in [
+            "/console/destinations/ops/pause?reason=x",
+            "/console/destinations/ops/resume",
+            f"/console/deliveries/replay?one={delivery_id}&id={delivery_id}",
+            "/console/quarantine/replay?all=1",
+            "/console/logout",
+        ]:
             answer = c.get(path)
             assert answer.status_code in (404, 405), (path, answer.status_code)
         assert paused(gw)["ops"] is None
@@ -227,8 +256,10 @@ def test_logging_out_ends_the_session_even_for_a_copied_cookie(gw):
         answer = c.post("/console/logout", data={"csrf": csrf})
         assert answer.status_code == 303
         assert answer.headers["location"] == "/console/login"
-        assert 'cg_console=""' in answer.headers["set-cookie"] or "Max-Age=0" in \
-            answer.headers["set-cookie"]
+        assert (
+            'cg_console=""' in answer.headers["set-cookie"]
+            or "Max-Age=0" in answer.headers["set-cookie"]
+        )
     with client(gw, cookie) as copied:
         assert copied.get("/console/").status_code == 303
 
@@ -237,14 +268,22 @@ def test_search_leads_to_the_message_the_delivery_or_says_nothing_matches(gw, rx
     message_uuid, delivery_id = dead_delivery(gw, rx)
     cookie, _ = login(gw)
     with client(gw, cookie) as c:
-        assert c.get("/console/search", params={"q": message_uuid}).headers["location"] == \
-            f"/console/messages/{message_uuid}"
-        assert c.get("/console/search", params={"q": delivery_id}).headers["location"] == \
-            f"/console/deliveries/{delivery_id}"
-        event_id = httpx.get(f"{gw.base}/admin/deliveries/{delivery_id}",
-                             headers={"Authorization": f"Bearer {TOKEN}"}).json()["event_id"]
-        assert c.get("/console/search", params={"q": event_id}).headers["location"] == \
-            f"/console/messages/{message_uuid}#{event_id}"
+        assert (
+            c.get("/console/search", params={"q": message_uuid}).headers["location"]
+            == f"/console/messages/{message_uuid}"
+        )
+        assert (
+            c.get("/console/search", params={"q": delivery_id}).headers["location"]
+            == f"/console/deliveries/{delivery_id}"
+        )
+        event_id = httpx.get(
+            f"{gw.base}/admin/deliveries/{delivery_id}",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ).json()["event_id"]
+        assert (
+            c.get("/console/search", params={"q": event_id}).headers["location"]
+            == f"/console/messages/{message_uuid}#{event_id}"
+        )
         missing = c.get("/console/search", params={"q": "no-such-thing"})
         assert missing.status_code == 404 and "Nothing matches" in missing.text
         page = c.get(f"/console/messages/{message_uuid}")

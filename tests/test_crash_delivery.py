@@ -122,8 +122,10 @@ def test_kill_9_while_a_slow_receiver_holds_deliveries_loses_none(
         ids_are_stable(rx)
     duplicates = sum(n - 1 for n in counts.values())
     with capsys.disabled():
-        print(f"\n[crash-delivery] kill -9 after {before} requests: {len(uuids)} events,"
-              f" all delivered, {duplicates} delivered twice (at-least-once)")
+        print(
+            f"\n[crash-delivery] kill -9 after {before} requests: {len(uuids)} events,"
+            f" all delivered, {duplicates} delivered twice (at-least-once)"
+        )
     assert delivery_states(gw) == {"delivered": len(uuids)}
     assert duplicates <= 4 + 4  # at most what was in flight at the kill (concurrency 4)
 

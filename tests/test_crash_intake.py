@@ -43,10 +43,6 @@ routes:
 Factory = Callable[..., GatewayProcess]
 
 
-
-
-
-
 def stored_uuids(gw: GatewayProcess) -> list[str]:
     with closing(sqlite3.connect(gw.workdir / "var" / "gateway.db", timeout=10)) as db:
         return [r[0] for r in db.execute("SELECT message_uuid FROM events")]

@@ -13,8 +13,16 @@ NOW = 1_800_000_000.0
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("120", 120.0), (" 5 ", 5.0), ("0", 0.0), ("-3", 0.0), ("1.5", 1.5), (None, None),
-     ("", None), ("soon", None)],
+    [
+        ("120", 120.0),
+        (" 5 ", 5.0),
+        ("0", 0.0),
+        ("-3", 0.0),
+        ("1.5", 1.5),
+        (None, None),
+        ("", None),
+        ("soon", None),
+    ],
 )
 def test_retry_after_in_seconds(value, seconds):
     assert parse_retry_after(value, NOW) == seconds

@@ -44,7 +44,8 @@ def test_every_hook_is_documented_with_its_exact_signature(name, sig):
 @pytest.mark.parametrize("name", HOOKS)
 def test_every_hook_is_exercised_by_a_test(name):
     users = [
-        p.name for p in TESTS.glob("test_*.py")
+        p.name
+        for p in TESTS.glob("test_*.py")
         if p.name != Path(__file__).name and re.search(rf"\b{name}\b", p.read_text())
     ]
     assert users, f"no test uses the hook {name!r}"
@@ -65,9 +66,16 @@ def test_every_built_in_filter_and_enricher_is_described():
 
 
 def test_the_essentials_of_writing_a_plugin_are_there():
-    for needle in ("from gateway import hookimpl", "[project.entry-points.callback_gateway]",
-                   "plugins: [", "CALLBACK_GATEWAY_TRACE_PLUGINS", "class Options(BaseModel)",
-                   "async def", "ordering: false", "examples/gateway-plugin-example"):
+    for needle in (
+        "from gateway import hookimpl",
+        "[project.entry-points.callback_gateway]",
+        "plugins: [",
+        "CALLBACK_GATEWAY_TRACE_PLUGINS",
+        "class Options(BaseModel)",
+        "async def",
+        "ordering: false",
+        "examples/gateway-plugin-example",
+    ):
         assert needle in DOCS, needle
 
 

@@ -110,10 +110,6 @@ def client() -> Generator[httpx.Client, None, None]:
         yield c
 
 
-
-
-
-
 def stored(gw: GatewayProcess, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with closing(sqlite3.connect(gw.workdir / "var" / "gateway.db", timeout=10)) as db:
         return db.execute(sql, params).fetchall()

@@ -21,24 +21,41 @@ from gateway.store import DeliveryRecord
 
 PASSWORD = "s3cret-pa55"
 UNDELIVERED = {
-    "message_uuid": "063464ec-a34f-4558-90c5-984395000003", "channel_type": "SMS",
-    "callback_event": "delivered", "status": "undelivered",
-    "status_time": "2020-10-16T18:51:13Z", "error_code": 6969,
+    "message_uuid": "063464ec-a34f-4558-90c5-984395000003",
+    "channel_type": "SMS",
+    "callback_event": "delivered",
+    "status": "undelivered",
+    "status_time": "2020-10-16T18:51:13Z",
+    "error_code": 6969,
 }
 INBOUND = {
-    "message_uuid": "0b2f6a10-a34f-4558-90c5-984395000009", "callback_event": "inbound_sent",
-    "channel_type": "WHATSAPP", "status": "inbound_sent", "status_time": "2020-10-16T18:51:13Z",
+    "message_uuid": "0b2f6a10-a34f-4558-90c5-984395000009",
+    "callback_event": "inbound_sent",
+    "channel_type": "WHATSAPP",
+    "status": "inbound_sent",
+    "status_time": "2020-10-16T18:51:13Z",
     "item": {"contentType": "text", "text": "Hello, is my order <b>on its way</b>?"},
 }
 
 
-def record(fields: dict[str, Any], n: int = 1,
-           enrichment: dict[str, Any] | None = None) -> DeliveryRecord:
+def record(
+    fields: dict[str, Any], n: int = 1, enrichment: dict[str, Any] | None = None
+) -> DeliveryRecord:
     return DeliveryRecord(
-        id=f"dlv_{n:04d}", event_id=f"evt_{n:04d}", source="revicom", route="inbound",
-        destination="support", state="in_flight", attempts=0, next_attempt_at=0.0,
-        created_at=0.0, updated_at=0.0, raw=json.dumps(fields), enrichment=enrichment or {},
-        message_uuid=fields.get("message_uuid"), received_at=1_700_000_000.25,
+        id=f"dlv_{n:04d}",
+        event_id=f"evt_{n:04d}",
+        source="revicom",
+        route="inbound",
+        destination="support",
+        state="in_flight",
+        attempts=0,
+        next_attempt_at=0.0,
+        created_at=0.0,
+        updated_at=0.0,
+        raw=json.dumps(fields),
+        enrichment=enrichment or {},
+        message_uuid=fields.get("message_uuid"),
+        received_at=1_700_000_000.25,
     )
 
 
@@ -60,8 +77,12 @@ def plain() -> Iterator[SmtpServer]:
 
 
 def dest(services: Services, port: int, **opts: Any) -> Email:
-    base = {"host": "127.0.0.1", "port": port, "from": "Gateway <gw@example.com>",
-            "to": ["support@example.com"]}
+    base = {
+        "host": "127.0.0.1",
+        "port": port,
+        "from": "Gateway <gw@example.com>",
+        "to": ["support@example.com"],
+    }
     return Email("support", Options(**{**base, **opts}), services)
 
 
@@ -69,7 +90,10 @@ async def test_plaintext_relay_delivers_what_the_human_should_read(
     plain: SmtpServer, services: Services
 ) -> None:
     d = dest(
-        services, plain.port, starttls=False, cc="lead@example.com",
+        services,
+        plain.port,
+        starttls=False,
+        cc="lead@example.com",
         to=["support@example.com", "Ops <ops@example.com>"],
         subject="Customer wrote on {{ event.channel_type }}:\n{{ event.item.text }}",
         body="{{ event.item.text }}\n\nmessage {{ event.message_uuid }}",
@@ -87,7 +111,8 @@ async def test_plaintext_relay_delivers_what_the_human_should_read(
     assert msg["Message-ID"] == "<dlv_0001@example.com>"
     assert msg["Date"] == "Tue, 14 Nov 2023 22:13:20 +0000"
     assert got.text() == (
-        "Hello, is my order <b>on its way</b>?\n\nmessage 0b2f6a10-a34f-4558-90c5-984395000009\n")
+        "Hello, is my order <b>on its way</b>?\n\nmessage 0b2f6a10-a34f-4558-90c5-984395000009\n"
+    )
     assert got.html() is None
     assert not got.tls
 
@@ -96,10 +121,12 @@ async def test_default_subject_and_body_list_the_event(
     plain: SmtpServer, services: Services
 ) -> None:
     await dest(services, plain.port, starttls=False).deliver(
-        record(UNDELIVERED, enrichment={"status_text": "Not delivered within the lifetime"}))
+        record(UNDELIVERED, enrichment={"status_text": "Not delivered within the lifetime"})
+    )
     got = plain.messages[0]
     assert got.message["Subject"] == (
-        "[revicom] SMS undelivered 063464ec-a34f-4558-90c5-984395000003")
+        "[revicom] SMS undelivered 063464ec-a34f-4558-90c5-984395000003"
+    )
     text = got.text()
     assert text.startswith("Not delivered within the lifetime\n\n")
     assert "error_code: 6969\n" in text
@@ -111,7 +138,8 @@ async def test_html_part_escapes_event_text(plain: SmtpServer, services: Service
     d = dest(services, plain.port, starttls=False, html="<p>{{ event.item.text }}</p>")
     await d.deliver(record(INBOUND))
     assert plain.messages[0].html() == (
-        "<p>Hello, is my order &lt;b&gt;on its way&lt;/b&gt;?</p>\n")
+        "<p>Hello, is my order &lt;b&gt;on its way&lt;/b&gt;?</p>\n"
+    )
 
 
 async def test_starttls_is_used_before_auth(cert: Cert, services: Services) -> None:
@@ -135,7 +163,8 @@ async def test_missing_starttls_is_permanent_and_sends_nothing(
 async def test_implicit_tls(cert: Cert, services: Services) -> None:
     with SmtpServer(tls=cert) as smtp:
         outcome = await dest(services, smtp.port, tls=True, ca_file=str(cert.cert)).deliver(
-            record(UNDELIVERED))
+            record(UNDELIVERED)
+        )
         assert outcome.kind == "delivered", outcome.error
         assert smtp.messages[0].tls
 
@@ -150,9 +179,7 @@ async def test_an_untrusted_certificate_is_retried_not_ignored(
         assert smtp.messages == []
 
 
-async def test_wrong_password_is_permanent_and_not_shown(
-    cert: Cert, services: Services
-) -> None:
+async def test_wrong_password_is_permanent_and_not_shown(cert: Cert, services: Services) -> None:
     with SmtpServer(starttls=cert, users={"gw": "other"}) as smtp:
         d = dest(services, smtp.port, ca_file=str(cert.cert), username="gw", password=PASSWORD)
         outcome = await d.deliver(record(UNDELIVERED))
@@ -160,10 +187,13 @@ async def test_wrong_password_is_permanent_and_not_shown(
         assert PASSWORD not in (outcome.error or "")
 
 
-@pytest.mark.parametrize(("reply", "kind", "status"), [
-    ("451 4.3.0 Try again later", "retry", 451),
-    ("554 5.7.1 Message rejected as spam", "permanent", 554),
-])
+@pytest.mark.parametrize(
+    ("reply", "kind", "status"),
+    [
+        ("451 4.3.0 Try again later", "retry", 451),
+        ("554 5.7.1 Message rejected as spam", "permanent", 554),
+    ],
+)
 async def test_data_replies_are_classified(
     plain: SmtpServer, services: Services, reply: str, kind: str, status: int
 ) -> None:
@@ -182,14 +212,18 @@ async def test_partly_refused_recipients_are_delivered_and_reported(
     assert outcome.kind == "delivered"
     assert outcome.details == {"refused": {"gone@example.com": "550 5.1.1 No such user"}}
     assert outcome.error == (
-        "accepted for 1 of 2 recipients; refused gone@example.com: 550 5.1.1 No such user")
+        "accepted for 1 of 2 recipients; refused gone@example.com: 550 5.1.1 No such user"
+    )
     assert plain.messages[0].rcpt_tos == ["support@example.com"]
 
 
-@pytest.mark.parametrize(("replies", "kind"), [
-    (["550 5.1.1 No such user", "553 5.1.3 Bad address"], "permanent"),
-    (["550 5.1.1 No such user", "451 4.2.0 Greylisted"], "retry"),
-])
+@pytest.mark.parametrize(
+    ("replies", "kind"),
+    [
+        (["550 5.1.1 No such user", "553 5.1.3 Bad address"], "permanent"),
+        (["550 5.1.1 No such user", "451 4.2.0 Greylisted"], "retry"),
+    ],
+)
 async def test_all_recipients_refused(
     plain: SmtpServer, services: Services, replies: list[str], kind: str
 ) -> None:
@@ -216,7 +250,8 @@ async def test_a_server_that_never_answers_times_out_as_retry(services: Services
     port = server.sockets[0].getsockname()[1]
     try:
         outcome = await dest(services, port, starttls=False, timeout="200ms").deliver(
-            record(UNDELIVERED))
+            record(UNDELIVERED)
+        )
     finally:
         server.close()
     assert outcome.kind == "retry"
@@ -233,6 +268,7 @@ async def test_a_template_that_breaks_the_sandbox_is_permanent(
 
 # -- options -----------------------------------------------------------------------------------
 
+
 def test_starttls_is_the_default_and_ports_follow_the_mode() -> None:
     base = {"host": "h", "from": "a@b.c", "to": "x@y.z"}
     assert Options(**base).use_starttls and Options(**base).effective_port == 587
@@ -242,15 +278,18 @@ def test_starttls_is_the_default_and_ports_follow_the_mode() -> None:
     assert Options(**base).to == ["x@y.z"]
 
 
-@pytest.mark.parametrize(("opts", "says"), [
-    ({"tls": True, "starttls": True}, "exclude each other"),
-    ({"username": "u"}, "both 'username' and 'password'"),
-    ({"to": ["not-an-address"]}, "not a mail address"),
-    ({"to": []}, "at least 1 item"),
-    ({"subject": "{{ oops"}, "template syntax error"),
-    ({"digest": {"window": 0}}, "greater than 0"),
-    ({"digest": {"window": "5m", "max_events": 0}}, "greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    ("opts", "says"),
+    [
+        ({"tls": True, "starttls": True}, "exclude each other"),
+        ({"username": "u"}, "both 'username' and 'password'"),
+        ({"to": ["not-an-address"]}, "not a mail address"),
+        ({"to": []}, "at least 1 item"),
+        ({"subject": "{{ oops"}, "template syntax error"),
+        ({"digest": {"window": 0}}, "greater than 0"),
+        ({"digest": {"window": "5m", "max_events": 0}}, "greater than or equal to 1"),
+    ],
+)
 def test_options_are_checked(opts: dict[str, Any], says: str) -> None:
     base = {"host": "h", "from": "a@b.c", "to": ["x@y.z"]}
     with pytest.raises(ValidationError, match=r"(?s).*" + re.escape(says)):

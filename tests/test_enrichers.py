@@ -81,11 +81,14 @@ def test_error_text_problems_with_the_file_are_configuration_errors(tmp_path):
         load_config_text(
             f"""
             destinations: {{a: {{type: file, path: a.jsonl}}}}
-            enrichers: {{error_text: {{file: {tmp_path / 'missing.csv'}}}}}
+            enrichers: {{error_text: {{file: {tmp_path / "missing.csv"}}}}}
             routes: [{{enrich: error_text, to: a}}]
-            """, env={})
-    assert any(p.startswith("enrichers.error_text") and "cannot read" in p
-               for p in e.value.problems), e.value.problems
+            """,
+            env={},
+        )
+    assert any(
+        p.startswith("enrichers.error_text") and "cannot read" in p for p in e.value.problems
+    ), e.value.problems
 
 
 def test_fields_adds_static_values():

@@ -68,9 +68,10 @@ async def test_explain_shows_routes_enrichments_and_exact_payloads(sample, tmp_p
     raw = json.dumps(element)
     out = await run([(element, raw)])
     assert "=== element 1 of 1: callback_event=delivered status=undelivered" in out
-    assert "[matched] failures: when 'event.status in [\"undelivered\", \"unsent\"]'" in out
-    assert ('enrich status_text: added {"status_text": "Not delivered within the message'
-            ' lifetime"}') in out
+    assert '[matched] failures: when \'event.status in ["undelivered", "unsent"]\'' in out
+    assert (
+        'enrich status_text: added {"status_text": "Not delivered within the message lifetime"}'
+    ) in out
     assert 'enrich error_text: added {"error_text": "Blocked by operator"}' in out
     assert "[skipped] inbound: callback_event is 'delivered', wanted 'inbound_sent'" in out
     assert "[matched] archive: no conditions: matches every event" in out
@@ -88,10 +89,19 @@ async def test_explain_shows_routes_enrichments_and_exact_payloads(sample, tmp_p
         "status_text": "Not delivered within the message lifetime",
         "error_text": "Blocked by operator",
     }
-    assert set(envelope) == {"id", "event_id", "source", "route", "received_at", "event",
-                             "enrichment"}
+    assert set(envelope) == {
+        "id",
+        "event_id",
+        "source",
+        "route",
+        "received_at",
+        "event",
+        "enrichment",
+    }
     assert payloads["crm-template (webhook, route failures, payload: template)"] == {
-        "id": element["message_uuid"], "why": "Blocked by operator"}
+        "id": element["message_uuid"],
+        "why": "Blocked by operator",
+    }
     assert payloads["archive (file, route archive, envelope)"]["enrichment"] == {}
     # Nothing was written or sent.
     assert list(tmp_path.iterdir()) == []
@@ -120,32 +130,52 @@ async def test_explain_shows_stop_and_routes_not_evaluated(sample):
 
 
 async def test_explain_of_a_batch_shows_what_ordering_would_suppress():
-    delivered = {"message_uuid": "m-1", "channel_type": "SMS", "callback_event": "delivered",
-                 "status": "delivered", "status_time": "2020-10-16T18:51:13Z"}
-    sent = {**delivered, "callback_event": "sent", "status": "sent",
-            "status_time": "2020-10-16T18:50:02Z"}
+    delivered = {
+        "message_uuid": "m-1",
+        "channel_type": "SMS",
+        "callback_event": "delivered",
+        "status": "delivered",
+        "status_time": "2020-10-16T18:51:13Z",
+    }
+    sent = {
+        **delivered,
+        "callback_event": "sent",
+        "status": "sent",
+        "status_time": "2020-10-16T18:50:02Z",
+    }
     out = await run(elements(delivered, sent))
     second = out.split("=== element 2 of 2")[1]
-    assert ("filter ordering: DROPPED: out of order: delivered at 2020-10-16T18:51:13Z was"
-            " already forwarded for message m-1") in second
+    assert (
+        "filter ordering: DROPPED: out of order: delivered at 2020-10-16T18:51:13Z was"
+        " already forwarded for message m-1"
+    ) in second
     assert "result: FILTERED: route 'archive': filter 'ordering'" in second
     assert "payload for" not in second
 
 
 async def test_explain_says_when_nothing_matches():
-    out = await run(elements({"message_uuid": "m", "channel_type": "SMS",
-                              "callback_event": "click", "short_url": "u",
-                              "click_time": "2020-10-16T18:51:13Z"}),
-                    config="destinations: {a: {type: file, path: a.jsonl}}\n"
-                           "routes: [{match: {status: sent}, to: a}]")
+    out = await run(
+        elements(
+            {
+                "message_uuid": "m",
+                "channel_type": "SMS",
+                "callback_event": "click",
+                "short_url": "u",
+                "click_time": "2020-10-16T18:51:13Z",
+            }
+        ),
+        config="destinations: {a: {type: file, path: a.jsonl}}\n"
+        "routes: [{match: {status: sent}, to: a}]",
+    )
     assert "[skipped] route-0: status is missing, wanted 'sent'" in out
     assert "result: UNMATCHED: none of 1 route(s) matched" in out
 
 
 async def test_explain_reports_elements_that_would_be_quarantined():
     out = await run(elements({"message_uuid": "m", "callback_event": "sent"}))
-    assert ("format: would be QUARANTINED (not routed):"
-            " channel_type: required field is missing") in out
+    assert (
+        "format: would be QUARANTINED (not routed): channel_type: required field is missing"
+    ) in out
 
 
 async def test_explain_shows_hooks_and_a_plugin_that_raises():
@@ -162,21 +192,37 @@ async def test_explain_shows_hooks_and_a_plugin_that_raises():
                 raise TimeoutError("directory lookup timed out")
             return {"team": "ops"}
 
-    ok = {"message_uuid": "m-1", "channel_type": "SMS", "callback_event": "delivered",
-          "status": "delivered", "status_time": "2020-10-16T18:51:13Z"}
+    ok = {
+        "message_uuid": "m-1",
+        "channel_type": "SMS",
+        "callback_event": "delivered",
+        "status": "delivered",
+        "status_time": "2020-10-16T18:51:13Z",
+    }
     bad = {**ok, "message_uuid": "m-2", "callback_event": "sent", "status": "sent"}
     out = await run(elements(ok, bad), extra_plugins=[Hooks()])
     assert "plugin hooks:\n  filter_event company: abstained\n" in out
     assert '  enrich_event company: added {"team": "ops"}' in out
-    assert ("HELD: plugin 'company' raised TimeoutError: directory lookup timed out\n"
-            "  (the router would keep the event and try it again later)") in out
+    assert (
+        "HELD: plugin 'company' raised TimeoutError: directory lookup timed out\n"
+        "  (the router would keep the event and try it again later)"
+    ) in out
 
 
 async def test_explain_never_prints_secrets():
     config = CONFIG.replace("https://crm.example.com/hooks", f"https://crm.example.com/{SECRET}")
-    out = await run(elements({"message_uuid": SECRET, "channel_type": "SMS",
-                              "callback_event": "inbound_sent", "status": "inbound_sent",
-                              "status_time": "2020-10-16T18:51:13Z"}), config=config)
+    out = await run(
+        elements(
+            {
+                "message_uuid": SECRET,
+                "channel_type": "SMS",
+                "callback_event": "inbound_sent",
+                "status": "inbound_sent",
+                "status_time": "2020-10-16T18:51:13Z",
+            }
+        ),
+        config=config,
+    )
     assert SECRET not in out
     assert "***" in out
 
@@ -190,8 +236,10 @@ async def test_explain_body_splits_a_request_body_and_picks_the_first_source(sam
     assert out.startswith("source 'revicom': 4 element(s).")
     assert "=== element 4 of 4: callback_event=read status=read" in out
     # The exact element text goes into payload: original.
-    single = b'{"message_uuid": "u", "channel_type": "SMS", "callback_event": "inbound_sent",' \
-             b' "status": "inbound_sent", "status_time": "2020-10-16T18:51:13Z", "n": 1.50}'
+    single = (
+        b'{"message_uuid": "u", "channel_type": "SMS", "callback_event": "inbound_sent",'
+        b' "status": "inbound_sent", "status_time": "2020-10-16T18:51:13Z", "n": 1.50}'
+    )
     out = await explain_body(loaded, single, "revicom", clock=Clock())
     assert '"n": 1.50' in out  # exactly as received, not re-serialised
 
@@ -228,7 +276,8 @@ async def test_explain_shows_slack_and_email_payloads_as_their_plugins_render_th
     out = await run(elements(unsent), config=config)
     slack = out.split("payload for ops-slack (slack, route failures):\n")[1]
     assert json.loads(slack.split("payload for")[0]) == {
-        "text": f"{unsent['message_uuid']} unsent: Could not be sent"}
+        "text": f"{unsent['message_uuid']} unsent: Could not be sent"
+    }
     email = out.split("payload for support (email, route failures):\n")[1]
     assert "  Subject: unsent\n" in email and "  To: support@example.com\n" in email
     assert email.rstrip().endswith("Could not be sent")

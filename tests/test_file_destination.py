@@ -18,9 +18,18 @@ PRETTY = '{\n  "message_uuid": "u-2",\n  "callback_event": "sent",\n  "note": "a
 
 def delivery(i: int = 1, raw: str = SAMPLE) -> DeliveryRecord:
     return DeliveryRecord(
-        id=f"msg_{i}", event_id=f"evt_{i}", source="revicom", route="archive",
-        destination="archive", state="in_flight", attempts=0, next_attempt_at=0.0,
-        created_at=0.0, updated_at=0.0, raw=raw, received_at=1_700_000_000.5,
+        id=f"msg_{i}",
+        event_id=f"evt_{i}",
+        source="revicom",
+        route="archive",
+        destination="archive",
+        state="in_flight",
+        attempts=0,
+        next_attempt_at=0.0,
+        created_at=0.0,
+        updated_at=0.0,
+        raw=raw,
+        received_at=1_700_000_000.5,
         enrichment={"k": i},
     )
 
@@ -39,9 +48,15 @@ async def test_each_delivery_appends_one_envelope_line(tmp_path):
     await dest.close()
     lines = path.read_text().splitlines()
     assert [json.loads(line) for line in lines] == [
-        {"id": f"msg_{i}", "event_id": f"evt_{i}", "source": "revicom", "route": "archive",
-         "received_at": "2023-11-14T22:13:20.500Z", "event": json.loads(SAMPLE),
-         "enrichment": {"k": i}}
+        {
+            "id": f"msg_{i}",
+            "event_id": f"evt_{i}",
+            "source": "revicom",
+            "route": "archive",
+            "received_at": "2023-11-14T22:13:20.500Z",
+            "event": json.loads(SAMPLE),
+            "enrichment": {"k": i},
+        }
         for i in (1, 2)
     ]
 

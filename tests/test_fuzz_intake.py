@@ -33,9 +33,30 @@ from gateway.intake.body import BodyError, split_elements
 # -- JSON-ish text ------------------------------------------------------------------------------
 
 HAZARDS = [
-    "NaN", "Infinity", "-Infinity", "1e400", "-1E+309", "1.5e-400", "9" * 400, "7" * 5000,
-    "-0", "0.0e0", '"\\ud800"', '"\\udfff x"', '"\\ud83d\\ude00"', '"\\u0000"', '"a\\"b"',
-    "[" * 50 + "]" * 50, "[" * 5000, '"\\x"', "01", "1.", ".5", "+1", "tru", "nul",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e400",
+    "-1E+309",
+    "1.5e-400",
+    "9" * 400,
+    "7" * 5000,
+    "-0",
+    "0.0e0",
+    '"\\ud800"',
+    '"\\udfff x"',
+    '"\\ud83d\\ude00"',
+    '"\\u0000"',
+    '"a\\"b"',
+    "[" * 50 + "]" * 50,
+    "[" * 5000,
+    '"\\x"',
+    "01",
+    "1.",
+    ".5",
+    "+1",
+    "tru",
+    "nul",
 ]
 scalars = st.one_of(
     st.sampled_from(["null", "true", "false"]),
@@ -127,10 +148,7 @@ def _float(text: str) -> float:
 def strict_reference(text: str) -> Any:
     """`text` parsed by the standard library with RFC 8259 / I-JSON rules, else NotStrict."""
     try:
-        value = json.loads(
-            text, parse_constant=_refuse, parse_int=_int, parse_float=_float
-
-        )
+        value = json.loads(text, parse_constant=_refuse, parse_int=_int, parse_float=_float)
     except (ValueError, RecursionError):
         raise NotStrict from None
     try:

@@ -19,7 +19,7 @@ from gateway_process import GatewayProcess
 
 from gateway.cli.startup import GC_GEN0_THRESHOLD
 
-PROBE = '''
+PROBE = """
 import gc, json, os
 from gateway import hookimpl
 
@@ -32,7 +32,7 @@ def enrich_event(event, meta):
         json.dump(state, f)
     os.replace(f"gc-{os.getpid()}.tmp", f"gc-{os.getpid()}.json")
     return None
-'''
+"""
 
 CONFIG = """
 server: {{host: 127.0.0.1, workers: {workers}}}

@@ -50,8 +50,15 @@ class Clock:
 def plugin_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     """The test plugins importable, and fresh (their module-level records empty)."""
     monkeypatch.syspath_prepend(str(MODULES))
-    for name in ("order_first", "order_last", "order_middle", "wrapping", "old_wrapping",
-                 "drop_reads", "broken_enricher"):
+    for name in (
+        "order_first",
+        "order_last",
+        "order_middle",
+        "wrapping",
+        "old_wrapping",
+        "drop_reads",
+        "broken_enricher",
+    ):
         if name in sys.modules:
             importlib.reload(sys.modules[name])
 
@@ -65,18 +72,22 @@ def install_entry_points(site: Path, entry_points: dict[str, str]) -> None:
     """A distribution in `site` whose ``callback_gateway`` entry points are `entry_points`."""
     info = site / "semantics_test_plugins-1.0.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: semantics-test-plugins\n"
-                                   "Version: 1.0\n")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: semantics-test-plugins\nVersion: 1.0\n"
+    )
     lines = "".join(f"{name} = {module}\n" for name, module in entry_points.items())
     (info / "entry_points.txt").write_text("[callback_gateway]\n" + lines)
 
 
 # -- order -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("modules", [
-    ["order_first", "order_middle", "order_last"],
-    ["order_last", "order_middle", "order_first"],
-    ["order_middle", "order_last", "order_first"],
-])
+@pytest.mark.parametrize(
+    "modules",
+    [
+        ["order_first", "order_middle", "order_last"],
+        ["order_last", "order_middle", "order_first"],
+        ["order_middle", "order_last", "order_first"],
+    ],
+)
 async def test_tryfirst_and_trylast_hold_whatever_the_registration_order(modules):
     decision = await chain_for(modules).evaluate(SENT, META)
     # Each implementation receives the event with what the ones before it added, so the list
@@ -90,9 +101,15 @@ async def test_tryfirst_and_trylast_hold_whatever_the_registration_order(modules
 async def test_a_new_style_wrapper_sees_the_awaited_results_and_may_replace_them():
     decision = await chain_for(["wrapping", "order_first", "order_middle"]).evaluate(SENT, META)
     seen = sys.modules["wrapping"].SEEN
-    assert seen == [{"event_id": "e-1", "results": [
-        {"order": ["first"]}, {"order": ["first", "middle"]},
-    ]}]
+    assert seen == [
+        {
+            "event_id": "e-1",
+            "results": [
+                {"order": ["first"]},
+                {"order": ["first", "middle"]},
+            ],
+        }
+    ]
     assert decision.enrichment == {"order": ["first", "middle"], "wrapped": 2}
     assert decision.targets[0].enrichment["wrapped"] == 2
 
@@ -131,8 +148,9 @@ async def test_a_wrapper_sees_the_failure_of_the_implementation_it_wraps():
     from gateway import hookimpl
 
     Wrapper.enrich_event = hookimpl(wrapper=True)(Wrapper.enrich_event)  # type: ignore[method-assign]
-    loaded = load_config_text("plugins: [broken_enricher]\n" + BASE, env={},
-                              extra_plugins=[Wrapper()])
+    loaded = load_config_text(
+        "plugins: [broken_enricher]\n" + BASE, env={}, extra_plugins=[Wrapper()]
+    )
     decision = await Chain(loaded, None, Clock()).evaluate(SENT, META)
     assert [str(e) for e in seen] == ["the CRM is down"]
     assert decision.enrichment == {"fallback": True}
@@ -174,8 +192,15 @@ def test_entry_point_plugins_keep_pluggy_order_and_wrappers_in_a_running_gateway
     tmp_path: Path, gateway_factory: Any
 ) -> None:
     site = tmp_path / "site"
-    install_entry_points(site, {"t-last": "order_last", "t-wrap": "wrapping",
-                                "t-middle": "order_middle", "t-first": "order_first"})
+    install_entry_points(
+        site,
+        {
+            "t-last": "order_last",
+            "t-wrap": "wrapping",
+            "t-middle": "order_middle",
+            "t-first": "order_first",
+        },
+    )
     env = {"PYTHONPATH": f"{site}:{MODULES}"}
     config = """
 server: {host: 127.0.0.1}
@@ -189,7 +214,11 @@ routes: [{to: archive}]
     gw = gateway_factory(config, env=env)
     listing = subprocess.run(
         [sys.executable, "-m", "gateway", "plugins", "-c", "gateway.yaml"],
-        cwd=tmp_path, env={**gw.env, **env}, capture_output=True, text=True, timeout=30,
+        cwd=tmp_path,
+        env={**gw.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert "t-wrap 1.0  [entry point, from semantics-test-plugins]" in listing.stdout
     answer = httpx.post(f"{gw.base}/callbacks/revicom", json=[event()], timeout=10)

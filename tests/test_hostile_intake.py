@@ -78,7 +78,7 @@ sources:
     format: exploding
 """
 
-EXPLODING = '''
+EXPLODING = """
 from gateway import hookimpl
 from gateway_plugins.json_format import JsonFormat
 
@@ -91,7 +91,7 @@ class Exploding(JsonFormat):
 @hookimpl
 def register_source_formats(register):
     register("exploding", Exploding)
-'''
+"""
 
 
 @pytest.fixture(scope="module")

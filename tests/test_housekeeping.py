@@ -108,7 +108,9 @@ def test_purge_prints_a_count_per_kind_and_json_prints_one_object(tmp_path: Path
     def purge(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "gateway", "purge", "-c", str(config), *extra],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     text = purge()

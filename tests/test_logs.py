@@ -68,7 +68,7 @@ sources:
 destinations:
   signed:
     type: webhook
-    url: "http://hookuser:{URL_PASSWORD}@{rx.removeprefix('http://')}/signed"
+    url: "http://hookuser:{URL_PASSWORD}@{rx.removeprefix("http://")}/signed"
     secret: {WHSEC}
     retry: {{attempts: 1}}
   headed:
@@ -87,14 +87,14 @@ routes:
 """
 
 
-
-
 @pytest.fixture(scope="module")
 def rx() -> Iterator[Receiver]:
     # A receiver that rejects everything and echoes the credentials it got: the gateway
     # stores and logs the start of error bodies, so this is a path that leaks.
-    echo = (f"rejected: Authorization: {HEADER_AUTH};"
-            f" Basic {basic('hookuser', URL_PASSWORD)}; secret {WHSEC}")
+    echo = (
+        f"rejected: Authorization: {HEADER_AUTH};"
+        f" Basic {basic('hookuser', URL_PASSWORD)}; secret {WHSEC}"
+    )
     with ThreadedReceiver(Reply(400, echo)) as receiver:
         yield receiver
 
@@ -112,10 +112,6 @@ def servers(
     yield procs
     for gw in procs.values():
         gw.kill()
-
-
-
-
 
 
 def request_lines(gw: GatewayProcess) -> list[str]:
@@ -148,8 +144,9 @@ def test_each_request_to_a_source_logs_one_line_with_its_outcome(servers, fmt):
     gw = servers[fmt]
     before = len(request_lines(gw))
     outcomes = exchange(gw)
-    lines = eventually(lambda: len(request_lines(gw)) >= before + len(outcomes)
-                       and request_lines(gw)[before:])
+    lines = eventually(
+        lambda: len(request_lines(gw)) >= before + len(outcomes) and request_lines(gw)[before:]
+    )
     assert len(lines) == len(outcomes)
     for line, (source, code) in zip(lines, outcomes, strict=True):
         text = json.loads(line)["message"] if fmt == "json" else line
@@ -178,8 +175,12 @@ def test_no_secret_or_credential_appears_in_logs_even_on_error_paths(servers, fm
         assert answer.status_code == 401
     # An event for every failing destination: dead at once, each logging its error.
     failing = status() | {"status": "undelivered"}
-    r = httpx.post(f"{gw.base}/callbacks/revicom", content=json.dumps([failing]),
-                   headers=JSON, auth=("revicom", PASSWORD))
+    r = httpx.post(
+        f"{gw.base}/callbacks/revicom",
+        content=json.dumps([failing]),
+        headers=JSON,
+        auth=("revicom", PASSWORD),
+    )
     assert r.status_code == 200
     eventually(lambda: gw.logs().count("is dead") >= before + 3, what="three dead deliveries")
     log = gw.logs()
@@ -188,13 +189,28 @@ def test_no_secret_or_credential_appears_in_logs_even_on_error_paths(servers, fm
     assert not leaked, f"secrets in the {fmt} log: {leaked}"
 
     # The stored attempt errors, shown through the admin API and the CLI, are scrubbed too.
-    admin = httpx.get(f"{gw.base}/admin/deliveries",
-                      params={"message_uuid": failing["message_uuid"]},
-                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).text
+    admin = httpx.get(
+        f"{gw.base}/admin/deliveries",
+        params={"message_uuid": failing["message_uuid"]},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ).text
     shown = subprocess.run(
-        [sys.executable, "-m", "gateway", "deliveries", "list", "-c", "gateway.yaml",
-         "--message-uuid", failing["message_uuid"], "--json"],
-        cwd=gw.workdir, capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "deliveries",
+            "list",
+            "-c",
+            "gateway.yaml",
+            "--message-uuid",
+            failing["message_uuid"],
+            "--json",
+        ],
+        cwd=gw.workdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert len(json.loads(shown.stdout)) == 3
     for where, text in (("admin API", admin), ("CLI", shown.stdout + shown.stderr)):
@@ -207,8 +223,12 @@ def test_basic_credentials_derived_from_a_url_password_are_scrubbed(servers, fmt
     gw = servers[fmt]
     before = gw.logs().count("is dead")
     failing = status() | {"status": "undelivered"}
-    r = httpx.post(f"{gw.base}/callbacks/revicom", content=json.dumps([failing]),
-                   headers=JSON, auth=("revicom", PASSWORD))
+    r = httpx.post(
+        f"{gw.base}/callbacks/revicom",
+        content=json.dumps([failing]),
+        headers=JSON,
+        auth=("revicom", PASSWORD),
+    )
     assert r.status_code == 200
     eventually(lambda: gw.logs().count("is dead") >= before + 3, what="three dead deliveries")
     assert URL_BASIC not in gw.logs()

@@ -48,11 +48,16 @@ def test_list_items_may_be_operators():
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ({"gte": 6969}, True), ({"gte": 6970}, False),
-        ({"gt": 6968}, True), ({"gt": 6969}, False),
-        ({"lte": 6969}, True), ({"lte": 6968}, False),
-        ({"lt": 6970}, True), ({"lt": 6969}, False),
-        ({"gte": 6000, "lt": 7000}, True), ({"gte": 6000, "lt": 6500}, False),
+        ({"gte": 6969}, True),
+        ({"gte": 6970}, False),
+        ({"gt": 6968}, True),
+        ({"gt": 6969}, False),
+        ({"lte": 6969}, True),
+        ({"lte": 6968}, False),
+        ({"lt": 6970}, True),
+        ({"lt": 6969}, False),
+        ({"gte": 6000, "lt": 7000}, True),
+        ({"gte": 6000, "lt": 6500}, False),
     ],
 )
 def test_numeric_comparisons(spec, expected):
@@ -134,7 +139,7 @@ def test_when_expressions_see_event_and_meta():
 
 def test_when_treats_missing_fields_as_undefined_and_false():
     assert evaluate_when(compile_when("event.item.nope.deeper"), EVENT, {}) == (False, None)
-    assert evaluate_when(compile_when('event.price == 1'), EVENT, {}) == (False, None)
+    assert evaluate_when(compile_when("event.price == 1"), EVENT, {}) == (False, None)
 
 
 def test_when_that_fails_at_runtime_does_not_hold_and_says_why():

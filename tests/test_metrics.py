@@ -114,14 +114,25 @@ def test_callbacks_and_requests_are_counted_by_source_event_outcome_and_status(g
     first, second, status_read = delivered(), delivered(), status("read")
     invalid = {"callback_event": "delivered", "status": "delivered"}  # no message_uuid
     assert post(gw, "/callbacks/revicom", [first, second, status_read], auth=AUTH).json() == {
-        "accepted": 3, "duplicates": 0, "quarantined": 0}
+        "accepted": 3,
+        "duplicates": 0,
+        "quarantined": 0,
+    }
     assert post(gw, "/callbacks/revicom", [first, invalid], auth=AUTH).json() == {
-        "accepted": 0, "duplicates": 1, "quarantined": 1}
+        "accepted": 0,
+        "duplicates": 1,
+        "quarantined": 1,
+    }
     assert post(gw, "/callbacks/revicom", [first], auth=("revicom", "wrong")).status_code == 401
     assert post(gw, "/callbacks/strict", [delivered(), invalid]).status_code == 422
 
-    samples = until(gw, lambda s: value(
-        s, "callback_gateway_events_routed_total", source="revicom", state="unmatched") == 1)
+    samples = until(
+        gw,
+        lambda s: (
+            value(s, "callback_gateway_events_routed_total", source="revicom", state="unmatched")
+            == 1
+        ),
+    )
     callbacks = "callback_gateway_callbacks_total"
     assert matching(samples, callbacks, source="revicom") == {
         frozenset({"source": "revicom", "event": e, "outcome": o}.items()): n
@@ -148,23 +159,32 @@ def test_callbacks_and_requests_are_counted_by_source_event_outcome_and_status(g
 
 
 def test_a_paused_destination_shows_its_queue_depth_and_oldest_pending_age(gw):
-    paused = httpx.post(f"{gw.base}/admin/destinations/crm/pause", headers=ADMIN,
-                        json={"reason": "maintenance"}, timeout=10)
+    paused = httpx.post(
+        f"{gw.base}/admin/destinations/crm/pause",
+        headers=ADMIN,
+        json={"reason": "maintenance"},
+        timeout=10,
+    )
     assert paused.status_code == 200
     started = time.time()
     for _ in range(3):
         assert post(gw, "/callbacks/queued", [click()]).status_code == 200
 
-    samples = until(gw, lambda s: value(
-        s, "callback_gateway_queue_depth", destination="crm", state="pending") == 3)
+    samples = until(
+        gw,
+        lambda s: value(s, "callback_gateway_queue_depth", destination="crm", state="pending") == 3,
+    )
     assert value(samples, "callback_gateway_queue_depth", destination="crm", state="pending") == 3
     age = value(samples, "callback_gateway_oldest_pending_seconds", destination="crm")
     assert age is not None and 0 <= age <= time.time() - started + 1
-    assert value(samples, "callback_gateway_events_routed_total",
-                 source="queued", state="routed") == 3
+    assert (
+        value(samples, "callback_gateway_events_routed_total", source="queued", state="routed") == 3
+    )
     # Nothing was tried while paused.
     assert matching(samples, "callback_gateway_queue_depth", destination="crm", state="dead") in (
-        {}, {frozenset({"destination": "crm", "state": "dead"}.items()): 0.0})
+        {},
+        {frozenset({"destination": "crm", "state": "dead"}.items()): 0.0},
+    )
 
 
 def test_delivery_attempts_are_counted_by_destination_and_outcome(gw):
@@ -175,11 +195,17 @@ def test_delivery_attempts_are_counted_by_destination_and_outcome(gw):
         return len(archive.read_text().splitlines()) if archive.exists() else 0
 
     counter = "callback_gateway_deliveries_total"
-    samples = until(gw, lambda s: lines() >= 1 and value(
-        s, counter, destination="archive", outcome="delivered") == lines())
+    samples = until(
+        gw,
+        lambda s: (
+            lines() >= 1
+            and value(s, counter, destination="archive", outcome="delivered") == lines()
+        ),
+    )
     assert value(samples, counter, destination="archive", outcome="delivered") == lines()
     assert value(samples, "callback_gateway_attempt_seconds_count", destination="archive") == (
-        lines())
+        lines()
+    )
     assert not matching(samples, counter, destination="crm")  # paused or never routed to
 
 

@@ -69,7 +69,8 @@ def test_a_plugin_cannot_take_over_a_built_in_name():
     with pytest.raises(ConfigError) as e:
         load_config_text(BASE, env={}, extra_plugins=[rogue])
     assert e.value.problems == [
-        "plugins: filter 'ordering' is registered by both 'rogue' and 'ordering'"]
+        "plugins: filter 'ordering' is registered by both 'rogue' and 'ordering'"
+    ]
 
 
 def test_a_component_without_an_options_model_is_refused():
@@ -90,8 +91,9 @@ def test_a_misspelled_hook_implementation_fails_at_startup():
 def test_a_plugin_module_that_cannot_be_imported_is_one_problem_with_its_key_path():
     with pytest.raises(ConfigError) as e:
         load_config_text("plugins: [no_such_module_here]\n" + BASE, env={})
-    assert any(p.startswith("plugins[0]: cannot import 'no_such_module_here'")
-               for p in e.value.problems)
+    assert any(
+        p.startswith("plugins[0]: cannot import 'no_such_module_here'") for p in e.value.problems
+    )
 
 
 def test_a_plugin_source_format_is_usable_in_sources():
@@ -112,12 +114,17 @@ def test_a_plugin_source_format_is_usable_in_sources():
 
     fmt = named("lines", register_source_formats=lambda self, register: register("lines", Lines))
     loaded = load_config_text(
-        "sources: {s: {path: /in, format: lines}}\n" + BASE, env={}, extra_plugins=[fmt])
+        "sources: {s: {path: /in, format: lines}}\n" + BASE, env={}, extra_plugins=[fmt]
+    )
     assert loaded.registry.get("source_formats", "lines") is Lines
-    with pytest.raises(ConfigError, match=r"sources\.s\.format: unknown format 'line'"
-                                          r" \(did you mean 'lines'\?\)"):
-        load_config_text("sources: {s: {path: /in, format: line}}\n" + BASE, env={},
-                         extra_plugins=[fmt])
+    with pytest.raises(
+        ConfigError,
+        match=r"sources\.s\.format: unknown format 'line'"
+        r" \(did you mean 'lines'\?\)",
+    ):
+        load_config_text(
+            "sources: {s: {path: /in, format: line}}\n" + BASE, env={}, extra_plugins=[fmt]
+        )
 
 
 def test_plugin_component_options_are_validated_by_check():
@@ -130,8 +137,9 @@ def test_plugin_component_options_are_validated_by_check():
 
     plugin = named("lv", register_filters=lambda self, register: register("leveled", Leveled))
     with pytest.raises(ConfigError) as e:
-        load_config_text("filters: {mine: {type: leveled, levle: 3}}\n" + BASE, env={},
-                         extra_plugins=[plugin])
+        load_config_text(
+            "filters: {mine: {type: leveled, levle: 3}}\n" + BASE, env={}, extra_plugins=[plugin]
+        )
     assert "filters.mine.levle: unknown key (did you mean 'level'?)" in e.value.problems
     assert "filters.mine.level: required key is missing" in e.value.problems
 
@@ -165,8 +173,9 @@ async def test_async_filter_event_and_enrich_event_work_in_the_chain():
     async def add(self, event, meta):
         return {"async": True}
 
-    loaded = load_config_text(BASE, env={}, extra_plugins=[
-        named("asyncer", filter_event=keep_not_test, enrich_event=add)])
+    loaded = load_config_text(
+        BASE, env={}, extra_plugins=[named("asyncer", filter_event=keep_not_test, enrich_event=add)]
+    )
     chain = Chain(loaded, None, _Clock())
     d = await chain.evaluate({"channel_type": "SMS"}, META)
     assert d.state == "routed" and d.targets[0].enrichment == {"async": True}
@@ -195,16 +204,26 @@ def test_the_report_lists_built_ins_with_version_origin_hooks_and_components():
 def test_the_report_shows_config_modules_and_code_registered_plugins(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
     extra = named("inline", enrich_event=lambda self, event, meta: None)
-    loaded = load_config_text("plugins: [gateway_plugin_example]\n" + BASE, env={},
-                              extra_plugins=[extra])
+    loaded = load_config_text(
+        "plugins: [gateway_plugin_example]\n" + BASE, env={}, extra_plugins=[extra]
+    )
     info = {p["name"]: p for p in plugins_info(loaded)}
     example = info["gateway_plugin_example"]
     assert (example["origin"], example["version"]) == ("config", "0.1.0")
-    assert example["provides"] == {"filters": ["only_channels"], "enrichers": ["team"],
-                                   "destinations": ["chat"]}
+    assert example["provides"] == {
+        "filters": ["only_channels"],
+        "enrichers": ["team"],
+        "destinations": ["chat"],
+    }
     assert example["hooks"] == [
-        "delivery_finished", "enrich_event", "filter_event", "register_destinations",
-        "register_enrichers", "register_filters", "shutdown", "startup",
+        "delivery_finished",
+        "enrich_event",
+        "filter_event",
+        "register_destinations",
+        "register_enrichers",
+        "register_filters",
+        "shutdown",
+        "startup",
     ]
     assert info["inline"]["origin"] == "registered"
     assert info["inline"]["hooks"] == ["enrich_event"]
@@ -228,9 +247,22 @@ def example_site(tmp_path_factory) -> Path:
     shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     site = work / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-         "--no-build-isolation", "--disable-pip-version-check", "--target", str(site), str(src)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
     )
     return site
 
@@ -254,10 +286,17 @@ def test_the_example_delivery_finished_hook_writes_its_audit_line(tmp_path, monk
 
     log = tmp_path / "audit.jsonl"
     monkeypatch.setenv("GATEWAY_EXAMPLE_AUDIT_LOG", str(log))
-    example.delivery_finished({"id": "d1", "destination": "x", "route": "r"},
-                              {"state": "dead", "error": "HTTP 404", "status": 404})
-    assert json.loads(log.read_text()) == {"id": "d1", "destination": "x", "route": "r",
-                                           "state": "dead", "error": "HTTP 404"}
+    example.delivery_finished(
+        {"id": "d1", "destination": "x", "route": "r"},
+        {"state": "dead", "error": "HTTP 404", "status": 404},
+    )
+    assert json.loads(log.read_text()) == {
+        "id": "d1",
+        "destination": "x",
+        "route": "r",
+        "state": "dead",
+        "error": "HTTP 404",
+    }
 
 
 EXAMPLE_CONFIG = """
@@ -289,8 +328,12 @@ async def test_the_example_plugin_works_end_to_end(example_site, gateway_factory
             EXAMPLE_CONFIG.replace("RECEIVER", rx.url),
             env={"PYTHONPATH": str(example_site), "GATEWAY_EXAMPLE_AUDIT_LOG": str(audit)},
         )
-        base = {"channel_type": "WHATSAPP", "callback_event": "delivered",
-                "status": "delivered", "status_time": "2020-10-16T18:51:13Z"}
+        base = {
+            "channel_type": "WHATSAPP",
+            "callback_event": "delivered",
+            "status": "delivered",
+            "status_time": "2020-10-16T18:51:13Z",
+        }
         body = [
             {**base, "message_uuid": "canary-1"},  # dropped by the plugin's filter_event
             {**base, "message_uuid": "sms-1", "channel_type": "SMS"},  # dropped by only_channels
@@ -306,7 +349,10 @@ async def test_the_example_plugin_works_end_to_end(example_site, gateway_factory
         await _eventually(lambda: audit.exists() and audit.read_text().strip())
         line = json.loads(audit.read_text().splitlines()[0])
         assert (line["destination"], line["route"], line["state"]) == (
-            "ops-chat", "apps", "delivered")
+            "ops-chat",
+            "apps",
+            "delivered",
+        )
         time_left = time.monotonic() + 0.5
         while time.monotonic() < time_left and len(rx.requests) == 1:
             await _sleep(0.05)
@@ -331,8 +377,11 @@ def test_example_package_source_is_self_contained():
 async def test_tracing_prints_the_calls_the_chain_makes(monkeypatch, capsys):
     monkeypatch.setenv("CALLBACK_GATEWAY_TRACE_PLUGINS", "1")
     tagger = named("tagger", enrich_event=lambda self, event, meta: {"team": "ops"})
-    loaded = load_config_text(BASE.replace("{to: a}", "{name: r, to: a, enrich: status_text}"),
-                              env={}, extra_plugins=[tagger])
+    loaded = load_config_text(
+        BASE.replace("{to: a}", "{name: r, to: a, enrich: status_text}"),
+        env={},
+        extra_plugins=[tagger],
+    )
     await Chain(loaded, None, _Clock()).evaluate({"status": "sent"}, META)
     err = capsys.readouterr().err
     # pluggy's own tracer: the call with its arguments, who implements it, the result.
@@ -357,8 +406,10 @@ def test_the_example_package_uses_only_public_names():
     """A third-party plugin needs nothing private: the marker and the destination kit."""
     import ast
 
-    public = {"gateway": {"hookimpl"}, "gateway.destination": set(
-        __import__("gateway.destination", fromlist=["__all__"]).__all__)}
+    public = {
+        "gateway": {"hookimpl"},
+        "gateway.destination": set(__import__("gateway.destination", fromlist=["__all__"]).__all__),
+    }
     for path in (EXAMPLE / "gateway_plugin_example").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gateway"):

@@ -71,8 +71,12 @@ async def watch(database: str) -> AsyncIterator[PostgresStore]:
 
 
 def config(store_url: str, rx: Receiver) -> str:
-    return (CONFIG.replace("STORE", store_url).replace("RECEIVER", rx.url)
-            .replace("CONCURRENCY", str(CONCURRENCY)).replace("LEASE", f"{LEASE:g}"))
+    return (
+        CONFIG.replace("STORE", store_url)
+        .replace("RECEIVER", rx.url)
+        .replace("CONCURRENCY", str(CONCURRENCY))
+        .replace("LEASE", f"{LEASE:g}")
+    )
 
 
 async def start(factory: Factory, text: str, tmp_path: Path, *names: str) -> list[GatewayProcess]:
@@ -104,7 +108,10 @@ async def delivered(store: PostgresStore) -> int:
 
 
 async def test_two_gateways_deliver_each_callback_once_per_destination(
-    gateway_factory: Factory, database: str, watch: PostgresStore, tmp_path: Path,
+    gateway_factory: Factory,
+    database: str,
+    watch: PostgresStore,
+    tmp_path: Path,
 ) -> None:
     async with Receiver(default=Reply(200, b"ok", stall=0.01)) as rx:
         one, two = await start(gateway_factory, config(database, rx), tmp_path, "one", "two")
@@ -135,7 +142,10 @@ async def queued(store: PostgresStore) -> list[dict[str, Any]]:
 
 
 async def test_a_killed_gateways_work_is_finished_by_the_other(
-    gateway_factory: Factory, database: str, watch: PostgresStore, tmp_path: Path,
+    gateway_factory: Factory,
+    database: str,
+    watch: PostgresStore,
+    tmp_path: Path,
 ) -> None:
     # A slow receiver keeps both gateways' slots busy, so `one` dies with tries in flight.
     async with Receiver(default=Reply(200, b"ok", stall=0.15)) as rx:
@@ -162,13 +172,16 @@ async def test_a_killed_gateways_work_is_finished_by_the_other(
         for r in rx.requests:
             first_sent.setdefault(r.headers["webhook-id"], r.at)
         assert all(first_sent[i] < killed_at + LEASE / 2 for i in unrecorded)
-        print(f"\nsent again: {len(unrecorded)} in flight in the killed gateway, "
-              f"{len(retried)} after a recorded timeout")
+        print(
+            f"\nsent again: {len(unrecorded)} in flight in the killed gateway, "
+            f"{len(retried)} after a recorded timeout"
+        )
         assert "Traceback" not in two.logs()
 
 
-async def post_until(gw: GatewayProcess, stop: asyncio.Event,
-                     answers: list[tuple[int, dict[str, Any]]]) -> None:
+async def post_until(
+    gw: GatewayProcess, stop: asyncio.Event, answers: list[tuple[int, dict[str, Any]]]
+) -> None:
     """Post one fresh callback after another until `stop`; record (status, event)."""
     async with httpx.AsyncClient(auth=AUTH, timeout=60) as client:
         while not stop.is_set():
@@ -178,7 +191,10 @@ async def post_until(gw: GatewayProcess, stop: asyncio.Event,
 
 
 async def test_terminated_connections_answer_503_and_recover_without_a_restart(
-    gateway_factory: Factory, database: str, watch: PostgresStore, tmp_path: Path,
+    gateway_factory: Factory,
+    database: str,
+    watch: PostgresStore,
+    tmp_path: Path,
 ) -> None:
     async with Receiver(default=Reply(200, b"ok")) as rx:
         (gw,) = await start(gateway_factory, config(database, rx), tmp_path, "one")
@@ -206,9 +222,11 @@ async def test_terminated_connections_answer_503_and_recover_without_a_restart(
         assert gw.proc is not None and gw.proc.pid == pid and gw.proc.poll() is None
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"{gw.base}/readyz")).status_code == 200
-        print(f"\n{len(answers)} answers, {len(accepted)} accepted, "
-              f"{sum(1 for s, _ in answers if s == 503)} refused with 503; "
-              f"{killed} connections terminated")
+        print(
+            f"\n{len(answers)} answers, {len(accepted)} accepted, "
+            f"{sum(1 for s, _ in answers if s == 503)} refused with 503; "
+            f"{killed} connections terminated"
+        )
         assert "Traceback" not in gw.logs()
 
 
@@ -223,7 +241,10 @@ async def more_answers(answers: list[Any], n: int) -> None:
 
 
 async def test_an_unreachable_database_is_503_and_everything_resumes_by_itself(
-    gateway_factory: Factory, database: str, watch: PostgresStore, tmp_path: Path,
+    gateway_factory: Factory,
+    database: str,
+    watch: PostgresStore,
+    tmp_path: Path,
 ) -> None:
     host_port = database.split("@", 1)[1].split("/", 1)[0]
     host, port = host_port.split(":")
@@ -235,8 +256,9 @@ async def test_an_unreachable_database_is_503_and_everything_resumes_by_itself(
 
         await proxy.cut()
         async with httpx.AsyncClient(auth=AUTH, timeout=60) as client:
-            away = await asyncio.gather(*(client.post(gw.url(PATH), json=[event()])
-                                          for _ in range(10)))
+            away = await asyncio.gather(
+                *(client.post(gw.url(PATH), json=[event()]) for _ in range(10))
+            )
             ready = await client.get(f"{gw.base}/readyz")
         assert [r.status_code for r in away] == [503] * 10, "never a 2xx while it is away"
         assert ready.status_code == 503
@@ -256,6 +278,5 @@ async def test_an_unreachable_database_is_503_and_everything_resumes_by_itself(
 
         await wait_until(all_delivered, 30, "80 deliveries after the outage")
         per_target, _ = tally(rx)
-        assert {uuid for _, uuid in per_target} == {
-            ev["message_uuid"] for ev in before + after}
+        assert {uuid for _, uuid in per_target} == {ev["message_uuid"] for ev in before + after}
         assert "Traceback" not in gw.logs()

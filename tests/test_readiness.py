@@ -30,8 +30,11 @@ sources:
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -50,8 +53,12 @@ def fill(path: Path) -> None:
 
 
 def post(gw: GatewayProcess) -> httpx.Response:
-    return httpx.post(gw.url("/callbacks/revicom"), content=json.dumps([event()]),
-                      headers={"Content-Type": "application/json"}, timeout=10)
+    return httpx.post(
+        gw.url("/callbacks/revicom"),
+        content=json.dumps([event()]),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
 
 
 def test_readiness_fails_while_the_store_cannot_commit_and_recovers_with_space(

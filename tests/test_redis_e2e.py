@@ -59,10 +59,18 @@ async def prefix() -> AsyncIterator[str]:
     await delete_prefix(p)
 
 
-async def start_two(factory: Factory, prefix: str, rx: Receiver, tmp_path: Any,
-                    ) -> tuple[GatewayProcess, GatewayProcess]:
-    text = (CONFIG.replace("STORE", store_url(prefix)).replace("RECEIVER", rx.url)
-            .replace("CONCURRENCY", str(CONCURRENCY)).replace("LEASE", f"{LEASE:g}"))
+async def start_two(
+    factory: Factory,
+    prefix: str,
+    rx: Receiver,
+    tmp_path: Any,
+) -> tuple[GatewayProcess, GatewayProcess]:
+    text = (
+        CONFIG.replace("STORE", store_url(prefix))
+        .replace("RECEIVER", rx.url)
+        .replace("CONCURRENCY", str(CONCURRENCY))
+        .replace("LEASE", f"{LEASE:g}")
+    )
     gateways = []
     for name in ("one", "two"):
         workdir = tmp_path / name
@@ -75,9 +83,12 @@ async def post_spread(gateways: list[GatewayProcess], events: list[dict[str, Any
     """Post each event to one gateway in turn (a round-robin load balancer); returns how many
     were accepted. Every answer must be a 200."""
     async with httpx.AsyncClient(auth=AUTH, timeout=10) as client:
-        answers = await asyncio.gather(*(
-            client.post(gateways[i % len(gateways)].url(PATH), json=[ev])
-            for i, ev in enumerate(events)))
+        answers = await asyncio.gather(
+            *(
+                client.post(gateways[i % len(gateways)].url(PATH), json=[ev])
+                for i, ev in enumerate(events)
+            )
+        )
     assert [a.status_code for a in answers] == [200] * len(events)
     return sum(a.json()["accepted"] for a in answers)
 
@@ -135,7 +146,10 @@ async def delivered_count(store: RedisStore) -> int:
 
 
 async def test_posts_spread_across_two_gateways_are_delivered_once_per_destination(
-    gateway_factory: Factory, prefix: str, watch: RedisStore, tmp_path: Any,
+    gateway_factory: Factory,
+    prefix: str,
+    watch: RedisStore,
+    tmp_path: Any,
 ) -> None:
     async with Receiver(default=Reply(200, b"ok", stall=0.02)) as rx:
         one, two = await start_two(gateway_factory, prefix, rx, tmp_path)
@@ -160,7 +174,10 @@ async def test_posts_spread_across_two_gateways_are_delivered_once_per_destinati
 
 
 async def test_a_killed_gateways_work_is_finished_by_the_other(
-    gateway_factory: Factory, prefix: str, watch: RedisStore, tmp_path: Any,
+    gateway_factory: Factory,
+    prefix: str,
+    watch: RedisStore,
+    tmp_path: Any,
 ) -> None:
     # A slow receiver keeps both gateways' slots busy, so `one` dies with tries in flight.
     async with Receiver(default=Reply(200, b"ok", stall=0.15)) as rx:
@@ -192,6 +209,8 @@ async def test_a_killed_gateways_work_is_finished_by_the_other(
         for r in rx.requests:
             first_sent.setdefault(r.headers["webhook-id"], r.at)
         assert all(first_sent[i] < killed_at + LEASE / 2 for i in unrecorded)
-        print(f"\nsent again: {len(unrecorded)} in flight in the killed gateway, "
-              f"{len(retried)} after a recorded timeout")
+        print(
+            f"\nsent again: {len(unrecorded)} in flight in the killed gateway, "
+            f"{len(retried)} after a recorded timeout"
+        )
         assert "Traceback" not in two.logs()

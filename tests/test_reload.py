@@ -41,20 +41,23 @@ routes:
     to: [archive]
 """
 
-WITH_SECOND = BASE.replace("""destinations:""", """  second:
+WITH_SECOND = BASE.replace(
+    """destinations:""",
+    """  second:
     path: /callbacks/second
 destinations:
-  reads: {type: file, path: var/reads.jsonl}""").replace("""routes:""", """routes:
+  reads: {type: file, path: var/reads.jsonl}""",
+).replace(
+    """routes:""",
+    """routes:
   - name: reads
     match: {callback_event: read}
-    to: [reads]""")
+    to: [reads]""",
+)
 
 BROKEN = BASE.replace("path: /callbacks/first", "pathh: /callbacks/first").replace(
-    "to: [archive]", "to: [archive, nowhere]")
-
-
-
-
+    "to: [archive]", "to: [archive, nowhere]"
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +91,10 @@ def cli_reload(gw: GatewayProcess) -> subprocess.CompletedProcess[str]:
     # Run where the gateway runs: the pid file (server.pid_file) is relative to that directory.
     return subprocess.run(
         [sys.executable, "-m", "gateway", "reload", "-c", "gateway.yaml"],
-        cwd=gw.workdir, capture_output=True, text=True, timeout=30,
+        cwd=gw.workdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -101,8 +107,10 @@ def test_sighup_with_a_valid_file_adds_a_source_a_route_and_a_destination(gw):
 
     event = status("read")
     assert post(gw, "/callbacks/second", event).status_code == 200
-    [line] = eventually(lambda: [x for x in jsonl(gw, "reads.jsonl") if x["event"] == event],
-                        what="the new route to deliver")
+    [line] = eventually(
+        lambda: [x for x in jsonl(gw, "reads.jsonl") if x["event"] == event],
+        what="the new route to deliver",
+    )
     assert line["source"] == "second" and line["route"] == "reads"
     eventually(lambda: [x for x in jsonl(gw, "archive.jsonl") if x["event"] == event])
 
@@ -118,16 +126,20 @@ def test_sighup_with_a_broken_file_is_refused_and_the_old_config_keeps_serving(g
     refused = reloads(gw, "reload refused: the previous configuration keeps serving")
     hup(gw, BROKEN)
     assert post(gw, "/callbacks/first", status()).status_code == 200  # during
-    eventually(lambda: reloads(gw, "reload refused: the previous configuration keeps serving")
-               > refused, what="the refusal to be logged")
+    eventually(
+        lambda: reloads(gw, "reload refused: the previous configuration keeps serving") > refused,
+        what="the refusal to be logged",
+    )
     problems = [line for line in gw.logs().splitlines() if "reload refused: " in line]
     assert any("sources.first.pathh" in line for line in problems), problems
     unknown = "routes[0].to[1]: no destination named 'nowhere'"
     assert any(unknown in line for line in problems), problems
     event = status()
     assert post(gw, "/callbacks/first", event).status_code == 200  # after
-    eventually(lambda: [x for x in jsonl(gw, "archive.jsonl") if x["event"] == event],
-               what="the old route to keep delivering")
+    eventually(
+        lambda: [x for x in jsonl(gw, "archive.jsonl") if x["event"] == event],
+        what="the old route to keep delivering",
+    )
 
 
 def test_the_reload_verb_validates_first_and_signals_only_a_valid_file(gw):
@@ -154,7 +166,10 @@ def test_the_reload_verb_without_a_running_gateway_is_one_line_and_exit_1(tmp_pa
     (tmp_path / "gateway.yaml").write_text(BASE)
     done = subprocess.run(
         [sys.executable, "-m", "gateway", "reload", "-c", "gateway.yaml"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0
@@ -179,6 +194,8 @@ def test_no_request_is_dropped_while_reloads_happen(gw):
         stored = {r[0] for r in db.execute("SELECT message_uuid FROM events")}
     assert set(sent) <= stored
     # And they are all delivered once the reloads settle (old engines finished or released).
-    eventually(lambda: set(sent) <= {x["event"]["message_uuid"]
-                                     for x in jsonl(gw, "archive.jsonl")},
-               timeout=20, what="every event to be delivered")
+    eventually(
+        lambda: set(sent) <= {x["event"]["message_uuid"] for x in jsonl(gw, "archive.jsonl")},
+        timeout=20,
+        what="every event to be delivered",
+    )

@@ -102,23 +102,29 @@ def test_an_alias_bomb_reload_is_refused_and_the_gateway_keeps_serving(
     assert "expands to more than 100,000 nodes" in problem
     assert max(latencies, default=0) < 1.0  # before: /healthz silent for 12+ s
     assert rss_mib(gw.proc.pid) < before + 50  # before: 68 MB -> 1.46 GB
-    ok = httpx.post(f"{gw.base}/callbacks/revicom", content=json.dumps([{"x": 1}]),
-                    headers={"Content-Type": "application/json"})
+    ok = httpx.post(
+        f"{gw.base}/callbacks/revicom",
+        content=json.dumps([{"x": 1}]),
+        headers={"Content-Type": "application/json"},
+    )
     assert ok.status_code == 200  # the previous configuration keeps serving
 
 
 def test_a_heavy_valid_reload_does_not_stall_the_loop(shared: GatewayProcess) -> None:
     gw = shared
-    heavy_but_valid = CONFIG + "".join(
-        f"  s{i}: {{path: /callbacks/s{i}}}\n" for i in range(1000))
+    heavy_but_valid = CONFIG + "".join(f"  s{i}: {{path: /callbacks/s{i}}}\n" for i in range(1000))
     gw.config_path.write_text(heavy_but_valid)
     thread, result = reload_in_background(gw)
     latencies = health_latencies(gw, thread)
     thread.join(60)
     assert result["response"].status_code == 200, result["response"].text
     assert max(latencies) < 1.0
-    assert httpx.post(f"{gw.base}/callbacks/s999", content="[]",
-                      headers={"Content-Type": "application/json"}).status_code == 200
+    assert (
+        httpx.post(
+            f"{gw.base}/callbacks/s999", content="[]", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 200
+    )
 
 
 def test_sigterm_in_the_middle_of_a_heavy_reload_exits_cleanly(

@@ -49,8 +49,9 @@ def post(gw: GatewayProcess, n: int) -> list[str]:
 
 def in_flight(gw: GatewayProcess) -> list[tuple[str, float]]:
     with closing(sqlite3.connect(gw.workdir / "var" / "gateway.db", timeout=10)) as db:
-        return list(db.execute(
-            "SELECT leased_by, lease_until FROM deliveries WHERE state = 'in_flight'"))
+        return list(
+            db.execute("SELECT leased_by, lease_until FROM deliveries WHERE state = 'in_flight'")
+        )
 
 
 def test_a_restart_after_kill_9_resumes_deliveries_in_flight_at_once(
@@ -64,8 +65,11 @@ def test_a_restart_after_kill_9_resumes_deliveries_in_flight_at_once(
         rx.set_default(Reply(200))
         started = time.monotonic()
         gw.start()
-        eventually(lambda: len(rx.requests) >= 6, timeout=20,
-                   what="the in-flight deliveries to be sent again")
+        eventually(
+            lambda: len(rx.requests) >= 6,
+            timeout=20,
+            what="the in-flight deliveries to be sent again",
+        )
         took = time.monotonic() - started
         again = {json.loads(r.body)[0]["message_uuid"] for r in rx.requests[3:]}
         assert again == set(uuids)
@@ -75,7 +79,8 @@ def test_a_restart_after_kill_9_resumes_deliveries_in_flight_at_once(
 
 
 def test_a_second_live_gateway_on_the_same_store_leaves_the_first_ones_leases_alone(
-    gateway_factory: Callable[..., GatewayProcess], tmp_path: Path,
+    gateway_factory: Callable[..., GatewayProcess],
+    tmp_path: Path,
 ) -> None:
     with ReceiverThread(Reply(200, stall=math.inf)) as rx:
         first = gateway_factory(CONFIG.format(url=rx.url))
@@ -119,8 +124,7 @@ async def test_events_intake_leased_to_a_dead_process_are_claimable_at_once(
     crashed = SQLiteStore(db)
     await crashed.open()
     assert await crashed.adopt_owner("host:1", 1000.0) == 0
-    await crashed.ingest("src", [IncomingEvent('{"a": 1}', "k1")], 1000.0,
-                         Lease("host:1", 1060.0))
+    await crashed.ingest("src", [IncomingEvent('{"a": 1}', "k1")], 1000.0, Lease("host:1", 1060.0))
     await crashed.committer.stop()  # the process dies: its lock goes, its file stays
     assert crashed._owners is not None and crashed._owners._held is not None
     os.close(crashed._owners._held[1])

@@ -35,15 +35,22 @@ def rx() -> Iterator[Receiver]:
 def cli(gw: GatewayProcess, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "gateway", *args, "-c", str(gw.config_path)],
-        cwd=gw.workdir, capture_output=True, text=True, timeout=60,
+        cwd=gw.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def post(gw: GatewayProcess, *events: dict) -> dict:
-    answer = httpx.post(f"{gw.base}/callbacks/revicom", content=json.dumps(list(events)),
-                        headers={"Content-Type": "application/json"}, timeout=30)
+    answer = httpx.post(
+        f"{gw.base}/callbacks/revicom",
+        content=json.dumps(list(events)),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -75,8 +82,12 @@ routes:
 """)
     # Through the admin API: the serving process's engine knows at once (the CLI's pause
     # reaches a running engine on its next pause poll).
-    paused = httpx.post(f"{gw.base}/admin/destinations/held/pause", json={"reason": "maintenance"},
-                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    paused = httpx.post(
+        f"{gw.base}/admin/destinations/held/pause",
+        json={"reason": "maintenance"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
     assert paused.status_code == 200, paused.text
     done, waiting = event(channel_type="SMS"), event(channel_type="VIBER")
     broken = {"message_uuid": "broken-1", "callback_event": "delivered"}  # fields missing
@@ -87,10 +98,16 @@ routes:
 
     # Delivered (the receiver has it), then gone with its event, from the listings and the
     # store (with 1s windows it may already be gone from the listing by the first look).
-    eventually(lambda: [r for r in rx.requests if r.path == "/crm"], timeout=15,
-               what="the crm delivery delivered")
-    eventually(lambda: not [d for d in listed("deliveries", "list") if d["destination"] == "crm"],
-               timeout=15, what="the delivered delivery purged")
+    eventually(
+        lambda: [r for r in rx.requests if r.path == "/crm"],
+        timeout=15,
+        what="the crm delivery delivered",
+    )
+    eventually(
+        lambda: not [d for d in listed("deliveries", "list") if d["destination"] == "crm"],
+        timeout=15,
+        what="the delivered delivery purged",
+    )
     eventually(lambda: listed("quarantine", "list") == [], timeout=15, what="quarantine purged")
     for uuid in (done["message_uuid"], "broken-1"):
         assert stored(gw, "SELECT COUNT(*) FROM events WHERE message_uuid = ?", uuid) == 0
@@ -109,12 +126,18 @@ routes:
     assert post(gw, done) == {"accepted": 0, "duplicates": 1, "quarantined": 0}
 
     cli(gw, "destinations", "resume", "held")
-    eventually(lambda: [r for r in rx.requests if r.path == "/held"], timeout=15,
-               what="the held delivery sent after resume")
+    eventually(
+        lambda: [r for r in rx.requests if r.path == "/held"],
+        timeout=15,
+        what="the held delivery sent after resume",
+    )
     [sent] = [r for r in rx.requests if r.path == "/held"]
     assert json.loads(sent.body)[0]["message_uuid"] == waiting["message_uuid"]
-    eventually(lambda: not listed("deliveries", "list"), timeout=15,
-               what="the resumed delivery purged once delivered")
+    eventually(
+        lambda: not listed("deliveries", "list"),
+        timeout=15,
+        what="the resumed delivery purged once delivered",
+    )
     assert gw.stop() == 0
 
 
@@ -138,13 +161,22 @@ sources:
         for n in range(40):
             events = [event(message_uuid=f"{tag}-{n}-{i}", note=pad) for i in range(100)]
             assert post(gw, *events)["accepted"] == 100
-        eventually(lambda: stored(gw, "SELECT COUNT(*) FROM events WHERE state = 'received'")
-                   == 0, timeout=30, what="every event routed")
+        eventually(
+            lambda: stored(gw, "SELECT COUNT(*) FROM events WHERE state = 'received'") == 0,
+            timeout=30,
+            what="every event routed",
+        )
         return _files(gw) - before
 
     first = fill("a")
-    eventually(lambda: json.loads(cli(gw, "purge", "--json"))["events"] >= 0 and
-               stored(gw, "SELECT COUNT(*) FROM events") == 0, timeout=15, what="purged")
+    eventually(
+        lambda: (
+            json.loads(cli(gw, "purge", "--json"))["events"] >= 0
+            and stored(gw, "SELECT COUNT(*) FROM events") == 0
+        ),
+        timeout=15,
+        what="purged",
+    )
     second = fill("b")
     assert second < first / 2, (first, second)
     assert gw.stop() == 0

@@ -45,17 +45,30 @@ async def one_step(store: Store, clock: ManualClock, first: int) -> None:
     now = clock.now()
     await store.ingest("revicom", [element(n) for n in range(first, first + PER_STEP)], now)
     claimed = await store.claim_events("router", 100, LEASE, now)
-    finished = [FinishedEvent(e.id, "routed",
-                              [NewDelivery(new_id("msg", now), e.id, "all", "crm", now)], now)
-                for e in claimed]
+    finished = [
+        FinishedEvent(
+            e.id, "routed", [NewDelivery(new_id("msg", now), e.id, "all", "crm", now)], now
+        )
+        for e in claimed
+    ]
     await store.finish_events(finished)
-    await asyncio.gather(*(store.set_mark(f"ordering:all:{e.message_uuid}:status", "x", now)
-                           for e in claimed))
+    await asyncio.gather(
+        *(store.set_mark(f"ordering:all:{e.message_uuid}:status", "x", now) for e in claimed)
+    )
     work = await store.claim_deliveries("worker", "crm", 100, LEASE, now)
-    await asyncio.gather(*(
-        store.finish_attempt(d.id, AttemptRecord(now, now, "dead" if i == 0 else "delivered"),
-                             "dead" if i == 0 else "delivered", None, True, now)
-        for i, d in enumerate(work)))
+    await asyncio.gather(
+        *(
+            store.finish_attempt(
+                d.id,
+                AttemptRecord(now, now, "dead" if i == 0 else "delivered"),
+                "dead" if i == 0 else "delivered",
+                None,
+                True,
+                now,
+            )
+            for i, d in enumerate(work)
+        )
+    )
 
 
 async def totals(store: Store) -> tuple[int, int]:

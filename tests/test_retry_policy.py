@@ -15,8 +15,16 @@ T0 = 1_000_000.0
 
 def record(attempts: int = 0, first: float | None = None) -> DeliveryRecord:
     return DeliveryRecord(
-        id="msg_1", event_id="evt_1", source="s", route="r", destination="d", state="in_flight",
-        attempts=attempts, next_attempt_at=T0, created_at=T0 - 5000, updated_at=T0,
+        id="msg_1",
+        event_id="evt_1",
+        source="s",
+        route="r",
+        destination="d",
+        state="in_flight",
+        attempts=attempts,
+        next_attempt_at=T0,
+        created_at=T0 - 5000,
+        updated_at=T0,
         first_attempt_at=first,
     )
 
@@ -29,7 +37,12 @@ def policy() -> RetryPolicy:
 def test_delivered_counts_one_try_and_has_no_next_time(policy):
     d = policy.decide(record(), Outcome.delivered(200), T0, T0)
     assert (d.state, d.attempt_outcome, d.next_attempt_at, d.counts, d.error) == (
-        "delivered", "delivered", None, True, None)
+        "delivered",
+        "delivered",
+        None,
+        True,
+        None,
+    )
 
 
 def test_permanent_is_dead_at_once(policy):
@@ -38,9 +51,7 @@ def test_permanent_is_dead_at_once(policy):
 
 
 @pytest.mark.parametrize(("done", "base"), [(0, 1), (1, 2), (2, 4), (3, 8)])
-def test_backoff_doubles_from_initial_and_is_jittered_down_by_at_most_a_quarter(
-    policy, done, base
-):
+def test_backoff_doubles_from_initial_and_is_jittered_down_by_at_most_a_quarter(policy, done, base):
     waits = [
         policy.decide(record(done, T0), Outcome.retry("x"), T0, T0).next_attempt_at - T0
         for _ in range(200)
@@ -95,7 +106,11 @@ def test_retry_after_beyond_max_age_is_dead(policy):
 def test_a_429_does_not_count_toward_attempts(policy):
     d = policy.decide(record(4, T0), Outcome.throttled("HTTP 429", 10), T0, T0)
     assert (d.state, d.attempt_outcome, d.counts, d.next_attempt_at) == (
-        "pending", "throttled", False, T0 + 10)
+        "pending",
+        "throttled",
+        False,
+        T0 + 10,
+    )
 
 
 def test_a_429_without_retry_after_waits_at_least_as_long_as_the_delivery_has_waited(policy):

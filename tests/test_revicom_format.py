@@ -19,22 +19,35 @@ SAMPLES = Path(gateway.samples.__file__).parent
 SAMPLE_FILES = sorted(SAMPLES.glob("*.json"))
 
 DELIVERED = {
-    "message_uuid": "063474ec-a34f-4558-90c5-984395000004", "channel_type": "SMS",
-    "callback_event": "delivered", "status": "delivered", "status_time": "2020-10-16T18:51:13Z",
+    "message_uuid": "063474ec-a34f-4558-90c5-984395000004",
+    "channel_type": "SMS",
+    "callback_event": "delivered",
+    "status": "delivered",
+    "status_time": "2020-10-16T18:51:13Z",
 }
 PRICE = {
-    "message_uuid": "063474ec-a34f-4558-90c5-984395000004", "channel_type": "SMS",
-    "callback_event": "price", "parts": 2, "price": 2.5, "currency": "RUB",
+    "message_uuid": "063474ec-a34f-4558-90c5-984395000004",
+    "channel_type": "SMS",
+    "callback_event": "price",
+    "parts": 2,
+    "price": 2.5,
+    "currency": "RUB",
     "price_time": "2020-10-16T18:51:13Z",
 }
 CLICK = {
-    "message_uuid": "063474ec-a34f-4558-90c5-984395000004", "channel_type": "SMS",
-    "callback_event": "click", "url": "https://example.com/offer?id=1",
-    "short_url": "https://s.example/AbC12", "click_time": "2020-10-16T19:02:11Z",
+    "message_uuid": "063474ec-a34f-4558-90c5-984395000004",
+    "channel_type": "SMS",
+    "callback_event": "click",
+    "url": "https://example.com/offer?id=1",
+    "short_url": "https://s.example/AbC12",
+    "click_time": "2020-10-16T19:02:11Z",
 }
 INBOUND = {
-    "message_uuid": "0b2f6a10-a34f-4558-90c5-984395000009", "callback_event": "inbound_sent",
-    "channel_type": "WHATSAPP", "status": "inbound_sent", "status_time": "2020-10-16T18:51:13Z",
+    "message_uuid": "0b2f6a10-a34f-4558-90c5-984395000009",
+    "callback_event": "inbound_sent",
+    "channel_type": "WHATSAPP",
+    "status": "inbound_sent",
+    "status_time": "2020-10-16T18:51:13Z",
     "item": {"contentType": "text", "text": "Hello"},
 }
 BY_EVENT = {"delivered": DELIVERED, "price": PRICE, "click": CLICK, "inbound_sent": INBOUND}
@@ -45,8 +58,9 @@ def fmt() -> RevicomFormat:
     return RevicomFormat()
 
 
-def key(fmt: Any, element: dict[str, Any], headers: dict[str, str] | None = None,
-        index: int = 0) -> str:
+def key(
+    fmt: Any, element: dict[str, Any], headers: dict[str, str] | None = None, index: int = 0
+) -> str:
     return fmt.dedupe_key(element, json.dumps(element), headers or {}, index)
 
 
@@ -67,8 +81,18 @@ def without(element: dict[str, Any], name: str) -> dict[str, Any]:
 
 def test_the_package_ships_every_contract_sample() -> None:
     names = {p.stem for p in SAMPLE_FILES}
-    assert {"delivered", "delivered-undelivered", "unsent", "sent", "read", "unread", "price",
-            "click", "inbound", "batch-mixed"} <= names
+    assert {
+        "delivered",
+        "delivered-undelivered",
+        "unsent",
+        "sent",
+        "read",
+        "unread",
+        "price",
+        "click",
+        "inbound",
+        "batch-mixed",
+    } <= names
 
 
 @pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: p.stem)
@@ -87,11 +111,18 @@ def test_every_sample_element_has_a_key_and_a_description(path: Path, fmt: Revic
 
 
 REQUIRED = [
-    ("delivered", "message_uuid"), ("delivered", "channel_type"),
-    ("delivered", "callback_event"), ("delivered", "status"), ("delivered", "status_time"),
-    ("price", "price"), ("price", "currency"), ("price", "price_time"),
-    ("click", "short_url"), ("click", "click_time"),
-    ("inbound_sent", "status"), ("inbound_sent", "status_time"),
+    ("delivered", "message_uuid"),
+    ("delivered", "channel_type"),
+    ("delivered", "callback_event"),
+    ("delivered", "status"),
+    ("delivered", "status_time"),
+    ("price", "price"),
+    ("price", "currency"),
+    ("price", "price_time"),
+    ("click", "short_url"),
+    ("click", "click_time"),
+    ("inbound_sent", "status"),
+    ("inbound_sent", "status_time"),
 ]
 
 
@@ -244,8 +275,13 @@ def test_status_keys_ignore_fields_outside_the_identity(fmt: RevicomFormat) -> N
 
 @pytest.mark.parametrize(
     "change",
-    [{"price": 2.6}, {"currency": "EUR"}, {"parts": 3},
-     {"price_time": "2020-10-16T18:52:00Z"}, {"message_uuid": "another"}],
+    [
+        {"price": 2.6},
+        {"currency": "EUR"},
+        {"parts": 3},
+        {"price_time": "2020-10-16T18:52:00Z"},
+        {"message_uuid": "another"},
+    ],
 )
 def test_price_keys_use_price_currency_parts_and_price_time(
     change: dict[str, Any], fmt: RevicomFormat
@@ -259,8 +295,11 @@ def test_price_keys_ignore_other_fields(fmt: RevicomFormat) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"short_url": "https://s.example/Other"}, {"click_time": "2020-10-16T19:03:00Z"},
-     {"message_uuid": "another"}],
+    [
+        {"short_url": "https://s.example/Other"},
+        {"click_time": "2020-10-16T19:03:00Z"},
+        {"message_uuid": "another"},
+    ],
 )
 def test_click_keys_use_short_url_and_click_time(
     change: dict[str, Any], fmt: RevicomFormat
@@ -281,8 +320,9 @@ def test_inbound_keys_use_only_the_message_uuid(fmt: RevicomFormat) -> None:
 def test_keys_of_different_event_kinds_never_collide(fmt: RevicomFormat) -> None:
     same_uuid = "u-1"
     elements = [changed(e, message_uuid=same_uuid) for e in BY_EVENT.values()]
-    elements.append(changed(DELIVERED, message_uuid=same_uuid, callback_event="sent",
-                            status="sent"))
+    elements.append(
+        changed(DELIVERED, message_uuid=same_uuid, callback_event="sent", status="sent")
+    )
     keys = {key(fmt, e) for e in elements}
     assert len(keys) == len(elements)
 
@@ -349,10 +389,12 @@ def test_json_required_pointers_must_be_present_and_not_null() -> None:
     fmt = json_format(required=["/id", "/data/type"])
     assert fmt.check({"id": 1, "data": {"type": "x"}, "more": True}) == []
     assert fmt.check({"id": None, "data": {}}) == [
-        "/id: required field is missing", "/data/type: required field is missing",
+        "/id: required field is missing",
+        "/data/type: required field is missing",
     ]
     assert fmt.check("not an object") == [
-        "/id: required field is missing", "/data/type: required field is missing",
+        "/id: required field is missing",
+        "/data/type: required field is missing",
     ]
 
 

@@ -177,7 +177,7 @@ async def test_the_router_and_explain_reach_the_same_decision_on_the_same_events
 
     cfg = load_config_text(AGREEMENT, {})
     events = [
-        {"id": 1, "kind": "inbound"},                    # only a disabled destination
+        {"id": 1, "kind": "inbound"},  # only a disabled destination
         {"id": 2, "kind": "status", "status": "failed"},  # one disabled, two enabled
         {"id": 3, "kind": "status", "status": "ok"},
         {"id": 4, "kind": "other"},
@@ -189,12 +189,15 @@ async def test_the_router_and_explain_reach_the_same_decision_on_the_same_events
     for event_id, element in zip(ids, events, strict=True):
         record = await store.get_event(event_id)
         deliveries = await store.list_deliveries(DeliveryFilter())
-        routed[element["id"]] = (record.state, sorted(
-            (d.route, d.destination) for d in deliveries if d.event_id == event_id))
+        routed[element["id"]] = (
+            record.state,
+            sorted((d.route, d.destination) for d in deliveries if d.event_id == event_id),
+        )
     chain = Chain(cfg, None, clock)
     for element in events:
-        decision = await chain.evaluate(element, {"event_id": "x", "source": "provider",
-                                                  "received_at": 1_000.0}, dry_run=True)
+        decision = await chain.evaluate(
+            element, {"event_id": "x", "source": "provider", "received_at": 1_000.0}, dry_run=True
+        )
         planned = sorted((t.route, t.destination) for t in decision.targets)
         assert (decision.state, planned) == routed[element["id"]], element
     assert routed[1] == ("unmatched", [])

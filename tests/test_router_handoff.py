@@ -196,7 +196,13 @@ async def test_a_client_hanging_up_mid_commit_still_hands_its_events_over(store:
         {"path": "/cb", "format": "json", "auth": {"basic": {"username": "u", "password": "p"}}}
     )
     endpoint = SourceEndpoint(
-        "provider", config, JsonFormat(None), lambda: slow, clock, [], handoff  # type: ignore[arg-type,return-value]
+        "provider",
+        config,
+        JsonFormat(None),
+        lambda: slow,
+        clock,
+        [],
+        handoff,  # type: ignore[arg-type,return-value]
     )
     handler = asyncio.ensure_future(endpoint.handle(FakeRequest(b'[{"id": 1}, {"id": 2}]')))
     await slow.entered.wait()
@@ -225,7 +231,13 @@ async def test_a_failed_commit_of_a_hung_up_request_is_logged_once(
     slow, handoff = FailingSlowStore(store), Recorder(clock)
     config = SourceConfig.model_validate({"path": "/cb", "format": "json"})
     endpoint = SourceEndpoint(
-        "provider", config, JsonFormat(None), lambda: slow, clock, [], handoff  # type: ignore[arg-type,return-value]
+        "provider",
+        config,
+        JsonFormat(None),
+        lambda: slow,
+        clock,
+        [],
+        handoff,  # type: ignore[arg-type,return-value]
     )
     request = FakeRequest(b'[{"id": 1}]')
     handler = asyncio.ensure_future(endpoint.handle(request))

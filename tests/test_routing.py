@@ -15,12 +15,19 @@ from gateway.routing.chain import Chain
 
 META = {"event_id": "ev-1", "source": "revicom", "received_at": 1602874300.0}
 UNDELIVERED = {
-    "message_uuid": "m-1", "channel_type": "SMS", "callback_event": "delivered",
-    "status": "undelivered", "status_time": "2020-10-16T18:51:13Z", "error_code": 6969,
+    "message_uuid": "m-1",
+    "channel_type": "SMS",
+    "callback_event": "delivered",
+    "status": "undelivered",
+    "status_time": "2020-10-16T18:51:13Z",
+    "error_code": 6969,
 }
 INBOUND = {
-    "message_uuid": "m-2", "channel_type": "WHATSAPP", "callback_event": "inbound_sent",
-    "status": "inbound_sent", "status_time": "2020-10-16T18:51:13Z",
+    "message_uuid": "m-2",
+    "channel_type": "WHATSAPP",
+    "callback_event": "inbound_sent",
+    "status": "inbound_sent",
+    "status_time": "2020-10-16T18:51:13Z",
     "item": {"contentType": "text"},
 }
 
@@ -232,11 +239,14 @@ async def test_a_non_object_element_is_routed_by_routes_without_conditions():
 
 # -- enrichment ------------------------------------------------------------------------------
 async def test_enrich_event_hooks_feed_matching_and_every_target():
-    c = chain("""
+    c = chain(
+        """
         routes:
           - {name: ops, when: 'event.team == "ops"', to: a}
           - {name: by-match, match: {team: ops, async: true}, to: b}
-    """, extra=(Tagger(), AsyncTagger()))
+    """,
+        extra=(Tagger(), AsyncTagger()),
+    )
     d = await c.evaluate(UNDELIVERED, META)
     assert dests(d) == [("ops", "a"), ("by-match", "b")]
     # Each enrich_event hook sees what the hooks before it (pluggy order) added.
@@ -245,11 +255,14 @@ async def test_enrich_event_hooks_feed_matching_and_every_target():
 
 
 async def test_route_enrichers_apply_to_their_route_only_and_see_earlier_ones():
-    c = chain("""
+    c = chain(
+        """
         routes:
           - {name: one, enrich: [upper, sees_upper], to: a}
           - {name: two, to: b}
-    """, extra=(Components(),))
+    """,
+        extra=(Components(),),
+    )
     d = await c.evaluate(UNDELIVERED, META)
     one, two = d.targets
     assert one.enrichment == {"upper": "UNDELIVERED", "route": "one", "saw_upper": "UNDELIVERED"}
@@ -265,18 +278,22 @@ async def test_configured_enricher_instances_take_their_options():
     """)
     (t,) = (await c.evaluate(UNDELIVERED, META)).targets
     assert t.enrichment == {
-        "team": "payments", "env": "prod",
+        "team": "payments",
+        "env": "prod",
         "status_text": "Not delivered within the message lifetime",
     }
 
 
 # -- filters ---------------------------------------------------------------------------------
 async def test_a_route_filter_drops_the_event_for_that_route_only_with_its_reason():
-    c = chain("""
+    c = chain(
+        """
         routes:
           - {name: apps, filter: [no_sms], to: a}
           - {name: all, to: b}
-    """, extra=(Components(),))
+    """,
+        extra=(Components(),),
+    )
     d = await c.evaluate(UNDELIVERED, META)
     assert d.state == "routed"
     assert dests(d) == [("all", "b")]
@@ -285,11 +302,14 @@ async def test_a_route_filter_drops_the_event_for_that_route_only_with_its_reaso
 
 
 async def test_when_every_matching_route_drops_it_the_event_is_filtered():
-    c = chain("""
+    c = chain(
+        """
         routes:
           - {name: one, filter: [never], to: a}
           - {name: two, filter: no_sms, to: b}
-    """, extra=(Components(),))
+    """,
+        extra=(Components(),),
+    )
     d = await c.evaluate(UNDELIVERED, META)
     assert d.state == "filtered"
     assert d.reason == (
@@ -299,11 +319,14 @@ async def test_when_every_matching_route_drops_it_the_event_is_filtered():
 
 
 async def test_stop_applies_when_the_route_matched_even_if_its_filter_dropped_the_event():
-    c = chain("""
+    c = chain(
+        """
         routes:
           - {name: one, filter: [never], to: a, stop: true}
           - {name: two, to: b}
-    """, extra=(Components(),))
+    """,
+        extra=(Components(),),
+    )
     d = await c.evaluate(UNDELIVERED, META)
     assert (d.state, d.targets) == ("filtered", [])
 
@@ -394,19 +417,24 @@ def test_bad_match_and_when_are_configuration_errors_with_key_paths():
               - {to: a, orderin: false}
         """)
     problems = e.value.problems
-    assert any(p.startswith("routes[0].match: error_code: unknown operator 'gtee'")
-               and "did you mean 'gte'" in p for p in problems), problems
+    assert any(
+        p.startswith("routes[0].match: error_code: unknown operator 'gtee'")
+        and "did you mean 'gte'" in p
+        for p in problems
+    ), problems
     assert any(p.startswith("routes[1].when: invalid expression") for p in problems), problems
-    assert any(p.startswith("routes[2].orderin: unknown key") and "ordering" in p
-               for p in problems), problems
+    assert any(
+        p.startswith("routes[2].orderin: unknown key") and "ordering" in p for p in problems
+    ), problems
 
 
 def test_unknown_enricher_or_filter_names_are_configuration_errors():
     with pytest.raises(ConfigError) as e:
         load("routes: [{enrich: [status_txt], filter: [orderng], to: a}]")
     text = str(e.value)
-    assert ("routes[0].enrich[0]: unknown enricher 'status_txt'"
-            " (did you mean 'status_text'?)") in text
+    assert (
+        "routes[0].enrich[0]: unknown enricher 'status_txt' (did you mean 'status_text'?)"
+    ) in text
     assert "routes[0].filter[0]: unknown filter 'orderng' (did you mean 'ordering'?)" in text
 
 

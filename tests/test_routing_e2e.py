@@ -41,9 +41,14 @@ routes:
 
 
 def status(uuid: str, kind: str, at: str, **extra: Any) -> dict[str, Any]:
-    return {"message_uuid": uuid, "channel_type": "SMS",
-            "callback_event": "sent" if kind == "sent" else "delivered",
-            "status": kind, "status_time": f"2020-10-16T{at}Z", **extra}
+    return {
+        "message_uuid": uuid,
+        "channel_type": "SMS",
+        "callback_event": "sent" if kind == "sent" else "delivered",
+        "status": kind,
+        "status_time": f"2020-10-16T{at}Z",
+        **extra,
+    }
 
 
 async def post(gw: Any, body: list[dict[str, Any]]) -> None:
@@ -90,7 +95,10 @@ async def test_an_event_fans_out_to_every_matching_route_and_unmatched_ones_are_
         got = by_path(rx)
         # failures -> ops + crm, statuses -> archive; inbound -> crm and stops.
         assert sorted((p, len(v)) for p, v in got.items()) == [
-            ("/archive", 1), ("/crm", 2), ("/ops", 1)]
+            ("/archive", 1),
+            ("/crm", 2),
+            ("/ops", 1),
+        ]
         (ops,) = got["/ops"]
         assert ops["route"] == "failures"
         assert ops["event"] == undelivered
@@ -98,8 +106,9 @@ async def test_an_event_fans_out_to_every_matching_route_and_unmatched_ones_are_
             "status_text": "Not delivered within the message lifetime",
             "error_text": "Blocked by operator",
         }
-        assert sorted(got["/crm"], key=json.dumps) == sorted([[undelivered], [inbound]],
-                                                             key=json.dumps)
+        assert sorted(got["/crm"], key=json.dumps) == sorted(
+            [[undelivered], [inbound]], key=json.dumps
+        )
         assert got["/archive"][0]["route"] == "statuses"
         (unmatched,) = await eventually(lambda: events(tmp_path, "unmatched"))
         assert json.loads(unmatched.raw) == click
@@ -118,13 +127,14 @@ async def test_a_stale_status_is_not_forwarded_and_the_reason_is_recorded(
         assert json.loads(filtered.raw)["status"] == "sent"
         assert filtered.reason.startswith(
             "route 'statuses': filter 'ordering': out of order: delivered at"
-            " 2020-10-16T18:51:13Z was already forwarded for message m-1")
+            " 2020-10-16T18:51:13Z was already forwarded for message m-1"
+        )
         await post(gw, [status("m-2", "sent", "18:50:02")])  # another message: forwarded
         await rx.wait_for(2, timeout=15)
         assert [b["event"]["message_uuid"] for b in by_path(rx)["/archive"]] == ["m-1", "m-2"]
 
 
-FLAKY = '''
+FLAKY = """
 from pathlib import Path
 from gateway import hookimpl
 
@@ -135,7 +145,7 @@ def enrich_event(event, meta):
         marker.write_text("x")
         raise ConnectionError("directory service unreachable")
     return {"owner": "team-a"}
-'''
+"""
 
 
 async def test_a_raising_plugin_holds_the_event_with_its_name_until_it_recovers(
@@ -151,4 +161,5 @@ async def test_a_raising_plugin_holds_the_event_with_its_name_until_it_recovers(
         assert body["enrichment"] == {"owner": "team-a"}
         assert (tmp_path / "flaky-failed-once").exists()
         assert "plugin 'flaky_plugin' raised ConnectionError: directory service unreachable" in (
-            gw.logs())
+            gw.logs()
+        )

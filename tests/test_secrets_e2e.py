@@ -24,8 +24,13 @@ USER, PASSWORD = "hook-user", "p@ss-w0rd-123"
 API_KEY = "key-0123456789abcdef"
 TOKEN = "secrets-admin-token-0123456789"
 SLACK_PATH = "/services/T0SECRET01/B0SECRET02/slackSecretToken0123456789"
-SECRETS = (PASSWORD, API_KEY, SLACK_PATH, "slackSecretToken0123456789",
-           base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
+SECRETS = (
+    PASSWORD,
+    API_KEY,
+    SLACK_PATH,
+    "slackSecretToken0123456789",
+    base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(),
+)
 
 CONFIG = """
 server: {{host: 127.0.0.1}}
@@ -57,11 +62,15 @@ def rx() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, rx: Receiver) -> Iterator[GatewayProcess]:
     userinfo_url = rx.url.replace("http://", f"http://{USER}:{PASSWORD.replace('@', '%40')}@")
-    config = CONFIG.format(rx=rx.url, userinfo_url=userinfo_url, api_key=API_KEY,
-                           slack_path=SLACK_PATH, token=TOKEN)
+    config = CONFIG.format(
+        rx=rx.url, userinfo_url=userinfo_url, api_key=API_KEY, slack_path=SLACK_PATH, token=TOKEN
+    )
     proc = GatewayProcess(config, tmp_path_factory.mktemp("secrets")).start()
-    answer = httpx.post(f"{proc.base}/callbacks/revicom", content=json.dumps([status("sent")]),
-                        headers={"Content-Type": "application/json"})
+    answer = httpx.post(
+        f"{proc.base}/callbacks/revicom",
+        content=json.dumps([status("sent")]),
+        headers={"Content-Type": "application/json"},
+    )
     assert answer.status_code == 200, answer.text
     yield proc
     proc.kill()
@@ -70,14 +79,19 @@ def gw(tmp_path_factory: pytest.TempPathFactory, rx: Receiver) -> Iterator[Gatew
 def cli(gw: GatewayProcess, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "gateway", *args, "-c", str(gw.config_path)],
-        cwd=gw.workdir, capture_output=True, text=True, timeout=60, check=True,
+        cwd=gw.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return done.stdout + done.stderr
 
 
 def settled(gw: GatewayProcess) -> list[dict[str, Any]]:
-    rows = httpx.get(f"{gw.base}/admin/deliveries",
-                     headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    rows = httpx.get(
+        f"{gw.base}/admin/deliveries", headers={"Authorization": f"Bearer {TOKEN}"}
+    ).json()
     return rows if len(rows) == 3 and all(r["state"] in ("delivered", "dead") for r in rows) else []
 
 
@@ -116,9 +130,15 @@ def test_check_refuses_userinfo_together_with_an_authorization_header(tmp_path: 
         "destinations:\n"
         f"  crm: {{type: webhook, url: 'http://{USER}:secretpw99@127.0.0.1:9/x',"
         " headers: {Authorization: 'Bearer abc'}}\n"
-        "routes: [{name: r, to: [crm]}]\n")
-    done = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(path)],
-                          capture_output=True, text=True, timeout=60, check=False)
+        "routes: [{name: r, to: [crm]}]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert "credentials in the URL" in done.stderr and "give one of them" in done.stderr
     assert "secretpw99" not in done.stderr

@@ -34,8 +34,10 @@ routes:
 
 
 def request_bytes(port: int, body: bytes) -> bytes:
-    head = (f"POST /callbacks/revicom HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"POST /callbacks/revicom HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -88,15 +90,18 @@ def test_sigterm_stops_taking_requests_at_once_and_finishes_those_in_flight(
         started = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
 
-        refused = eventually(lambda: (answer := post_once(gw.port))[0] == 503 and answer,
-                             timeout=4, what="a request after SIGTERM to be refused")
+        refused = eventually(
+            lambda: (answer := post_once(gw.port))[0] == 503 and answer,
+            timeout=4,
+            what="a request after SIGTERM to be refused",
+        )
         assert refused[1]["connection"] == "close"
 
         idle.settimeout(3)
         assert idle.recv(1) == b"", "the idle keep-alive connection is closed"
         idle.close()
 
-        busy.sendall(whole[len(whole) - 10:])
+        busy.sendall(whole[len(whole) - 10 :])
         status, headers, answer = read_response(busy)
         assert status == 200, answer
         assert json.loads(answer)["accepted"] == 1

@@ -27,14 +27,21 @@ TOKEN = "xoxb-test-token"
 #: One TLS context for every test's client: building one costs a tenth of a second.
 TLS = ssl.create_default_context()
 UNDELIVERED = {
-    "message_uuid": "063464ec-a34f-4558-90c5-984395000003", "channel_type": "SMS",
-    "cascade_message_uuid": "063464ec-a34f-4558-90c5-984395000002", "cascade_step": 2,
-    "callback_event": "delivered", "status": "undelivered",
-    "status_time": "2020-10-16T18:51:13Z", "error_code": 6969,
+    "message_uuid": "063464ec-a34f-4558-90c5-984395000003",
+    "channel_type": "SMS",
+    "cascade_message_uuid": "063464ec-a34f-4558-90c5-984395000002",
+    "cascade_step": 2,
+    "callback_event": "delivered",
+    "status": "undelivered",
+    "status_time": "2020-10-16T18:51:13Z",
+    "error_code": 6969,
 }
 INBOUND = {
-    "message_uuid": "0b2f6a10-a34f-4558-90c5-984395000009", "callback_event": "inbound_sent",
-    "channel_type": "WHATSAPP", "status": "inbound_sent", "status_time": "2020-10-16T18:51:13Z",
+    "message_uuid": "0b2f6a10-a34f-4558-90c5-984395000009",
+    "callback_event": "inbound_sent",
+    "channel_type": "WHATSAPP",
+    "status": "inbound_sent",
+    "status_time": "2020-10-16T18:51:13Z",
     "item": {"contentType": "text", "text": "Hello, is my order on its way? <!channel> & co"},
 }
 
@@ -68,12 +75,25 @@ inbound:
 """)  # noqa: E501
 
 
-def record(fields: dict[str, Any], n: int = 1, enrichment: dict[str, Any] | None = None,
-           message_uuid: str | None = "default") -> DeliveryRecord:
+def record(
+    fields: dict[str, Any],
+    n: int = 1,
+    enrichment: dict[str, Any] | None = None,
+    message_uuid: str | None = "default",
+) -> DeliveryRecord:
     return DeliveryRecord(
-        id=f"dlv_{n:04d}", event_id=f"evt_{n:04d}", source="revicom", route="failures",
-        destination="ops-slack", state="in_flight", attempts=0, next_attempt_at=0.0,
-        created_at=0.0, updated_at=0.0, raw=json.dumps(fields), enrichment=enrichment or {},
+        id=f"dlv_{n:04d}",
+        event_id=f"evt_{n:04d}",
+        source="revicom",
+        route="failures",
+        destination="ops-slack",
+        state="in_flight",
+        attempts=0,
+        next_attempt_at=0.0,
+        created_at=0.0,
+        updated_at=0.0,
+        raw=json.dumps(fields),
+        enrichment=enrichment or {},
         message_uuid=fields.get("message_uuid") if message_uuid == "default" else message_uuid,
         received_at=1_700_000_000.25,
     )
@@ -107,6 +127,7 @@ def api(slack: SlackServer, services: Services, **opts: Any) -> Slack:
 
 # -- incoming webhooks -------------------------------------------------------------------------
 
+
 async def test_webhook_posts_the_rendered_text(slack: SlackServer, services: Services) -> None:
     dest = webhook(slack, services, text="{{ event.message_uuid }} {{ event.status }}")
     outcome = await dest.deliver(record(UNDELIVERED))
@@ -120,18 +141,28 @@ async def test_webhook_posts_the_rendered_text(slack: SlackServer, services: Ser
 async def test_default_text_names_status_message_and_error(
     slack: SlackServer, services: Services
 ) -> None:
-    await webhook(slack, services).deliver(record(UNDELIVERED, enrichment={
-        "error_text": "Blocked by operator"}))
+    await webhook(slack, services).deliver(
+        record(UNDELIVERED, enrichment={"error_text": "Blocked by operator"})
+    )
     assert slack.requests[0].json["text"] == (
         "*undelivered* SMS message `063464ec-a34f-4558-90c5-984395000003`"
-        " (error 6969: Blocked by operator)")
+        " (error 6969: Blocked by operator)"
+    )
 
 
-@pytest.mark.parametrize(("status", "code"), [
-    (400, "invalid_payload"), (403, "action_prohibited"), (404, "channel_not_found"),
-    (410, "channel_is_archived"), (404, "no_service"), (400, "no_text"),
-    (403, "invalid_token"), (400, "too_many_attachments"),
-])
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, "invalid_payload"),
+        (403, "action_prohibited"),
+        (404, "channel_not_found"),
+        (410, "channel_is_archived"),
+        (404, "no_service"),
+        (400, "no_text"),
+        (403, "invalid_token"),
+        (400, "too_many_attachments"),
+    ],
+)
 async def test_webhook_error_strings_are_permanent_and_name_the_error(
     slack: SlackServer, services: Services, status: int, code: str
 ) -> None:
@@ -173,12 +204,14 @@ async def test_unreachable_webhook_is_retried_without_showing_its_secret_url(
 
 # -- chat.postMessage --------------------------------------------------------------------------
 
+
 async def test_api_sends_bearer_token_channel_text_and_blocks(
     slack: SlackServer, services: Services
 ) -> None:
     ex = EXAMPLES["inbound"]
     outcome = await api(slack, services, text=ex["text"], blocks=ex["blocks"]).deliver(
-        record(INBOUND))
+        record(INBOUND)
+    )
     assert outcome.kind == "delivered"
     [req] = slack.requests
     assert req.path == "/api/chat.postMessage"
@@ -188,32 +221,45 @@ async def test_api_sends_bearer_token_channel_text_and_blocks(
     assert "thread_ts" not in body
     # What the human sees: the customer's text, escaped so it cannot ping the channel.
     assert body["text"] == (
-        "New WHATSAPP message: Hello, is my order on its way? &lt;!channel&gt; &amp; co")
+        "New WHATSAPP message: Hello, is my order on its way? &lt;!channel&gt; &amp; co"
+    )
     assert [b["type"] for b in body["blocks"]] == ["section", "section", "context"]
-    assert body["blocks"][0]["text"]["text"] == (
-        ":speech_balloon: *New inbound WHATSAPP message*")
+    assert body["blocks"][0]["text"]["text"] == (":speech_balloon: *New inbound WHATSAPP message*")
     assert body["blocks"][1]["text"]["text"] == (
-        "Hello, is my order on its way? &lt;!channel&gt; &amp; co")
+        "Hello, is my order on its way? &lt;!channel&gt; &amp; co"
+    )
     assert body["blocks"][2]["elements"][0]["text"] == (
         "message `0b2f6a10-a34f-4558-90c5-984395000009` · 2020-10-16T18:51:13Z"
-        " · delivery `dlv_0001`")
+        " · delivery `dlv_0001`"
+    )
 
 
 async def test_failure_example_drops_fields_that_render_empty(
     slack: SlackServer, services: Services
 ) -> None:
     ex = EXAMPLES["failure"]
-    unsent = {"message_uuid": "u-1", "channel_type": "VIBER", "callback_event": "delivered",
-              "status": "unsent", "status_time": "2020-10-16T18:40:00Z"}
+    unsent = {
+        "message_uuid": "u-1",
+        "channel_type": "VIBER",
+        "callback_event": "delivered",
+        "status": "unsent",
+        "status_time": "2020-10-16T18:40:00Z",
+    }
     dest = api(slack, services, text=ex["text"], blocks=ex["blocks"])
     assert (await dest.deliver(record(unsent))).kind == "delivered"
-    assert (await dest.deliver(record(UNDELIVERED, 2, {"status_text": "Not delivered"}))).kind \
-        == "delivered"
+    assert (
+        await dest.deliver(record(UNDELIVERED, 2, {"status_text": "Not delivered"}))
+    ).kind == "delivered"
     first, second = (r.json for r in slack.requests)
     assert first["blocks"][0]["text"] == {
-        "type": "plain_text", "emoji": True, "text": ":rotating_light: VIBER message unsent"}
+        "type": "plain_text",
+        "emoji": True,
+        "text": ":rotating_light: VIBER message unsent",
+    }
     assert [f["text"] for f in first["blocks"][1]["fields"]] == [
-        "*Message*\n`u-1`", "*Status*\nunsent at 2020-10-16T18:40:00Z"]
+        "*Message*\n`u-1`",
+        "*Status*\nunsent at 2020-10-16T18:40:00Z",
+    ]
     assert [f["text"] for f in second["blocks"][1]["fields"]] == [
         "*Message*\n`063464ec-a34f-4558-90c5-984395000003`",
         "*Status*\nNot delivered at 2020-10-16T18:51:13Z",
@@ -221,18 +267,21 @@ async def test_failure_example_drops_fields_that_render_empty(
         "*Cascade*\n`063464ec-a34f-4558-90c5-984395000002` step 2",
     ]
     assert second["blocks"][2]["elements"][0]["text"] == (
-        "source *revicom* · route *failures* · delivery `dlv_0002`")
+        "source *revicom* · route *failures* · delivery `dlv_0002`"
+    )
 
 
 async def test_plain_text_objects_are_not_escaped(slack: SlackServer, services: Services) -> None:
     blocks = [{"type": "header", "text": {"type": "plain_text", "text": "{{ event.item.text }}"}}]
     await api(slack, services, blocks=blocks).deliver(record(INBOUND))
     assert slack.requests[0].json["blocks"][0]["text"]["text"] == (
-        "Hello, is my order on its way? <!channel> & co")
+        "Hello, is my order on its way? <!channel> & co"
+    )
 
 
-@pytest.mark.parametrize("code", [
-    "internal_error", "fatal_error", "service_unavailable", "request_timeout"])
+@pytest.mark.parametrize(
+    "code", ["internal_error", "fatal_error", "service_unavailable", "request_timeout"]
+)
 async def test_api_transient_errors_are_retried(
     slack: SlackServer, services: Services, code: str
 ) -> None:
@@ -242,10 +291,21 @@ async def test_api_transient_errors_are_retried(
     assert code in (outcome.error or "")
 
 
-@pytest.mark.parametrize("code", [
-    "invalid_auth", "channel_not_found", "not_in_channel", "is_archived", "msg_too_long",
-    "no_text", "invalid_blocks", "account_inactive", "token_revoked", "restricted_action",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "invalid_auth",
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "msg_too_long",
+        "no_text",
+        "invalid_blocks",
+        "account_inactive",
+        "token_revoked",
+        "restricted_action",
+    ],
+)
 async def test_api_other_errors_are_permanent(
     slack: SlackServer, services: Services, code: str
 ) -> None:
@@ -265,8 +325,14 @@ async def test_api_ratelimited_waits_out_retry_after(
 async def test_invalid_blocks_details_reach_the_error(
     slack: SlackServer, services: Services
 ) -> None:
-    slack.script(api_error("invalid_blocks", response_metadata={
-        "messages": ["[ERROR] must be a valid enum value [json-pointer:/blocks/0/type]"]}))
+    slack.script(
+        api_error(
+            "invalid_blocks",
+            response_metadata={
+                "messages": ["[ERROR] must be a valid enum value [json-pointer:/blocks/0/type]"]
+            },
+        )
+    )
     outcome = await api(slack, services).deliver(record(UNDELIVERED))
     assert outcome.kind == "permanent"
     assert "json-pointer:/blocks/0/type" in (outcome.error or "")
@@ -279,7 +345,9 @@ async def test_wrong_token_is_permanent_and_never_shown(
     dest = api(slack, services, token="xoxb-wrong-token")
     outcome = await dest.deliver(record(UNDELIVERED))
     assert (outcome.kind, outcome.error) == (
-        "permanent", "Slack chat.postMessage error: invalid_auth")
+        "permanent",
+        "Slack chat.postMessage error: invalid_auth",
+    )
     assert slack.requests[0].headers["Authorization"] == "Bearer xoxb-wrong-token"
 
 
@@ -303,12 +371,18 @@ async def test_a_message_that_renders_empty_is_not_sent(
 
 # -- sizes -------------------------------------------------------------------------------------
 
+
 async def test_oversized_text_and_blocks_are_cut_to_what_slack_accepts(
     slack: SlackServer, services: Services
 ) -> None:
     huge = {**INBOUND, "item": {"contentType": "text", "text": "x" * 50_000}}
-    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "{{ event.item.text }}"},
-               "fields": [{"type": "mrkdwn", "text": "f{{ i }}"}] * 12}] * 60
+    blocks = [
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": "{{ event.item.text }}"},
+            "fields": [{"type": "mrkdwn", "text": "f{{ i }}"}] * 12,
+        }
+    ] * 60
     dest = webhook(slack, services, text="{{ event.item.text }}", blocks=blocks)
     outcome = await dest.deliver(record(huge))
     assert outcome.kind == "delivered", outcome.error
@@ -317,8 +391,10 @@ async def test_oversized_text_and_blocks_are_cut_to_what_slack_accepts(
     assert len(body["blocks"]) == MAX_BLOCKS
     assert len(body["blocks"][0]["text"]["text"]) == 3_000
     assert len(body["blocks"][0]["fields"]) == 10
-    assert body["blocks"][-1] == {"type": "context", "elements": [
-        {"type": "mrkdwn", "text": "… 11 more blocks not shown"}]}
+    assert body["blocks"][-1] == {
+        "type": "context",
+        "elements": [{"type": "mrkdwn", "text": "… 11 more blocks not shown"}],
+    }
 
 
 def test_clip_never_cuts_a_link_or_an_entity_in_half() -> None:
@@ -329,6 +405,7 @@ def test_clip_never_cuts_a_link_or_an_entity_in_half() -> None:
 
 
 # -- threads -----------------------------------------------------------------------------------
+
 
 async def test_later_events_of_a_message_reply_in_its_thread(
     slack: SlackServer, services: Services
@@ -345,8 +422,7 @@ async def test_later_events_of_a_message_reply_in_its_thread(
     assert "thread_ts" not in bodies[2]
     assert bodies[3]["thread_ts"] == root
     assert services.marks is not None
-    mark = await services.marks.get(
-        f"slack-thread:ops-slack:#ops:{UNDELIVERED['message_uuid']}")
+    mark = await services.marks.get(f"slack-thread:ops-slack:#ops:{UNDELIVERED['message_uuid']}")
     assert mark == ("2", root)
 
 
@@ -397,18 +473,27 @@ async def test_events_without_message_uuid_are_posted_unthreaded(
 
 # -- options -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("opts", "says"), [
-    ({}, "needs 'webhook_url'"),
-    ({"token": "x"}, "needs 'webhook_url'"),
-    ({"webhook_url": "https://hooks.slack.com/x", "token": "t", "channel": "#c"}, "not both"),
-    ({"webhook_url": "https://hooks.slack.com/x", "thread": True}, "'thread: true' needs"),
-    ({"webhook_url": "hooks.slack.com/x"}, "http:// or https://"),
-    ({"webhook_url": "https://h/x", "text": "{{ oops"}, "template syntax error"),
-    ({"webhook_url": "https://h/x", "blocks": [{"text": "x"}]}, "needs a 'type'"),
-    ({"webhook_url": "https://h/x", "blocks": [{"type": "section", "text": {
-        "type": "mrkdwn", "text": "{% if %}"}}]}, "blocks[0].text.text"),
-    ({"webhook_url": "https://h/x", "colour": "red"}, "Extra inputs"),
-])
+
+@pytest.mark.parametrize(
+    ("opts", "says"),
+    [
+        ({}, "needs 'webhook_url'"),
+        ({"token": "x"}, "needs 'webhook_url'"),
+        ({"webhook_url": "https://hooks.slack.com/x", "token": "t", "channel": "#c"}, "not both"),
+        ({"webhook_url": "https://hooks.slack.com/x", "thread": True}, "'thread: true' needs"),
+        ({"webhook_url": "hooks.slack.com/x"}, "http:// or https://"),
+        ({"webhook_url": "https://h/x", "text": "{{ oops"}, "template syntax error"),
+        ({"webhook_url": "https://h/x", "blocks": [{"text": "x"}]}, "needs a 'type'"),
+        (
+            {
+                "webhook_url": "https://h/x",
+                "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "{% if %}"}}],
+            },
+            "blocks[0].text.text",
+        ),
+        ({"webhook_url": "https://h/x", "colour": "red"}, "Extra inputs"),
+    ],
+)
 def test_options_are_checked(opts: dict[str, Any], says: str) -> None:
     with pytest.raises(ValidationError, match=r"(?s).*" + re.escape(says)):
         Options(**opts)

@@ -102,13 +102,21 @@ async def one_event(store: Store, key: str, now: float = T0, source: str = SOURC
     return result.event_ids[0]
 
 
-def delivery(event_id: str, destination: str, next_at: float, route: str = "all",
-             enrichment: dict | None = None) -> NewDelivery:
+def delivery(
+    event_id: str,
+    destination: str,
+    next_at: float,
+    route: str = "all",
+    enrichment: dict | None = None,
+) -> NewDelivery:
     return NewDelivery(new_id("msg"), event_id, route, destination, next_at, enrichment or {})
 
 
 async def routed(
-    store: Store, key: str, destinations: list[str], now: float = T0,
+    store: Store,
+    key: str,
+    destinations: list[str],
+    now: float = T0,
     next_at: float | None = None,
 ) -> tuple[str, list[str]]:
     """An event that went through the router (claimed, then finished) with one delivery per
@@ -121,8 +129,9 @@ async def routed(
     return event_id, [d.id for d in news]
 
 
-def attempt(started: float, outcome: str, status: int | None = None,
-            error: str | None = None) -> AttemptRecord:
+def attempt(
+    started: float, outcome: str, status: int | None = None, error: str | None = None
+) -> AttemptRecord:
     return AttemptRecord(started, started + 0.5, outcome, status, error)
 
 
@@ -311,8 +320,12 @@ async def test_finish_events_finishes_each_and_skips_one_already_finished(store:
     )
     states = [(await store.get_event(i)) for i in ids]
     assert [(e.state, e.reason) for e in states] == [
-        ("routed", None), ("filtered", "stale"), ("unmatched", "no route"),
-        ("unmatched", "no route"), ("filtered", "stale")]
+        ("routed", None),
+        ("filtered", "stale"),
+        ("unmatched", "no route"),
+        ("unmatched", "no route"),
+        ("filtered", "stale"),
+    ]
     # Finished events are no longer leased: nothing for another router to claim later.
     assert await store.claim_events("other", 10, LEASE, T0 + 2 * LEASE) == []
     assert [await store.get_delivery(d.id) is not None for d in news] == [True, True]
@@ -343,7 +356,10 @@ async def test_finish_event_sets_the_state_and_creates_every_delivery(store: Sto
         record, attempts = found
         assert attempts == []
         assert (record.event_id, record.route, record.destination) == (
-            event_id, new.route, new.destination)
+            event_id,
+            new.route,
+            new.destination,
+        )
         assert (record.state, record.attempts, record.next_attempt_at) == ("pending", 0, T0 + 2)
         assert (record.source, record.message_uuid) == (SOURCE, "u-1")
         assert record.enrichment == new.enrichment
@@ -379,7 +395,10 @@ async def test_hold_event_keeps_it_received_until_retry_at(store: Store) -> None
     await store.hold_event(event_id, "plugin 'geo' raised TimeoutError", T0 + 60, T0 + 1)
     event = await store.get_event(event_id)
     assert (event.state, event.reason, event.next_route_at) == (
-        "received", "plugin 'geo' raised TimeoutError", T0 + 60)
+        "received",
+        "plugin 'geo' raised TimeoutError",
+        T0 + 60,
+    )
     assert event.route_attempts == 1
     assert await store.has_due_events(T0 + 2) == pytest.approx(T0 + 60)
     assert await store.claim_events("r", 10, LEASE, T0 + 59) == []
@@ -399,7 +418,8 @@ async def test_quarantine_event_moves_it_out_of_the_router(store: Store) -> None
 
 async def test_replay_quarantined_sends_events_back_with_recheck(store: Store) -> None:
     result = await store.ingest(
-        SOURCE, [item("q1", "bad"), item("q2", "bad"), item("q3", "bad"), item("ok")], T0)
+        SOURCE, [item("q1", "bad"), item("q2", "bad"), item("q3", "bad"), item("ok")], T0
+    )
     q1, q2, q3, ok = result.event_ids
     assert sorted(await store.replay_quarantined([q1, ok], T0 + 10)) == [q1]
     event = await store.get_event(q1)
@@ -434,11 +454,11 @@ async def test_claim_deliveries_takes_only_due_deliveries_of_one_destination(sto
     assert record.lease_until == pytest.approx(T0 + 5 + LEASE)
     assert record.raw == item("a").raw and record.received_at == T0
     assert await store.claim_deliveries("w2", "slack", 10, LEASE, T0 + 20) == []
-    await store.finish_attempt(slack_now, attempt(T0 + 5, "delivered", 200), "delivered", None,
-                               True, T0 + 6)
+    await store.finish_attempt(
+        slack_now, attempt(T0 + 5, "delivered", 200), "delivered", None, True, T0 + 6
+    )
     assert await store.claim_deliveries("w2", "slack", 10, LEASE, T0 + 99) == []
-    assert await ids_of(store.claim_deliveries("w2", "slack", 10, LEASE, T0 + 100)) == [
-        slack_later]
+    assert await ids_of(store.claim_deliveries("w2", "slack", 10, LEASE, T0 + 100)) == [slack_later]
     assert await ids_of(store.claim_deliveries("w1", "email", 10, LEASE, T0 + 5)) == [email_now]
 
 
@@ -467,14 +487,16 @@ async def test_concurrent_claims_through_two_store_objects_never_share_work(
     a, b = await open_store(), await open_store()
     for i in range(10):
         await one_event(a, f"e{i}", T0)
-    claims = await asyncio.gather(*(s.claim_events(f"r{i}", 3, LEASE, T0)
-                                     for i, s in enumerate([a, b] * 4)))
+    claims = await asyncio.gather(
+        *(s.claim_events(f"r{i}", 3, LEASE, T0) for i, s in enumerate([a, b] * 4))
+    )
     event_ids = [e.id for batch in claims for e in batch]
     assert len(event_ids) == len(set(event_ids)) == 10
     for event_id in event_ids:
         await a.finish_event(event_id, "routed", [delivery(event_id, "crm", T0)], T0)
-    claims = await asyncio.gather(*(s.claim_deliveries(f"w{i}", "crm", 3, LEASE, T0)
-                                     for i, s in enumerate([a, b] * 4)))
+    claims = await asyncio.gather(
+        *(s.claim_deliveries(f"w{i}", "crm", 3, LEASE, T0) for i, s in enumerate([a, b] * 4))
+    )
     delivery_ids = [d.id for batch in claims for d in batch]
     assert len(delivery_ids) == len(set(delivery_ids)) == 10
 
@@ -482,21 +504,25 @@ async def test_concurrent_claims_through_two_store_objects_never_share_work(
 async def test_finish_attempt_records_history_with_increasing_numbers(store: Store) -> None:
     _, (did,) = await routed(store, "a", ["crm"])
     await store.claim_deliveries("w", "crm", 1, LEASE, T0)
-    await store.finish_attempt(did, attempt(T0, "retry", 503, "HTTP 503"), "pending",
-                               T0 + 10, True, T0 + 1)
+    await store.finish_attempt(
+        did, attempt(T0, "retry", 503, "HTTP 503"), "pending", T0 + 10, True, T0 + 1
+    )
     record, _ = await store.get_delivery(did)
     assert (record.state, record.attempts, record.next_attempt_at) == ("pending", 1, T0 + 10)
     assert (record.last_status, record.last_error) == (503, "HTTP 503")
     assert record.first_attempt_at == T0
     assert await store.claim_deliveries("w", "crm", 1, LEASE, T0 + 9) == []
     assert await ids_of(store.claim_deliveries("w", "crm", 1, LEASE, T0 + 10)) == [did]
-    await store.finish_attempt(did, attempt(T0 + 10, "delivered", 200), "delivered",
-                               None, True, T0 + 11)
+    await store.finish_attempt(
+        did, attempt(T0 + 10, "delivered", 200), "delivered", None, True, T0 + 11
+    )
     record, attempts = await store.get_delivery(did)
     assert (record.state, record.attempts, record.first_attempt_at) == ("delivered", 2, T0)
     assert record.last_status == 200 and record.last_error is None
     assert [(a.number, a.outcome, a.status, a.error, a.started_at) for a in attempts] == [
-        (1, "retry", 503, "HTTP 503", T0), (2, "delivered", 200, None, T0 + 10)]
+        (1, "retry", 503, "HTTP 503", T0),
+        (2, "delivered", 200, None, T0 + 10),
+    ]
     assert await store.claim_deliveries("w", "crm", 1, LEASE, T0 + 1000) == []
 
 
@@ -504,8 +530,14 @@ async def test_an_attempts_details_are_kept_with_it(store: Store) -> None:
     _, (did,) = await routed(store, "a", ["support"])
     await store.claim_deliveries("w", "support", 1, LEASE, T0)
     refused = {"refused": {"gone@example.com": "550 5.1.1 No such user"}}
-    await store.finish_attempt(did, replace(attempt(T0, "delivered", 250), details=refused),
-                               "delivered", None, True, T0 + 1)
+    await store.finish_attempt(
+        did,
+        replace(attempt(T0, "delivered", 250), details=refused),
+        "delivered",
+        None,
+        True,
+        T0 + 1,
+    )
     _, attempts = await store.get_delivery(did)
     assert [a.details for a in attempts] == [refused]
 
@@ -513,14 +545,16 @@ async def test_an_attempts_details_are_kept_with_it(store: Store) -> None:
 async def test_an_attempt_that_does_not_count_keeps_the_attempt_count(store: Store) -> None:
     _, (did,) = await routed(store, "a", ["slack"])
     await store.claim_deliveries("w", "slack", 1, LEASE, T0)
-    await store.finish_attempt(did, attempt(T0, "throttled", 429, "HTTP 429"), "pending",
-                               T0 + 60, False, T0 + 1)
+    await store.finish_attempt(
+        did, attempt(T0, "throttled", 429, "HTTP 429"), "pending", T0 + 60, False, T0 + 1
+    )
     record, attempts = await store.get_delivery(did)
     assert (record.state, record.attempts, record.next_attempt_at) == ("pending", 0, T0 + 60)
     assert [(a.number, a.outcome) for a in attempts] == [(1, "throttled")]
     await store.claim_deliveries("w", "slack", 1, LEASE, T0 + 60)
-    await store.finish_attempt(did, attempt(T0 + 60, "retry", 500), "pending", T0 + 70, True,
-                               T0 + 61)
+    await store.finish_attempt(
+        did, attempt(T0 + 60, "retry", 500), "pending", T0 + 70, True, T0 + 61
+    )
     record, attempts = await store.get_delivery(did)
     assert record.attempts == 1
     assert [a.number for a in attempts] == [1, 2]
@@ -529,8 +563,9 @@ async def test_an_attempt_that_does_not_count_keeps_the_attempt_count(store: Sto
 async def test_a_dead_delivery_stays_visible_and_is_never_claimed(store: Store) -> None:
     _, (did,) = await routed(store, "a", ["crm"])
     await store.claim_deliveries("w", "crm", 1, LEASE, T0)
-    await store.finish_attempt(did, attempt(T0, "dead", 404, "HTTP 404 Not Found"), "dead",
-                               None, True, T0 + 1)
+    await store.finish_attempt(
+        did, attempt(T0, "dead", 404, "HTTP 404 Not Found"), "dead", None, True, T0 + 1
+    )
     record, attempts = await store.get_delivery(did)
     assert (record.state, record.attempts, record.last_error) == ("dead", 1, "HTTP 404 Not Found")
     assert len(attempts) == 1
@@ -549,9 +584,11 @@ async def test_release_gives_leased_deliveries_back_due_now(store: Store) -> Non
         assert record.next_attempt_at <= T0 + 2
     record, _ = await store.get_delivery(c)
     assert (record.state, record.next_attempt_at) == ("pending", T0 + 500), (
-        "release only touches leased deliveries")
+        "release only touches leased deliveries"
+    )
     assert sorted(await ids_of(store.claim_deliveries("w2", "crm", 10, LEASE, T0 + 2))) == sorted(
-        [a, b])
+        [a, b]
+    )
 
 
 async def test_release_does_not_touch_finished_deliveries(store: Store) -> None:
@@ -591,8 +628,18 @@ async def test_list_deliveries_filters_by_state_destination_message_and_since(st
     assert await listed(state="pending", destination="slack", since=T0) == sorted([s1, s2])
     assert len(await store.list_deliveries(DeliveryFilter(limit=2))) == 2
     as_dict = (await store.list_deliveries(DeliveryFilter(state="dead")))[0].as_dict()
-    for key in ("id", "event_id", "source", "destination", "route", "state", "attempts",
-                "next_attempt_at", "last_error", "message_uuid"):
+    for key in (
+        "id",
+        "event_id",
+        "source",
+        "destination",
+        "route",
+        "state",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+        "message_uuid",
+    ):
         assert key in as_dict
 
 
@@ -600,9 +647,14 @@ async def dead(store: Store, key: str, destination: str, now: float) -> str:
     _, (did,) = await routed(store, key, [destination], now)
     for n in range(2):
         await store.claim_deliveries("w", destination, 10, LEASE, now + n * 10)
-        await store.finish_attempt(did, attempt(now + n * 10, "retry" if n == 0 else "dead", 500,
-                                                "HTTP 500"), "pending" if n == 0 else "dead",
-                                   now + 10, True, now + n * 10 + 1)
+        await store.finish_attempt(
+            did,
+            attempt(now + n * 10, "retry" if n == 0 else "dead", 500, "HTTP 500"),
+            "pending" if n == 0 else "dead",
+            now + 10,
+            True,
+            now + n * 10 + 1,
+        )
     assert await state_of(store, did) == "dead"
     return did
 
@@ -616,8 +668,9 @@ async def test_replay_by_id_resets_attempts_keeps_history_and_the_id(store: Stor
     assert record.first_attempt_at is None, "the retry age starts again"
     assert [a.number for a in attempts] == [1, 2]
     assert await ids_of(store.claim_deliveries("w", "crm", 10, LEASE, T0 + 500)) == [did]
-    await store.finish_attempt(did, attempt(T0 + 500, "delivered", 200), "delivered", None, True,
-                               T0 + 501)
+    await store.finish_attempt(
+        did, attempt(T0 + 500, "delivered", 200), "delivered", None, True, T0 + 501
+    )
     record, attempts = await store.get_delivery(did)
     assert (record.state, record.attempts) == ("delivered", 1)
     assert [a.number for a in attempts] == [1, 2, 3]
@@ -670,7 +723,10 @@ async def test_message_events_lists_every_event_of_a_message_with_its_decision(
     found = await store.message_events("m-1")
     assert [e.id for e in found] == [first, bad, late]
     assert [(e.state, e.reason) for e in found] == [
-        ("routed", None), ("quarantined", "no status"), ("filtered", "route 'crm': out of order")]
+        ("routed", None),
+        ("quarantined", "no status"),
+        ("filtered", "route 'crm': out of order"),
+    ]
     assert found[1].raw == item("a2", "no status", uuid="m-1").raw
     assert [e.id for e in await store.message_events("m-1", limit=2)] == [first, bad]
     assert await store.message_events("nobody") == []
@@ -696,15 +752,18 @@ async def test_page_deliveries_walks_newest_first_by_keyset(store: Store) -> Non
             before = (page[-1].created_at, page[-1].id)
 
     assert await walk() == newest
-    assert await walk(destination="crm") == [d for _, d, dest in sorted(made, reverse=True)
-                                             if dest == "crm"]
+    assert await walk(destination="crm") == [
+        d for _, d, dest in sorted(made, reverse=True) if dest == "crm"
+    ]
     assert await walk(since=T0 + 1, until=T0 + 3) == [
-        d for t, d, _ in sorted(made, reverse=True) if T0 + 1 <= t < T0 + 3]
+        d for t, d, _ in sorted(made, reverse=True) if T0 + 1 <= t < T0 + 3
+    ]
     dead_one = await dead(store, "z", "crm", T0 + 50)
     assert await walk(state="dead") == [dead_one]
     assert await walk(state="dead", destination="slack") == []
     assert await walk(state="pending", destination="slack") == [
-        d for _, d, dest in sorted(made, reverse=True) if dest == "slack"]
+        d for _, d, dest in sorted(made, reverse=True) if dest == "slack"
+    ]
     one = (await store.page_deliveries(DeliveryPage(limit=1)))[0]
     assert (one.id, one.state, one.raw != "") == (dead_one, "dead", True)
 
@@ -715,19 +774,27 @@ async def test_source_activity_counts_recent_arrivals_and_quarantine(store: Stor
     await store.ingest("other", [item("x")], T0 + 700)
     found = await store.source_activity([SOURCE, "other", "silent"], T0 + 300)
     assert [(a.source, a.last_received_at, a.received, a.quarantined) for a in found] == [
-        (SOURCE, T0 + 600, 2, 1), ("other", T0 + 700, 1, 0), ("silent", None, 0, 0)]
+        (SOURCE, T0 + 600, 2, 1),
+        ("other", T0 + 700, 1, 0),
+        ("silent", None, 0, 0),
+    ]
 
 
 async def test_delivered_since_counts_by_finishing_time_per_destination(store: Store) -> None:
     _, (early, late, other) = await routed(store, "a", ["crm", "crm", "slack"], T0)
-    for did, dest, at in ((early, "crm", T0 + 10), (late, "crm", T0 + 900),
-                          (other, "slack", T0 + 900)):
+    for did, dest, at in (
+        (early, "crm", T0 + 10),
+        (late, "crm", T0 + 900),
+        (other, "slack", T0 + 900),
+    ):
         await store.claim_deliveries("w", dest, 10, LEASE, at)
-        await store.finish_attempt(did, attempt(at, "delivered", 200), "delivered", None, True,
-                                   at)
+        await store.finish_attempt(did, attempt(at, "delivered", 200), "delivered", None, True, at)
     await routed(store, "b", ["crm"], T0 + 950)  # pending: not counted
     assert await store.delivered_since(["crm", "slack", "none"], T0 + 500) == {
-        "crm": 1, "slack": 1, "none": 0}
+        "crm": 1,
+        "slack": 1,
+        "none": 0,
+    }
     assert (await store.delivered_since(["crm"], T0))["crm"] == 2
 
 
@@ -735,18 +802,20 @@ async def test_recent_errors_lists_the_latest_failures_first(store: Store) -> No
     older = await dead(store, "a", "crm", T0)
     _, (retrying, fine) = await routed(store, "b", ["slack", "email"], T0 + 100)
     await store.claim_deliveries("w", "slack", 10, LEASE, T0 + 100)
-    await store.finish_attempt(retrying, attempt(T0 + 100, "retry", None, "timed out"),
-                               "pending", T0 + 200, True, T0 + 101)
+    await store.finish_attempt(
+        retrying, attempt(T0 + 100, "retry", None, "timed out"), "pending", T0 + 200, True, T0 + 101
+    )
     await store.claim_deliveries("w", "email", 10, LEASE, T0 + 100)
-    await store.finish_attempt(fine, attempt(T0 + 100, "delivered", 250), "delivered", None,
-                               True, T0 + 102)
+    await store.finish_attempt(
+        fine, attempt(T0 + 100, "delivered", 250), "delivered", None, True, T0 + 102
+    )
     errors = await store.recent_errors(10)
-    assert [(d.id, d.last_error) for d in errors] == [(retrying, "timed out"),
-                                                       (older, "HTTP 500")]
+    assert [(d.id, d.last_error) for d in errors] == [(retrying, "timed out"), (older, "HTTP 500")]
     assert [d.id for d in await store.recent_errors(1)] == [retrying]
     await store.claim_deliveries("w", "slack", 10, LEASE, T0 + 200)
-    await store.finish_attempt(retrying, attempt(T0 + 200, "delivered", 200), "delivered", None,
-                               True, T0 + 201)
+    await store.finish_attempt(
+        retrying, attempt(T0 + 200, "delivered", 200), "delivered", None, True, T0 + 201
+    )
     assert [d.id for d in await store.recent_errors(10)] == [older]
 
 
@@ -754,8 +823,10 @@ async def test_queue_figures_are_queue_stats_counted_up_to_a_cap(store: Store) -
     await routed(store, "a", ["crm", "crm", "crm", "slack"], T0)
     await routed(store, "b", ["crm"], T0 + 5)
     await dead(store, "c", "slack", T0 + 10)  # claims slack's pending one too: in flight
-    exact = {(r["destination"], r["state"]): (r["count"], r["oldest"])
-             for r in await store.queue_stats(T0 + 100)}
+    exact = {
+        (r["destination"], r["state"]): (r["count"], r["oldest"])
+        for r in await store.queue_stats(T0 + 100)
+    }
     capped = {(r["destination"], r["state"]): r for r in await store.queue_figures(2)}
     assert set(capped) == set(exact)
     for key, row in capped.items():
@@ -819,8 +890,9 @@ async def test_pending_and_in_flight_deliveries_and_their_events_are_never_purge
     waiting, (pending,) = await routed(store, "a", ["paused"], T0, next_at=T0)
     busy, (flying,) = await routed(store, "b", ["crm"], T0)
     await store.claim_deliveries("w", "crm", 10, LEASE, T0)
-    result = await store.purge(policy(**{k: 1 for k in ("events", "delivered", "dead")}),
-                               T0 + 100 * DAY)
+    result = await store.purge(
+        policy(**{k: 1 for k in ("events", "delivered", "dead")}), T0 + 100 * DAY
+    )
     assert result["events"] == 0
     assert await state_of(store, pending) == "pending"
     assert await state_of(store, flying) == "in_flight"
@@ -833,8 +905,7 @@ async def test_an_event_stays_while_a_delivery_of_it_stays_and_at_least_its_wind
 ) -> None:
     event_id, (to_crm, to_slack) = await routed(store, "a", ["crm", "slack"], T0)
     await store.claim_deliveries("w", "crm", 10, LEASE, T0)
-    await store.finish_attempt(to_crm, attempt(T0, "delivered", 200), "delivered", None, True,
-                               T0)
+    await store.finish_attempt(to_crm, attempt(T0, "delivered", 200), "delivered", None, True, T0)
     windows = policy(events=1000, delivered=10)
     await store.purge(windows, T0 + 100)  # the crm delivery goes; the event is too young
     assert await store.get_delivery(to_crm) is None
@@ -842,8 +913,9 @@ async def test_an_event_stays_while_a_delivery_of_it_stays_and_at_least_its_wind
     await store.purge(windows, T0 + 2000)  # old enough, but the slack delivery is pending
     assert (await store.get_event(event_id)).state == "routed"
     await store.claim_deliveries("w", "slack", 10, LEASE, T0 + 2000)
-    await store.finish_attempt(to_slack, attempt(T0 + 2000, "delivered", 200), "delivered",
-                               None, True, T0 + 2000)
+    await store.finish_attempt(
+        to_slack, attempt(T0 + 2000, "delivered", 200), "delivered", None, True, T0 + 2000
+    )
     result = await store.purge(windows, T0 + 2020)  # its last delivery goes, and with it the event
     assert (result["delivered"], result["events"]) == (1, 1)
     assert await store.get_event(event_id) is None
@@ -902,10 +974,19 @@ async def test_a_pass_works_in_batches_and_leaves_a_kept_old_event_behind_it(
         await store.ingest(SOURCE, [item(f"q{i}", "bad")], T0 + 10)
     await store.set_mark("m1", "v", T0)
     await store.set_mark("m2", "v", T0)
-    result = await store.purge(policy(batch=2, **{k: 1 for k in (
-        "events", "delivered", "dead", "quarantined", "marks")}), T0 + 2 * DAY)
-    assert result == {"events": 5, "quarantined": 3, "delivered": 5, "dead": 0, "attempts": 5,
-                      "dedupe_keys": 9, "marks": 2}
+    result = await store.purge(
+        policy(batch=2, **{k: 1 for k in ("events", "delivered", "dead", "quarantined", "marks")}),
+        T0 + 2 * DAY,
+    )
+    assert result == {
+        "events": 5,
+        "quarantined": 3,
+        "delivered": 5,
+        "dead": 0,
+        "attempts": 5,
+        "dedupe_keys": 9,
+        "marks": 2,
+    }
     assert (await store.get_event(kept)).state == "routed"
     assert all([await store.get_event(e) is None for e in gone])
     assert await nonzero_counts(store, "events") == {"routed": 1}
@@ -976,8 +1057,9 @@ async def test_everything_survives_close_and_reopen(open_store: Opener) -> None:
     q = (await first.ingest(SOURCE, [item("q", "bad")], T0)).event_ids[0]
     event_id, (did,) = await routed(first, "a", ["crm"])
     await first.claim_deliveries("w", "crm", 1, LEASE, T0)
-    await first.finish_attempt(did, attempt(T0, "retry", 502, "HTTP 502"), "pending", T0 + 10,
-                               True, T0 + 1)
+    await first.finish_attempt(
+        did, attempt(T0, "retry", 502, "HTTP 502"), "pending", T0 + 10, True, T0 + 1
+    )
     before = await first.counts()
     await first.close()
 
@@ -1067,8 +1149,14 @@ async def test_a_file_from_before_attempt_details_opens_and_keeps_details(tmp_pa
     try:
         _, (did,) = await routed(store, "a", ["support"])
         await store.claim_deliveries("w", "support", 1, LEASE, T0)
-        await store.finish_attempt(did, replace(attempt(T0, "retry", 451), details={"x": 1}),
-                                   "pending", T0 + 5, True, T0 + 1)
+        await store.finish_attempt(
+            did,
+            replace(attempt(T0, "retry", 451), details={"x": 1}),
+            "pending",
+            T0 + 5,
+            True,
+            T0 + 1,
+        )
         _, attempts = await store.get_delivery(did)
         assert attempts[0].details == {"x": 1}
     finally:

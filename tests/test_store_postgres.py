@@ -35,8 +35,9 @@ SOURCE = "revicom"
 
 
 def item(key: str, raw: str | None = None) -> IncomingEvent:
-    return IncomingEvent(raw or json.dumps({"message_uuid": f"u-{key}", "k": key}), key,
-                         f"u-{key}", "delivered")
+    return IncomingEvent(
+        raw or json.dumps({"message_uuid": f"u-{key}", "k": key}), key, f"u-{key}", "delivered"
+    )
 
 
 @pytest.fixture
@@ -66,7 +67,8 @@ async def test_instances_starting_together_create_the_schema_once(make: Callable
     stores = [make() for _ in range(4)]
     await asyncio.gather(*(s.open() for s in stores))
     assert await sql(stores[0], "SELECT MAX(version) FROM cg_schema_version") == [
-        (len(MIGRATIONS),)]
+        (len(MIGRATIONS),)
+    ]
     again = make()
     await again.open()  # an up-to-date schema is left as it is
     assert await sql(again, "SELECT count(*) FROM cg_schema_version") == [(len(MIGRATIONS),)]
@@ -78,11 +80,15 @@ async def test_a_schema_of_the_first_release_is_upgraded_in_place() -> None:
     with scratch_schema() as (url, _):
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(MIGRATIONS[0])
-            conn.execute("CREATE TABLE cg_schema_version (version integer NOT NULL,"
-                         " applied_at timestamptz NOT NULL DEFAULT now())")
+            conn.execute(
+                "CREATE TABLE cg_schema_version (version integer NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
             conn.execute("INSERT INTO cg_schema_version (version) VALUES (1)")
-            conn.execute("INSERT INTO marks VALUES ('paused:crm', '', '{\"reason\": \"m\"}', 0),"
-                         " ('ordering:all:u:status', '2', 'x', 0)")
+            conn.execute(
+                "INSERT INTO marks VALUES ('paused:crm', '', '{\"reason\": \"m\"}', 0),"
+                " ('ordering:all:u:status', '2', 'x', 0)"
+            )
         store = PostgresStore(url)
         await store.open()
         try:
@@ -173,6 +179,7 @@ async def test_other_instances_hear_of_new_work_and_not_of_their_own(make: Calla
         def on_work(kind: str, destination: str | None) -> None:
             heard[name].append((kind, destination))
             arrived.set()
+
         return on_work
 
     assert a.watch(listener("a")) and b.watch(listener("b"))
@@ -208,8 +215,7 @@ async def test_ended_connections_are_replaced_without_an_error(make: Callable) -
     assert (await store.counts())["events"] == {"received": 1}
 
 
-async def test_an_unreachable_server_fails_calls_at_once_and_they_work_when_it_is_back(
-) -> None:
+async def test_an_unreachable_server_fails_calls_at_once_and_they_work_when_it_is_back() -> None:
     with scratch_schema() as (url, _):
         async with TcpProxy("127.0.0.1", 5432) as proxy:
             store = PostgresStore(url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"))
@@ -217,8 +223,11 @@ async def test_an_unreachable_server_fails_calls_at_once_and_they_work_when_it_i
             try:
                 assert (await store.ingest(SOURCE, [item("before")], T0)).accepted == 1
                 await proxy.cut()
-                for call in (store.ping(), store.ingest(SOURCE, [item("away")], T0),
-                             store.claim_deliveries("w", "crm", 10, 30, T0)):
+                for call in (
+                    store.ping(),
+                    store.ingest(SOURCE, [item("away")], T0),
+                    store.claim_deliveries("w", "crm", 10, 30, T0),
+                ):
                     with pytest.raises(StoreError, match="postgresql"):
                         await asyncio.wait_for(call, 10)
                 proxy.restore()

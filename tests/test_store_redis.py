@@ -79,7 +79,8 @@ async def test_two_instances_receiving_the_same_resends_at_once_store_each_key_o
     # Every body holds all keys in a different order, posted 10 times to each instance at once.
     bodies = [[item(k) for k in keys[i:] + keys[:i]] for i in range(20)]
     results = await asyncio.gather(
-        *(s.ingest("revicom", body, T0) for s, body in zip([a, b] * 10, bodies, strict=True)))
+        *(s.ingest("revicom", body, T0) for s, body in zip([a, b] * 10, bodies, strict=True))
+    )
     assert sum(r.accepted for r in results) == 40
     assert sum(r.duplicates for r in results) == 40 * 19
     stored = [i for r in results for i in r.event_ids]
@@ -121,8 +122,8 @@ async def test_concurrent_claims_from_two_instances_split_a_backlog_without_over
         await a.finish_event(event_id, "routed", [new], T0)
         news.append(new.id)
     batches = await asyncio.gather(
-        *(s.claim_deliveries(f"w{i}", "crm", 7, LEASE, T0 + 1)
-          for i, s in enumerate([a, b] * 6)))
+        *(s.claim_deliveries(f"w{i}", "crm", 7, LEASE, T0 + 1) for i, s in enumerate([a, b] * 6))
+    )
     claimed = [d.id for batch in batches for d in batch]
     assert len(claimed) == len(set(claimed)) == 60
     assert sorted(claimed) == sorted(news)
@@ -132,7 +133,9 @@ async def test_concurrent_claims_from_two_instances_split_a_backlog_without_over
 
 
 async def test_open_reads_the_servers_persistence_and_warns_when_events_can_be_lost(
-    open_store: Opener, raw: aioredis.Redis, caplog: pytest.LogCaptureFixture,
+    open_store: Opener,
+    raw: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = {}
     for name in ("appendonly", "appendfsync", "save"):
@@ -140,7 +143,8 @@ async def test_open_reads_the_servers_persistence_and_warns_when_events_can_be_l
     with caplog.at_level(logging.WARNING, logger="gateway.store"):
         store = await open_store()
     assert store.persistence == Persistence(
-        config["appendonly"], config["appendfsync"], config["save"])
+        config["appendonly"], config["appendfsync"], config["save"]
+    )
     warnings = [r for r in caplog.records if r.name == "gateway.store"]
     if store.persistence.risk is None:
         assert warnings == []
@@ -153,14 +157,18 @@ async def test_open_reads_the_servers_persistence_and_warns_when_events_can_be_l
 async def no_config_user(raw: aioredis.Redis) -> AsyncIterator[str]:
     """A Redis ACL user that may do everything but CONFIG (as on managed Redis services)."""
     name, password = f"cg-test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    await raw.execute_command("ACL", "SETUSER", name, "on", f">{password}", "~*", "&*",
-                              "+@all", "-config")
+    await raw.execute_command(
+        "ACL", "SETUSER", name, "on", f">{password}", "~*", "&*", "+@all", "-config"
+    )
     yield f"redis://{name}:{password}@{REDIS_URL.split('://', 1)[1].split('/')[0]}/0"
     await raw.execute_command("ACL", "DELUSER", name)
 
 
 async def test_a_server_that_refuses_config_is_tolerated_with_a_warning(
-    open_store: Opener, no_config_user: str, prefix: str, caplog: pytest.LogCaptureFixture,
+    open_store: Opener,
+    no_config_user: str,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="gateway.store"):
         store = await open_store(f"{no_config_user}?prefix={prefix}")
@@ -256,18 +264,22 @@ async def test_losing_the_server_turns_every_call_into_store_error(
 def test_the_url_names_the_prefix_and_keeps_everything_else_for_redis_py() -> None:
     assert split_url("redis://h:6379/0") == ("redis://h:6379/0", DEFAULT_PREFIX)
     assert split_url("rediss://:s3cret@h:6380/2?prefix=cg:&socket_timeout=3") == (
-        "rediss://:s3cret@h:6380/2?socket_timeout=3", "cg:")
+        "rediss://:s3cret@h:6380/2?socket_timeout=3",
+        "cg:",
+    )
     assert isinstance(store_from_url("redis://127.0.0.1:6379/0"), RedisStore)
     assert store_from_url("rediss://u:p@example.com:6380/1?prefix=x:").prefix == "x:"
 
 
-async def test_every_key_lives_under_the_prefix(open_store: Opener, prefix: str,
-                                                raw: aioredis.Redis) -> None:
+async def test_every_key_lives_under_the_prefix(
+    open_store: Opener, prefix: str, raw: aioredis.Redis
+) -> None:
     store = await open_store()
     event_id = (await store.ingest("s", [item("a")], T0)).event_ids[0]
     await store.claim_events("r", 10, LEASE, T0)
-    await store.finish_event(event_id, "routed",
-                             [NewDelivery(new_id("msg"), event_id, "all", "crm", T0)], T0)
+    await store.finish_event(
+        event_id, "routed", [NewDelivery(new_id("msg"), event_id, "all", "crm", T0)], T0
+    )
     await store.advance_mark("order:u-a", "1", "v", T0)
     keys = [k async for k in raw.scan_iter(match=prefix + "*")]
     assert len(keys) > 10
@@ -319,15 +331,21 @@ async def test_bulk_operations_work_in_batches(
     assert len(await store.claim_deliveries("w", "crm", 100, LEASE, T0 + 1)) == 10
     for did in dids:
         await store.finish_attempt(did, _ok(T0 + 2), "delivered", None, True, T0 + 2)
-    assert len(await store.replay_deliveries(
-        None, DeliveryFilter(state="delivered"), T0 + 3)) == 10
+    assert len(await store.replay_deliveries(None, DeliveryFilter(state="delivered"), T0 + 3)) == 10
     await store.claim_deliveries("w", "crm", 100, LEASE, T0 + 3)
     for did in dids:
         await store.finish_attempt(did, _ok(T0 + 4), "delivered", None, True, T0 + 4)
     windows = dict.fromkeys(("dedupe", "events", "delivered", "dead", "quarantined", "marks"), 0.5)
     purged = await store.purge(RetentionPolicy(**windows, batch=3), T0 + 5)
-    assert purged == {"events": 10, "quarantined": 0, "delivered": 10, "dead": 0,
-                      "attempts": 20, "dedupe_keys": 10, "marks": 0}
+    assert purged == {
+        "events": 10,
+        "quarantined": 0,
+        "delivered": 10,
+        "dead": 0,
+        "attempts": 20,
+        "dedupe_keys": 10,
+        "marks": 0,
+    }
     assert await store.list_deliveries(DeliveryFilter()) == []
     assert await store.queue_stats(T0 + 5) == []
 
@@ -372,7 +390,10 @@ async def test_concurrent_ingests_share_script_calls_and_keep_their_own_results(
 
 
 async def test_a_failing_call_in_a_group_fails_alone_and_keeps_nothing(
-    open_store: Opener, prefix: str, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
+    open_store: Opener,
+    prefix: str,
+    raw: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = await open_store()
     await raw.set(prefix + "e:evt_TAKEN", "not an event")
@@ -380,7 +401,8 @@ async def test_a_failing_call_in_a_group_fails_alone_and_keeps_nothing(
     monkeypatch.setattr(redis_module, "new_id", lambda kind, now=None: next(made))
     groups = store.batchers["ingest"].groups
     results = await asyncio.gather(
-        *(store.ingest("s", [item(k)], T0) for k in ("a", "b", "c")), return_exceptions=True)
+        *(store.ingest("s", [item(k)], T0) for k in ("a", "b", "c")), return_exceptions=True
+    )
     assert store.batchers["ingest"].groups == groups + 1, "one script call for the three"
     assert [r.event_ids for r in (results[0], results[2])] == [("evt_A",), ("evt_C",)]
     assert isinstance(results[1], StoreError) and "evt_TAKEN is taken" in str(results[1])
@@ -392,7 +414,9 @@ async def test_a_failing_call_in_a_group_fails_alone_and_keeps_nothing(
 
 
 async def test_a_key_of_the_wrong_type_fails_every_call_before_any_write(
-    open_store: Opener, prefix: str, raw: aioredis.Redis,
+    open_store: Opener,
+    prefix: str,
+    raw: aioredis.Redis,
 ) -> None:
     store = await open_store()
     await raw.set(prefix + "ev:due", "oops")
@@ -402,7 +426,9 @@ async def test_a_key_of_the_wrong_type_fails_every_call_before_any_write(
 
 
 async def test_grouped_finish_event_and_finish_attempt_fail_only_the_broken_call(
-    open_store: Opener, prefix: str, raw: aioredis.Redis,
+    open_store: Opener,
+    prefix: str,
+    raw: aioredis.Redis,
 ) -> None:
     store = await open_store()
     ids = (await store.ingest("s", [item(f"k{i}") for i in range(20)], T0)).event_ids
@@ -411,7 +437,8 @@ async def test_grouped_finish_event_and_finish_attempt_fail_only_the_broken_call
     await raw.set(prefix + "e:" + ids[3], "broken")
     news = {e: NewDelivery(new_id("msg"), e, "all", "crm", T0) for e in ids}
     done = await asyncio.gather(
-        *(store.finish_event(e, "routed", [news[e]], T0) for e in ids), return_exceptions=True)
+        *(store.finish_event(e, "routed", [news[e]], T0) for e in ids), return_exceptions=True
+    )
     assert [i for i, r in enumerate(done) if r is not None] == [3]
     assert isinstance(done[3], StoreError) and "WRONGTYPE" in str(done[3])
     assert store.batchers["finish_event"].groups < 5
@@ -419,8 +446,12 @@ async def test_grouped_finish_event_and_finish_attempt_fail_only_the_broken_call
     assert sorted(d.id for d in claimed) == sorted(news[e].id for e in ids if e != ids[3])
     await raw.set(prefix + "a:" + claimed[0].id, "broken")  # its attempt list
     done = await asyncio.gather(
-        *(store.finish_attempt(d.id, _ok(T0 + 1), "delivered", None, True, T0 + 1)
-          for d in claimed), return_exceptions=True)
+        *(
+            store.finish_attempt(d.id, _ok(T0 + 1), "delivered", None, True, T0 + 1)
+            for d in claimed
+        ),
+        return_exceptions=True,
+    )
     assert [i for i, r in enumerate(done) if r is not None] == [0]
     assert store.batchers["finish_attempt"].groups < 5
     counts = (await store.counts())["deliveries"]
@@ -443,8 +474,14 @@ async def test_concurrent_mark_advances_in_one_group_apply_in_call_order(
     store = await open_store()
     ranks = ["3", "1", "5", "4", "", "7"]
     found = await asyncio.gather(*(store.advance_mark("k", r, f"v{r}", T0) for r in ranks))
-    assert found == [(True, None), (False, "v3"), (True, "v3"), (False, "v5"), (False, "v5"),
-                     (True, "v5")]
+    assert found == [
+        (True, None),
+        (False, "v3"),
+        (True, "v3"),
+        (False, "v5"),
+        (False, "v5"),
+        (True, "v5"),
+    ]
     assert store.batchers["advance_mark"].groups == 1
     await store.set_mark("e", "", T0, rank="1")
     assert await store.advance_mark("e", "2", "x", T0) == (True, ""), "an empty value is a value"
@@ -458,11 +495,11 @@ def test_commands_are_packed_in_c_exactly_as_redis_py_packs_them() -> None:
     packed = c_packed(Connection)
     assert packed is not Connection, "hiredis is a dependency"
     assert issubclass(c_packed(SSLConnection), SSLConnection)
-    args = ("EVALSHA", "f" * 40, 0, "cg:", 2, "é ü", b"\x00\xff", 1.5, 1_700_000_000.123456,
-            -7, "")
+    args = ("EVALSHA", "f" * 40, 0, "cg:", 2, "é ü", b"\x00\xff", 1.5, 1_700_000_000.123456, -7, "")
     for command in (args, ("CONFIG GET", "appendfsync")):
         assert b"".join(packed().pack_command(*command)) == b"".join(
-            Connection().pack_command(*command))
+            Connection().pack_command(*command)
+        )
     with pytest.raises(redis_module.RedisError):
         packed().pack_command("SET", "k", True)
 
@@ -473,15 +510,18 @@ async def test_data_of_the_previous_release_is_upgraded_in_place(
     first = await open_store()
     ids = (await first.ingest("s", [item("a"), item("b"), item("c")], T0)).event_ids
     await first.claim_events("r", 10, LEASE, T0)
-    news = [NewDelivery(new_id("msg"), e, "all", d, T0)
-            for e, d in zip(ids, ("ok", "dead", "paused"), strict=True)]
+    news = [
+        NewDelivery(new_id("msg"), e, "all", d, T0)
+        for e, d in zip(ids, ("ok", "dead", "paused"), strict=True)
+    ]
     for new in news:
         await first.finish_event(new.event_id, "routed", [new], T0)
     await first.claim_deliveries("w", "ok", 10, LEASE, T0)
     await first.claim_deliveries("w", "dead", 10, LEASE, T0)
     await first.finish_attempt(news[0].id, _ok(T0), "delivered", None, True, T0)
-    await first.finish_attempt(news[1].id, AttemptRecord(T0, T0, "dead", 400, "HTTP 400"),
-                               "dead", None, True, T0)
+    await first.finish_attempt(
+        news[1].id, AttemptRecord(T0, T0, "dead", 400, "HTTP 400"), "dead", None, True, T0
+    )
     await first.set_mark("paused:paused", '{"reason": "maintenance"}', T0, scope="gateway")
     await first.close()
     # What the previous release left: no version, pauses among the plugin marks, no dead
@@ -496,10 +536,16 @@ async def test_data_of_the_previous_release_is_upgraded_in_place(
     assert await raw.get(prefix + "schema") == "1"
     assert await store.get_mark("paused:paused") is None
     assert await store.get_mark("paused:paused", scope="gateway") == (
-        "", '{"reason": "maintenance"}')
+        "",
+        '{"reason": "maintenance"}',
+    )
     windows = dict.fromkeys(("dedupe", "events", "delivered", "dead", "quarantined", "marks"), 1.0)
     removed = await store.purge(RetentionPolicy(**windows), T0 + 100)
     assert (removed["delivered"], removed["dead"], removed["events"], removed["marks"]) == (
-        1, 1, 2, 0)
+        1,
+        1,
+        2,
+        0,
+    )
     assert (await store.get_event(ids[2])).state == "routed"  # its delivery is pending
     assert await store.get_mark("paused:paused", scope="gateway") is not None

@@ -37,11 +37,15 @@ def v0_file(path: Path) -> None:
     conn.executemany("INSERT INTO marks VALUES (?, ?, ?, ?)", marks)
     conn.execute(
         "INSERT INTO events (id, source, received_at, raw, state, updated_at)"
-        " VALUES ('evt_01', 'revicom', ?, '{}', 'routed', ?)", (T0, T0))
+        " VALUES ('evt_01', 'revicom', ?, '{}', 'routed', ?)",
+        (T0, T0),
+    )
     conn.execute(
         "INSERT INTO deliveries (id, event_id, source, route, destination, state,"
         " next_attempt_at, created_at, updated_at)"
-        " VALUES ('msg_01', 'evt_01', 'revicom', 'all', 'crm', 'dead', ?, ?, ?)", (T0, T0, T0))
+        " VALUES ('msg_01', 'evt_01', 'revicom', 'all', 'crm', 'dead', ?, ?, ?)",
+        (T0, T0, T0),
+    )
     conn.execute("INSERT INTO dedupe VALUES ('revicom', 'k', 'evt_01', ?, 0)", (T0,))
     conn.close()
 
@@ -67,7 +71,11 @@ async def test_a_file_of_the_previous_release_is_upgraded_in_place(tmp_path: Pat
         assert (await store.ingest("revicom", [IncomingEvent("{}", "k")], T0 + 1)).duplicates == 1
         removed = await store.purge(everything(60), T0 + 100 * DAY)
         assert (removed["dead"], removed["events"], removed["dedupe_keys"], removed["marks"]) == (
-            1, 1, 1, 1)
+            1,
+            1,
+            1,
+            1,
+        )
         assert await admin.paused_reason(store, "crm") == "maintenance"
     finally:
         await store.close()
@@ -95,8 +103,10 @@ async def test_a_new_file_hands_freed_pages_back(tmp_path: Path) -> None:
     try:
         body = "x" * 2000
         for start in range(0, 3000, 500):
-            items = [IncomingEvent(json.dumps({"b": body, "i": i}), f"k{i}", problems=("bad",))
-                     for i in range(start, start + 500)]
+            items = [
+                IncomingEvent(json.dumps({"b": body, "i": i}), f"k{i}", problems=("bad",))
+                for i in range(start, start + 500)
+            ]
             await store.ingest("s", items, T0)
         await store.reclaim()
         full = path.stat().st_size
@@ -124,8 +134,10 @@ async def test_ingesting_again_after_a_purge_grows_the_file_much_less(
     async def fill(tag: str) -> int:
         before = _files(path)
         for start in range(0, 2000, 500):
-            items = [IncomingEvent(json.dumps({"b": "y" * 1000, "i": i}), f"{tag}{i}",
-                                   problems=("bad",)) for i in range(start, start + 500)]
+            items = [
+                IncomingEvent(json.dumps({"b": "y" * 1000, "i": i}), f"{tag}{i}", problems=("bad",))
+                for i in range(start, start + 500)
+            ]
             await store.ingest("s", items, T0)
         return _files(path) - before
 

@@ -30,10 +30,20 @@ NOW = 1_800_000_000.0
 
 def delivery(**over) -> DeliveryRecord:
     fields = dict(
-        id="msg_01TEST", event_id="evt_01TEST", source="revicom", route="failures",
-        destination="crm", state="in_flight", attempts=0, next_attempt_at=NOW,
-        created_at=NOW, updated_at=NOW, raw=SAMPLE, received_at=NOW + 0.25,
-        enrichment={"status_text": "Delivered"}, message_uuid="063474ec",
+        id="msg_01TEST",
+        event_id="evt_01TEST",
+        source="revicom",
+        route="failures",
+        destination="crm",
+        state="in_flight",
+        attempts=0,
+        next_attempt_at=NOW,
+        created_at=NOW,
+        updated_at=NOW,
+        raw=SAMPLE,
+        received_at=NOW + 0.25,
+        enrichment={"status_text": "Delivered"},
+        message_uuid="063474ec",
     )
     fields.update(over)
     return DeliveryRecord(**fields)
@@ -125,8 +135,12 @@ async def test_envelope_payload_carries_gateway_metadata_event_and_enrichment():
     await hook.deliver(delivery())
     body = json.loads(seen[0].content)
     assert body == {
-        "id": "msg_01TEST", "event_id": "evt_01TEST", "source": "revicom", "route": "failures",
-        "received_at": "2027-01-15T08:00:00.250Z", "event": json.loads(SAMPLE),
+        "id": "msg_01TEST",
+        "event_id": "evt_01TEST",
+        "source": "revicom",
+        "route": "failures",
+        "received_at": "2027-01-15T08:00:00.250Z",
+        "event": json.loads(SAMPLE),
         "enrichment": {"status_text": "Delivered"},
     }
     assert b'"price": 1.10' in seen[0].content  # the event text is spliced in unchanged
@@ -134,20 +148,29 @@ async def test_envelope_payload_carries_gateway_metadata_event_and_enrichment():
 
 async def test_template_payload_sees_event_with_enrichment_and_meta():
     seen = []
-    body = ('{"uuid": {{ event.message_uuid | tojson }}, "text": {{ event.status_text | tojson }},'
-            ' "id": {{ meta.id | tojson }}, "try": {{ meta.attempt }},'
-            ' "dest": {{ meta.destination | tojson }}}')
+    body = (
+        '{"uuid": {{ event.message_uuid | tojson }}, "text": {{ event.status_text | tojson }},'
+        ' "id": {{ meta.id | tojson }}, "try": {{ meta.attempt }},'
+        ' "dest": {{ meta.destination | tojson }}}'
+    )
     hook = make(lambda r: seen.append(r) or httpx.Response(200), payload="template", body=body)
     await hook.deliver(delivery(attempts=2))
     assert json.loads(seen[0].content) == {
-        "uuid": "063474ec-a34f-4558-90c5-984395000004", "text": "Delivered",
-        "id": "msg_01TEST", "try": 3, "dest": "crm"}
+        "uuid": "063474ec-a34f-4558-90c5-984395000004",
+        "text": "Delivered",
+        "id": "msg_01TEST",
+        "try": 3,
+        "dest": "crm",
+    }
 
 
 async def test_a_template_that_renders_invalid_json_is_permanent_and_sends_nothing():
     seen = []
-    hook = make(lambda r: seen.append(r) or httpx.Response(200), payload="template",
-                body='{"uuid": {{ event.message_uuid }}}')
+    hook = make(
+        lambda r: seen.append(r) or httpx.Response(200),
+        payload="template",
+        body='{"uuid": {{ event.message_uuid }}}',
+    )
     out = await hook.deliver(delivery())
     assert out.kind == "permanent"
     assert "did not render valid JSON" in out.error
@@ -162,8 +185,11 @@ async def test_templates_are_sandboxed():
 
 async def test_headers_and_method_are_sent():
     seen = []
-    hook = make(lambda r: seen.append(r) or httpx.Response(200), method="put",
-                headers={"X-Team": "ops", "Content-Type": "application/vnd.x+json"})
+    hook = make(
+        lambda r: seen.append(r) or httpx.Response(200),
+        method="put",
+        headers={"X-Team": "ops", "Content-Type": "application/vnd.x+json"},
+    )
     await hook.deliver(delivery())
     assert seen[0].method == "PUT"
     assert seen[0].headers["x-team"] == "ops"
@@ -177,8 +203,13 @@ async def test_signed_requests_verify_with_the_standardwebhooks_package(transpor
         try:
             import time
 
-            hook = make(client=client, clock=ManualClock(time.time()), url=rx.url + "/in",
-                        secret=SECRET, payload="envelope")
+            hook = make(
+                client=client,
+                clock=ManualClock(time.time()),
+                url=rx.url + "/in",
+                secret=SECRET,
+                payload="envelope",
+            )
             out = await hook.deliver(delivery())
         finally:
             await client.aclose()
@@ -255,7 +286,12 @@ def test_an_empty_secret_means_unsigned():
 def test_options_defaults():
     o = Options.model_validate({"url": "https://x"})
     assert (o.method, o.timeout, o.payload, o.headers, o.secret) == (
-        "POST", 10.0, "original", {}, None)
+        "POST",
+        10.0,
+        "original",
+        {},
+        None,
+    )
 
 
 # -- template bodies: the gateway builds the JSON ----------------------------------------------
@@ -263,15 +299,23 @@ def test_options_defaults():
 
 async def test_a_mapping_body_builds_json_and_keeps_single_expression_types():
     seen = []
-    body = {"uuid": "{{ event.message_uuid }}", "price": "{{ event.price }}",
-            "missing": "{{ event.nothing }}", "note": "{{ event.status_text }}!",
-            "fixed": [1, True, None, "plain"]}
+    body = {
+        "uuid": "{{ event.message_uuid }}",
+        "price": "{{ event.price }}",
+        "missing": "{{ event.nothing }}",
+        "note": "{{ event.status_text }}!",
+        "fixed": [1, True, None, "plain"],
+    }
     hook = make(lambda r: seen.append(r) or httpx.Response(200), payload="template", body=body)
     out = await hook.deliver(delivery())
     assert out.kind == "delivered"
     assert json.loads(seen[0].content) == {
-        "uuid": "063474ec-a34f-4558-90c5-984395000004", "price": 1.1, "missing": None,
-        "note": "Delivered!", "fixed": [1, True, None, "plain"]}
+        "uuid": "063474ec-a34f-4558-90c5-984395000004",
+        "price": 1.1,
+        "missing": None,
+        "note": "Delivered!",
+        "fixed": [1, True, None, "plain"],
+    }
 
 
 async def test_a_string_body_escapes_printed_values_and_tojson_prints_json():
@@ -283,11 +327,14 @@ async def test_a_string_body_escapes_printed_values_and_tojson_prints_json():
     assert json.loads(seen[0].content) == {"text": evil, "raw": evil}
 
 
-@pytest.mark.parametrize("body, problem", [
-    ('{"a": {{ event.x }}', "does not render valid JSON"),
-    ('{"a": "{{ event.x }}" "b": 1}', "does not render valid JSON"),
-    ({"a": ["{% if %}"]}, "body.a[0]: template syntax error"),
-])
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ('{"a": {{ event.x }}', "does not render valid JSON"),
+        ('{"a": "{{ event.x }}" "b": 1}', "does not render valid JSON"),
+        ({"a": ["{% if %}"]}, "body.a[0]: template syntax error"),
+    ],
+)
 def test_check_sees_bodies_that_cannot_render_json(body, problem):
     with pytest.raises(ValidationError, match=problem.replace("[", r"\[").replace("]", r"\]")):
         Options.model_validate({"url": "https://x", "payload": "template", "body": body})

@@ -80,13 +80,21 @@ def test_customer_text_stays_one_string_value_in_both_body_forms(
     gw: GatewayProcess, rx: Receiver, order_id: str, text: str
 ) -> None:
     element = {"id": order_id, "type": "paid", "text": text, "n": 2.5}
-    answer = httpx.post(f"{gw.base}/callbacks/orders", content=json.dumps([element]),
-                        headers={"Content-Type": "application/json"})
+    answer = httpx.post(
+        f"{gw.base}/callbacks/orders",
+        content=json.dumps([element]),
+        headers={"Content-Type": "application/json"},
+    )
     assert answer.status_code == 200, answer.text
 
     tree = received(rx, "/tree", order_id)
-    assert tree == {"id": order_id, "text": text, "n": 2.5, "label": f"order {order_id}: {text}",
-                    "tags": ["fixed", "paid", 7, None]}
+    assert tree == {
+        "id": order_id,
+        "text": text,
+        "n": 2.5,
+        "label": f"order {order_id}: {text}",
+        "tags": ["fixed", "paid", 7, None],
+    }
 
     string = received(rx, "/string", order_id)
     assert string == {"id": order_id, "text": text, "n": 2.5, "all": element}
@@ -102,15 +110,25 @@ def test_check_refuses_a_string_body_that_cannot_be_json(tmp_path: Path) -> None
         "sources: {s: {path: /s}}\n"
         "destinations:\n"
         "  crm: {type: webhook, url: 'http://127.0.0.1:9/x', payload: template,\n"
-        "        body: '{\"id\": \"{{ event.id }}\", \"n\": {{ event.n }}'}\n"
+        '        body: \'{"id": "{{ event.id }}", "n": {{ event.n }}\'}\n'
         "  tree: {type: webhook, url: 'http://127.0.0.1:9/y', payload: template,\n"
         "         body: {a: {b: '{{ event.x '}}}\n"
-        "routes: [{name: r, to: [crm, tree]}]\n")
-    done = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(path)],
-                          capture_output=True, text=True, timeout=60, check=False)
+        "routes: [{name: r, to: [crm, tree]}]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     lines = done.stderr.splitlines()
-    assert any(line.startswith("destinations.crm") and "does not render valid JSON" in line
-               for line in lines), lines
-    assert any(line.startswith("destinations.tree") and "body.a.b: template syntax error" in line
-               for line in lines), lines
+    assert any(
+        line.startswith("destinations.crm") and "does not render valid JSON" in line
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith("destinations.tree") and "body.a.b: template syntax error" in line
+        for line in lines
+    ), lines

@@ -30,7 +30,8 @@ def plugins_info(loaded: Loaded) -> list[dict[str, Any]]:
             continue
         dist = dists.get(id(plugin))
         dist_name = getattr(dist, "project_name", None) or (
-            dist.metadata["Name"] if dist is not None else None)
+            dist.metadata["Name"] if dist is not None else None
+        )
         version = getattr(dist, "version", None)
         if dist is not None:
             origin = "built-in" if _same(dist_name, SELF_DIST) else "entry point"
@@ -41,19 +42,27 @@ def plugins_info(loaded: Loaded) -> list[dict[str, Any]]:
             origin = "registered"
             version = _module_version(plugin)
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        provides = {
-            kind: sorted(r.name for r in loaded.registry.kinds[kind].values() if r.plugin == name)
-            for kind in KINDS
-        } if loaded.registry is not None else {}
-        out.append({
-            "name": name,
-            "version": version,
-            "origin": origin,
-            "distribution": dist_name,
-            "module": getattr(plugin, "__name__", type(plugin).__qualname__),
-            "hooks": hooks,
-            "provides": {k: v for k, v in provides.items() if v},
-        })
+        provides = (
+            {
+                kind: sorted(
+                    r.name for r in loaded.registry.kinds[kind].values() if r.plugin == name
+                )
+                for kind in KINDS
+            }
+            if loaded.registry is not None
+            else {}
+        )
+        out.append(
+            {
+                "name": name,
+                "version": version,
+                "origin": origin,
+                "distribution": dist_name,
+                "module": getattr(plugin, "__name__", type(plugin).__qualname__),
+                "hooks": hooks,
+                "provides": {k: v for k, v in provides.items() if v},
+            }
+        )
     return sorted(out, key=lambda p: (p["origin"] != "built-in", p["name"]))
 
 

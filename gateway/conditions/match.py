@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
-    "gte": operator.ge, "gt": operator.gt, "lte": operator.le, "lt": operator.lt,
+    "gte": operator.ge,
+    "gt": operator.gt,
+    "lte": operator.le,
+    "lt": operator.lt,
 }
 OPERATORS = (*COMPARISONS, "glob", "regex", "exists")
 

@@ -25,10 +25,19 @@ _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]
 
 #: Header names whose configured values are not secrets (everything else under a ``headers``
 #: mapping is treated as one: ``X-Api-Key``, ``X-Auth``, a tenant id...).
-PLAIN_HEADERS = frozenset({
-    "accept", "accept-charset", "accept-encoding", "accept-language", "cache-control",
-    "content-encoding", "content-language", "content-type", "user-agent",
-})
+PLAIN_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "cache-control",
+        "content-encoding",
+        "content-language",
+        "content-type",
+        "user-agent",
+    }
+)
 #: URL parts shorter than this are not scrubbed on their own (``/hooks`` is no secret).
 MIN_URL_PART = 12
 
@@ -48,8 +57,13 @@ def redact(tree: Any) -> Any:
     `PLAIN_HEADERS`); safe to print or log."""
     if isinstance(tree, dict):
         return {
-            k: (MASK if is_secret_key(k) and v not in (None, "") else
-                _redact_headers(v) if k == "headers" and isinstance(v, dict) else redact(v))
+            k: (
+                MASK
+                if is_secret_key(k) and v not in (None, "")
+                else _redact_headers(v)
+                if k == "headers" and isinstance(v, dict)
+                else redact(v)
+            )
             for k, v in tree.items()
         }
     if isinstance(tree, list):
@@ -101,7 +115,8 @@ def collect_secrets(tree: Any) -> set[str]:
                     found.add(v)
                 if k == "headers" and isinstance(v, dict):
                     found.update(
-                        value for name, value in v.items()
+                        value
+                        for name, value in v.items()
                         if isinstance(value, str) and str(name).lower() not in PLAIN_HEADERS
                     )
                 walk(v)

@@ -84,8 +84,12 @@ class BoundedSafeLoader(Composer, _Parser, SafeConstructor, Resolver):
             size = self._sizes.get(id(node))
             if size is None:  # the anchored node is still being composed: it contains itself
                 raise _Refused(
-                    None, None, f"alias *{event.anchor} refers to a node containing it"
-                    " (recursive structures are not allowed)", event.start_mark)
+                    None,
+                    None,
+                    f"alias *{event.anchor} refers to a node containing it"
+                    " (recursive structures are not allowed)",
+                    event.start_mark,
+                )
             self._count(size, event.start_mark)
             return node
         event = self.peek_event()
@@ -103,8 +107,12 @@ class BoundedSafeLoader(Composer, _Parser, SafeConstructor, Resolver):
         self._nodes += n
         if self._nodes > MAX_NODES:
             raise _Refused(
-                None, None, f"the document expands to more than {MAX_NODES:,} nodes"
-                " (aliases count at their expanded size)", mark)
+                None,
+                None,
+                f"the document expands to more than {MAX_NODES:,} nodes"
+                " (aliases count at their expanded size)",
+                mark,
+            )
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, MappingNode):
@@ -120,8 +128,11 @@ class BoundedSafeLoader(Composer, _Parser, SafeConstructor, Resolver):
                 if first is not None:
                     line = first.line + 1
                     raise _Refused(
-                        None, None, f"duplicate key {key!r} (first on line {line})",
-                        key_node.start_mark)
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first on line {line})",
+                        key_node.start_mark,
+                    )
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 

@@ -35,35 +35,66 @@ async def listing(request: Request) -> HTTPResponse:
         until = parse_datetime_local(args.get("until"))
     except ValueError:
         raise ValueError("times are YYYY-MM-DDTHH:MM (UTC)") from None
-    query = queries.DeliveryQuery(state, destination, since, until,
-                                  queries.parse_cursor(args.get("before")), PAGE_SIZE)
+    query = queries.DeliveryQuery(
+        state, destination, since, until, queries.parse_cursor(args.get("before")), PAGE_SIZE
+    )
     records = await ctx.open_store().page_deliveries(query.page())
-    filters = {k: v for k, v in (("state", state or ""), ("destination", destination or ""),
-                                 ("since", args.get("since", "")),
-                                 ("until", args.get("until", ""))) if v}
+    filters = {
+        k: v
+        for k, v in (
+            ("state", state or ""),
+            ("destination", destination or ""),
+            ("since", args.get("since", "")),
+            ("until", args.get("until", "")),
+        )
+        if v
+    }
     next_url = None
     if len(records) == PAGE_SIZE:
         next_url = "/console/deliveries?" + urlencode(
-            {**filters, "before": queries.cursor_of(records[-1])})
+            {**filters, "before": queries.cursor_of(records[-1])}
+        )
     first_url = "/console/deliveries?" + urlencode(filters) if query.before else None
     names = sorted(set(ctx.config.destinations) | ({destination} if destination else set()))
-    return page(request, "deliveries.html", section="dead" if state == "dead" else "deliveries",
-                records=records, state=state, destination=destination,
-                since=args.get("since", ""), until=args.get("until", ""), states=DELIVERY_STATES,
-                destinations=names, next_url=next_url, first_url=first_url,
-                here=request.path + (f"?{request.query_string}" if request.query_string else ""))
+    return page(
+        request,
+        "deliveries.html",
+        section="dead" if state == "dead" else "deliveries",
+        records=records,
+        state=state,
+        destination=destination,
+        since=args.get("since", ""),
+        until=args.get("until", ""),
+        states=DELIVERY_STATES,
+        destinations=names,
+        next_url=next_url,
+        first_url=first_url,
+        here=request.path + (f"?{request.query_string}" if request.query_string else ""),
+    )
 
 
 async def show(request: Request, delivery_id: str) -> HTTPResponse:
     ctx = gateway_of(request)
     found = await admin.show_delivery(ctx.open_store(), delivery_id)
     if found is None:
-        return page(request, "error.html", 404, title="No such delivery",
-                    detail=f"No delivery has the id {delivery_id}.")
+        return page(
+            request,
+            "error.html",
+            404,
+            title="No such delivery",
+            detail=f"No delivery has the id {delivery_id}.",
+        )
     record, attempts = found
     payload, note = Previews(ctx.loaded, ctx.clock).payload_of(record)
-    return page(request, "delivery.html", section="deliveries", d=record, attempts=attempts,
-                payload=payload, payload_note=note)
+    return page(
+        request,
+        "delivery.html",
+        section="deliveries",
+        d=record,
+        attempts=attempts,
+        payload=payload,
+        payload_note=note,
+    )
 
 
 async def replay(request: Request) -> HTTPResponse:

@@ -27,16 +27,29 @@ async def search(request: Request) -> HTTPResponse:
 async def message(request: Request, message_uuid: str) -> HTTPResponse:
     ctx = gateway_of(request)
     events = await queries.timeline(ctx, message_uuid, [])
-    return page(request, "message.html", 200 if events else 404, section="search",
-                title=f"Message {message_uuid}", message_uuid=message_uuid, events=events)
+    return page(
+        request,
+        "message.html",
+        200 if events else 404,
+        section="search",
+        title=f"Message {message_uuid}",
+        message_uuid=message_uuid,
+        events=events,
+    )
 
 
 async def event(request: Request, event_id: str) -> HTTPResponse:
     ctx = gateway_of(request)
     found = await ctx.open_store().get_event(event_id)
     if found is not None and found.message_uuid:
-        return response.redirect(f"/console/messages/{found.message_uuid}#{event_id}",
-                                 status=303)
+        return response.redirect(f"/console/messages/{found.message_uuid}#{event_id}", status=303)
     events = await queries.timeline(ctx, None, [event_id])
-    return page(request, "message.html", 200 if events else 404, section="search",
-                title=f"Event {event_id}", message_uuid=None, events=events)
+    return page(
+        request,
+        "message.html",
+        200 if events else 404,
+        section="search",
+        title=f"Event {event_id}",
+        message_uuid=None,
+        events=events,
+    )

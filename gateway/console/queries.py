@@ -60,10 +60,17 @@ async def overview(ctx: Gateway, now: float) -> Overview:
     sources = []
     for a in activity:
         cfg = config.sources[a.source]
-        sources.append(SourceRow(
-            a.source, cfg.path, a.last_received_at, a.received, a.quarantined,
-            cfg.expect_within,
-            await silent_since(store, a.source) if cfg.expect_within else None))
+        sources.append(
+            SourceRow(
+                a.source,
+                cfg.path,
+                a.last_received_at,
+                a.received,
+                a.quarantined,
+                cfg.expect_within,
+                await silent_since(store, a.source) if cfg.expect_within else None,
+            )
+        )
     names = list(config.destinations)
     rows = {n: DestinationRow(n, config.destinations[n].type) for n in names}
     for stat in await store.queue_figures(COUNT_CAP):
@@ -118,7 +125,8 @@ async def timeline(ctx: Gateway, message_uuid: str | None, event_ids: list[str])
     if message_uuid is not None:
         events = await store.message_events(message_uuid)
         deliveries = await admin.list_deliveries(
-            store, message_uuid=message_uuid, limit=TIMELINE_DELIVERIES)
+            store, message_uuid=message_uuid, limit=TIMELINE_DELIVERIES
+        )
     else:
         found = [await store.get_event(i) for i in event_ids]
         events = [e for e in found if e is not None]
@@ -170,8 +178,9 @@ class DeliveryQuery:
     limit: int = 50
 
     def page(self) -> DeliveryPage:
-        return DeliveryPage(self.state, self.destination, self.since, self.until, self.before,
-                            self.limit)
+        return DeliveryPage(
+            self.state, self.destination, self.since, self.until, self.before, self.limit
+        )
 
 
 def parse_cursor(text: str | None) -> tuple[float, str] | None:

@@ -96,12 +96,18 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
         "now": gateway_of(request).clock.now(),
     }
     body = environment().get_template(template).render({**base, **context})
-    return html(body, status=status, headers={
-        "Cache-Control": "no-store",
-        "X-Frame-Options": "DENY",
-        "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
-        "Referrer-Policy": "same-origin",
-    })
+    return html(
+        body,
+        status=status,
+        headers={
+            "Cache-Control": "no-store",
+            "X-Frame-Options": "DENY",
+            "Content-Security-Policy": (
+                "default-src 'self'; frame-ancestors 'none'; form-action 'self'"
+            ),
+            "Referrer-Policy": "same-origin",
+        },
+    )
 
 
 def redirect_with_notice(back: str | None, default: str, notice: str) -> HTTPResponse:

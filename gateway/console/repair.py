@@ -50,11 +50,18 @@ async def destinations(request: Request) -> HTTPResponse:
     for row in await ctx.open_store().queue_figures(COUNT_CAP):
         shown = f"{row['count']}+" if row["capped"] else str(row["count"])
         stats.setdefault(row["destination"], {})[row["state"]] = shown
-    rows = [{"name": n, "type": d.type, "enabled": d.enabled, "paused": paused.get(n),
-             "pending": stats.get(n, {}).get("pending", "0"),
-             "in_flight": stats.get(n, {}).get("in_flight", "0"),
-             "dead": stats.get(n, {}).get("dead", "0")}
-            for n, d in ctx.config.destinations.items()]
+    rows = [
+        {
+            "name": n,
+            "type": d.type,
+            "enabled": d.enabled,
+            "paused": paused.get(n),
+            "pending": stats.get(n, {}).get("pending", "0"),
+            "in_flight": stats.get(n, {}).get("in_flight", "0"),
+            "dead": stats.get(n, {}).get("dead", "0"),
+        }
+        for n, d in ctx.config.destinations.items()
+    ]
     return page(request, "destinations.html", section="destinations", rows=rows)
 
 

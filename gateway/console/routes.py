@@ -52,8 +52,7 @@ def console_blueprint() -> Blueprint:
             return response.text("Not Found", status=404)
         if request.path in OPEN_PATHS:
             return None
-        session = sessions.read_cookie(token, request.cookies.get(sessions.COOKIE),
-                                       ctx.clock.now())
+        session = sessions.read_cookie(token, request.cookies.get(sessions.COOKIE), ctx.clock.now())
         try:
             if session is not None and await sessions.is_revoked(ctx.open_store(), session):
                 session = None
@@ -61,24 +60,40 @@ def console_blueprint() -> Blueprint:
             return page(request, "error.html", 503, title="Store unavailable", detail=str(e))
         if session is None:
             if request.method in ("GET", "HEAD"):
-                target = request.path + (f"?{request.query_string}" if request.query_string
-                                         else "")
-                return response.redirect(f"/console/login?next={quote(target, safe='')}",
-                                         status=303)
-            return page(request, "error.html", 403, title="Log in first",
-                        detail="Your session has ended; nothing was changed.")
+                target = request.path + (f"?{request.query_string}" if request.query_string else "")
+                return response.redirect(
+                    f"/console/login?next={quote(target, safe='')}", status=303
+                )
+            return page(
+                request,
+                "error.html",
+                403,
+                title="Log in first",
+                detail="Your session has ended; nothing was changed.",
+            )
         request.ctx.console_session = session
         if request.method == "POST" and not session.csrf_ok(token, form_of(request).get("csrf")):
-            return page(request, "error.html", 403, title="Refused",
-                        detail="The form's security token is missing or stale; nothing was"
-                               " changed. Reload the page and try again.")
+            return page(
+                request,
+                "error.html",
+                403,
+                title="Refused",
+                detail="The form's security token is missing or stale; nothing was"
+                " changed. Reload the page and try again.",
+            )
         return None
 
     def route(path: str, methods: tuple[str, ...] = ("GET",)) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:
-            bp.add_route(guarded(fn), path, methods=list(methods), name=fn.__name__,
-                         strict_slashes=path == "/")
+            bp.add_route(
+                guarded(fn),
+                path,
+                methods=list(methods),
+                name=fn.__name__,
+                strict_slashes=path == "/",
+            )
             return fn
+
         return register
 
     async def to_overview(request: Request) -> HTTPResponse:
@@ -121,8 +136,12 @@ def guarded(fn: Handler) -> Handler:
 
 def _safe_next(target: str | None) -> str:
     """Only a path inside the console (no open redirect)."""
-    if target and target.startswith("/console/") and not urlsplit(target).netloc \
-            and not target.startswith("//"):
+    if (
+        target
+        and target.startswith("/console/")
+        and not urlsplit(target).netloc
+        and not target.startswith("//")
+    ):
         return target
     return "/console/"
 
@@ -140,15 +159,23 @@ async def login(request: Request) -> HTTPResponse:
             return response.redirect(next_path, status=303)
         return page(request, "login.html", next_path=next_path, failed=False)
     if not sessions.token_ok(token, form_of(request).get("token")):
-        log.warning("console: a login with a wrong token from %s", request.remote_addr or
-                    request.ip)
+        log.warning(
+            "console: a login with a wrong token from %s", request.remote_addr or request.ip
+        )
         return page(request, "login.html", 401, next_path=next_path, failed=True)
     ttl = ctx.config.admin.session_ttl
     _, value = sessions.new_session(token, now, ttl)
     out = response.redirect(next_path, status=303)
     secure = bool(ctx.config.admin.secure_cookie) or request.scheme == "https"
-    out.add_cookie(sessions.COOKIE, value, path="/console", httponly=True, samesite="Strict",
-                   secure=secure, max_age=int(ttl))
+    out.add_cookie(
+        sessions.COOKIE,
+        value,
+        path="/console",
+        httponly=True,
+        samesite="Strict",
+        secure=secure,
+        max_age=int(ttl),
+    )
     return out
 
 
@@ -170,5 +197,6 @@ def _css() -> bytes:
 async def stylesheet(request: Request) -> HTTPResponse:
     if gateway_of(request).config.admin.token is None:
         return response.text("Not Found", status=404)
-    return response.raw(_css(), content_type="text/css; charset=utf-8",
-                        headers={"Cache-Control": "max-age=300"})
+    return response.raw(
+        _css(), content_type="text/css; charset=utf-8", headers={"Cache-Control": "max-age=300"}
+    )

@@ -82,6 +82,8 @@ async def revoke(store: Store, session: Session, now: float) -> None:
     # The gateway's own scope: retention never forgets it (a session may outlive the plugin
     # marks' window) and no plugin can read or remove it.
     await store.set_mark(
-        REVOKED_PREFIX + session.id, json.dumps({"expires_at": session.expires_at}), now,
+        REVOKED_PREFIX + session.id,
+        json.dumps({"expires_at": session.expires_at}),
+        now,
         scope="gateway",
     )

@@ -28,10 +28,19 @@ async def tester(request: Request) -> HTTPResponse:
                 if not sample:
                     raise UsageError("paste an event, or pick a sample")
                 body = samples.load(sample).decode()
-            result = await explain_body(ctx.loaded, body.encode(), source or None,
-                                        clock=ctx.clock)
+            result = await explain_body(ctx.loaded, body.encode(), source or None, clock=ctx.clock)
         except UsageError as e:
             error = str(e)
-    return page(request, "tester.html", 422 if error else 200, section="tester",
-                sources=sources, source=source, samples=samples.names(), sample=sample,
-                body=body, result=result, error=error)
+    return page(
+        request,
+        "tester.html",
+        422 if error else 200,
+        section="tester",
+        sources=sources,
+        source=source,
+        samples=samples.names(),
+        sample=sample,
+        body=body,
+        result=result,
+        error=error,
+    )

@@ -22,8 +22,12 @@ def _check_state(state: str | None) -> None:
 
 
 async def list_deliveries(
-    store: Store, state: str | None = None, destination: str | None = None,
-    message_uuid: str | None = None, since: float | None = None, limit: int = 1000,
+    store: Store,
+    state: str | None = None,
+    destination: str | None = None,
+    message_uuid: str | None = None,
+    since: float | None = None,
+    limit: int = 1000,
 ) -> list[DeliveryRecord]:
     """Deliveries matching every given filter, oldest first (``as_dict()`` is the --json shape).
     `since` is epoch seconds (creation time). `ValueError` for an unknown state."""
@@ -31,15 +35,25 @@ async def list_deliveries(
 
 
 async def list_deliveries_page(
-    store: Store, state: str | None = None, destination: str | None = None,
-    message_uuid: str | None = None, since: float | None = None, limit: int = 1000,
+    store: Store,
+    state: str | None = None,
+    destination: str | None = None,
+    message_uuid: str | None = None,
+    since: float | None = None,
+    limit: int = 1000,
 ) -> tuple[list[DeliveryRecord], bool]:
     """`list_deliveries`, and whether more deliveries than `limit` match (the listing was cut
     short; callers say so rather than let the first `limit` rows pass for all of them)."""
     _check_state(state)
     records = await store.list_deliveries(
-        DeliveryFilter(state=state, destination=destination, message_uuid=message_uuid,
-                       since=since, limit=limit + 1))
+        DeliveryFilter(
+            state=state,
+            destination=destination,
+            message_uuid=message_uuid,
+            since=since,
+            limit=limit + 1,
+        )
+    )
     return records[:limit], len(records) > limit
 
 
@@ -58,16 +72,27 @@ def delivery_detail(record: DeliveryRecord, attempts: list[AttemptRecord]) -> di
     out["received_at"] = record.received_at
     out["first_attempt_at"] = record.first_attempt_at
     out["attempt_history"] = [
-        {"number": a.number, "started_at": a.started_at, "finished_at": a.finished_at,
-         "outcome": a.outcome, "status": a.status, "error": a.error, "details": a.details}
+        {
+            "number": a.number,
+            "started_at": a.started_at,
+            "finished_at": a.finished_at,
+            "outcome": a.outcome,
+            "status": a.status,
+            "error": a.error,
+            "details": a.details,
+        }
         for a in attempts
     ]
     return out
 
 
 async def replay(
-    store: Store, now: float, ids: list[str] | None = None, state: str | None = None,
-    destination: str | None = None, since: float | None = None,
+    store: Store,
+    now: float,
+    ids: list[str] | None = None,
+    state: str | None = None,
+    destination: str | None = None,
+    since: float | None = None,
 ) -> list[str]:
     """Put deliveries back in the queue, due at `now`, with the same ids (receivers drop
     repeats by ``webhook-id``); attempts and age restart, history is kept.
@@ -84,8 +109,8 @@ async def replay(
     if state == "in_flight":
         raise ValueError("deliveries in flight cannot be replayed; their worker owns them")
     return await store.replay_deliveries(
-        None, DeliveryFilter(state=state, destination=destination, since=since,
-                             limit=10**9), now)
+        None, DeliveryFilter(state=state, destination=destination, since=since, limit=10**9), now
+    )
 
 
 async def replay_quarantined(store: Store, now: float, ids: list[str] | None = None) -> list[str]:

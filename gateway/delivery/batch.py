@@ -33,8 +33,11 @@ class BatchDispatcher(Dispatcher):
             return None
         if due > now:
             return due - now
-        pending = [r for r in await engine.store.queue_stats(now)
-                   if r["destination"] == self.name and r["state"] == "pending"]
+        pending = [
+            r
+            for r in await engine.store.queue_stats(now)
+            if r["destination"] == self.name and r["state"] == "pending"
+        ]
         count = pending[0]["count"] if pending else 0
         oldest = pending[0]["oldest"] if pending and pending[0]["oldest"] is not None else now
         if count < most and now < oldest + window:

@@ -47,7 +47,6 @@ RECORDING_BACKLOG = 4
 TRY_SHARE_OF_LEASE = 0.9
 
 
-
 def recordable(details: dict[str, Any], secrets: set[str]) -> dict[str, Any]:
     """`Outcome.details` as the attempt record keeps them: JSON (values that are not become
     their text) with secrets scrubbed."""
@@ -75,7 +74,6 @@ class Engine(Protocol):
     metrics: Metrics | None
 
     async def pause(self, name: str, reason: str = ...) -> None: ...
-
 
 
 @dataclass
@@ -109,8 +107,13 @@ class Dispatcher:
     """Claims and runs the tries of one destination (see the module docstring)."""
 
     def __init__(
-        self, engine: Engine, name: str, instance: Any, policy: RetryPolicy,
-        concurrency: int, bucket: TokenBucket | None,
+        self,
+        engine: Engine,
+        name: str,
+        instance: Any,
+        policy: RetryPolicy,
+        concurrency: int,
+        bucket: TokenBucket | None,
     ) -> None:
         self.engine = engine
         self.name = name
@@ -198,7 +201,8 @@ class Dispatcher:
                 return self.bucket.wait_time()
             limit = min(limit, tokens)
         batch = await engine.store.claim_deliveries(
-            engine.owner, self.name, limit, engine.lease, now)
+            engine.owner, self.name, limit, engine.lease, now
+        )
         if self.stopping:
             if batch:
                 await engine.store.release([d.id for d in batch], engine.clock.now())
@@ -247,38 +251,55 @@ class Dispatcher:
         decision = self.policy.decide(d, outcome, started, finished)
         error = scrub(decision.error, engine.secrets) if decision.error else None
         attempt = AttemptRecord(
-            started, finished, decision.attempt_outcome, outcome.status, error,
+            started,
+            finished,
+            decision.attempt_outcome,
+            outcome.status,
+            error,
             details=recordable(outcome.details, engine.secrets),
         )
         try:
             await engine.store.finish_attempt(
-                d.id, attempt, decision.state, decision.next_attempt_at, decision.counts,
-                finished)
+                d.id, attempt, decision.state, decision.next_attempt_at, decision.counts, finished
+            )
         except Exception as e:
-            log.error("delivery %s to %r: could not record the try (%s); its lease will"
-                      " expire and it will be tried again", d.id, self.name, e,
-                      exc_info=not isinstance(e, StoreError))
+            log.error(
+                "delivery %s to %r: could not record the try (%s); its lease will"
+                " expire and it will be tried again",
+                d.id,
+                self.name,
+                e,
+                exc_info=not isinstance(e, StoreError),
+            )
             return
         t.recorded = True
         engine.counters[(self.name, decision.attempt_outcome)] += 1
         if engine.metrics is not None:
             engine.metrics.child("deliveries", self.name, decision.attempt_outcome).inc()
-            engine.metrics.child("attempt_seconds", self.name).observe(
-                max(0.0, finished - started))
+            engine.metrics.child("attempt_seconds", self.name).observe(max(0.0, finished - started))
         if decision.state == "dead":
             log.warning("delivery %s to %r is dead: %s", d.id, self.name, error)
         else:
             # Delivered at INFO; retries and throttling at WARNING, so log_level: warning
             # still shows every problem.
             level = logging.INFO if decision.state == "delivered" else logging.WARNING
-            logs.line(log, level, "delivery=%s destination=%s outcome=%s status=%s%s", d.id,
-                      self.name, decision.attempt_outcome,
-                      outcome.status if outcome.status is not None else "-",
-                      f" error={error}" if error else "")
+            logs.line(
+                log,
+                level,
+                "delivery=%s destination=%s outcome=%s status=%s%s",
+                d.id,
+                self.name,
+                decision.attempt_outcome,
+                outcome.status if outcome.status is not None else "-",
+                f" error={error}" if error else "",
+            )
         if outcome.pause_destination and self.paused is None:
             log.error(
                 "DESTINATION %r PAUSED: %s. Nothing more is sent to it until an operator"
-                " resumes it; its deliveries wait.", self.name, error)
+                " resumes it; its deliveries wait.",
+                self.name,
+                error,
+            )
             await engine.pause(self.name, error or "paused by the destination")
         await self.notify(d, decision.state, error, outcome.status, decision.counts)
 
@@ -291,13 +312,22 @@ class Dispatcher:
         if not hook.get_hookimpls():
             return
         delivery = {
-            "id": d.id, "event_id": d.event_id, "source": d.source, "route": d.route,
-            "destination": d.destination, "attempts": d.attempts + (1 if counts else 0),
-            "state": state, "message_uuid": d.message_uuid,
+            "id": d.id,
+            "event_id": d.event_id,
+            "source": d.source,
+            "route": d.route,
+            "destination": d.destination,
+            "attempts": d.attempts + (1 if counts else 0),
+            "state": state,
+            "message_uuid": d.message_uuid,
         }
         outcome = {"state": state, "error": error, "status": status}
         try:
             await call_hook(hook, delivery=delivery, outcome=outcome)
         except PluginError as e:
-            log.error("plugin %r failed in delivery_finished (ignored): %s: %s", e.plugin,
-                      type(e.error).__name__, scrub(str(e.error), self.engine.secrets))
+            log.error(
+                "plugin %r failed in delivery_finished (ignored): %s: %s",
+                e.plugin,
+                type(e.error).__name__,
+                scrub(str(e.error), self.engine.secrets),
+            )

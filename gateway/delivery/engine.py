@@ -61,7 +61,12 @@ class DeliveryEngine:
     """See the module docstring."""
 
     def __init__(
-        self, loaded: Loaded, store: Store, services: Services, clock: Clock, owner: str,
+        self,
+        loaded: Loaded,
+        store: Store,
+        services: Services,
+        clock: Clock,
+        owner: str,
         metrics: Metrics | None = None,
     ) -> None:
         self.loaded = loaded
@@ -94,14 +99,17 @@ class DeliveryEngine:
             bucket = TokenBucket(rate, self.clock) if rate else None
             batching = isinstance(instance, BatchDestination) and instance.batching is not None
             d = (BatchDispatcher if batching else Dispatcher)(
-                self, name, instance, RetryPolicy(self.config.retry_for(name)),
-                self.config.concurrency_for(name), bucket,
+                self,
+                name,
+                instance,
+                RetryPolicy(self.config.retry_for(name)),
+                self.config.concurrency_for(name),
+                bucket,
             )
             self.dispatchers[name] = d
             await d.refresh_pause()
             d.task = asyncio.create_task(d.run(), name=f"delivery:{name}")
-        log.info("delivery engine %s started: %d destination(s)", self.owner,
-                 len(self.dispatchers))
+        log.info("delivery engine %s started: %d destination(s)", self.owner, len(self.dispatchers))
 
     def wake(self, destination: str | None = None) -> None:
         """New deliveries exist (for `destination`, or any): claim now instead of at the next
@@ -129,9 +137,14 @@ class DeliveryEngine:
         """Per destination: tries in flight in this process, the pause reason or None, and
         until when a 429's Retry-After holds it (epoch seconds, or None)."""
         now = self.clock.now()
-        return {n: {"in_flight": d.sending, "paused": d.paused,
-                    "held_until": d.hold_until if d.hold_until > now else None}
-                for n, d in self.dispatchers.items()}
+        return {
+            n: {
+                "in_flight": d.sending,
+                "paused": d.paused,
+                "held_until": d.hold_until if d.hold_until > now else None,
+            }
+            for n, d in self.dispatchers.items()
+        }
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; let tries finish within `grace` seconds; release the rest; close
@@ -167,5 +180,3 @@ class DeliveryEngine:
                 await await_me_maybe(d.instance.close())
             except Exception:
                 log.exception("destination %r failed to close", d.name)
-
-

@@ -96,7 +96,8 @@ class RetryPolicy:
         state = self._state(tries, first, now)
         if self.stop(state):
             why = (
-                f"gave up after {tries} tries" if tries >= self.config.attempts
+                f"gave up after {tries} tries"
+                if tries >= self.config.attempts
                 else f"gave up: max_age {self.config.max_age:g}s reached"
             )
             return Decision("dead", "dead", None, counts, f"{error} ({why})")
@@ -105,7 +106,10 @@ class RetryPolicy:
             wait = outcome.retry_after
             if age + wait > self.config.max_age:
                 return Decision(
-                    "dead", "dead", None, counts,
+                    "dead",
+                    "dead",
+                    None,
+                    counts,
                     f"{error} (gave up: Retry-After {wait:g}s would pass max_age"
                     f" {self.config.max_age:g}s)",
                 )

@@ -61,7 +61,10 @@ class Outcome:
 
     @classmethod
     def retry(
-        cls, error: str, status: int | None = None, retry_after: float | None = None,
+        cls,
+        error: str,
+        status: int | None = None,
+        retry_after: float | None = None,
         **details: Any,
     ) -> Outcome:
         return cls("retry", status, error, retry_after, details=details)

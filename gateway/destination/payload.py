@@ -43,9 +43,15 @@ def envelope_text(delivery: DeliveryRecord, one_line: bool = False) -> str:
     if one_line and ("\n" in raw or "\r" in raw):
         raw = raw.replace("\r", " ").replace("\n", " ")
     head = json.dumps(
-        {"id": delivery.id, "event_id": delivery.event_id, "source": delivery.source,
-         "route": delivery.route, "received_at": isotime(delivery.received_at)},
-        separators=(",", ":"), ensure_ascii=False,
+        {
+            "id": delivery.id,
+            "event_id": delivery.event_id,
+            "source": delivery.source,
+            "route": delivery.route,
+            "received_at": isotime(delivery.received_at),
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
     )
     tail = json.dumps(delivery.enrichment, separators=(",", ":"), ensure_ascii=False)
     return f'{head[:-1]},"event":{raw},"enrichment":{tail}}}'

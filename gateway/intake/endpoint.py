@@ -122,9 +122,7 @@ class SourceEndpoint:
         logged like every other answer."""
         if self.metrics is not None:
             self._child("requests", str(status)).inc()
-        log.warning(
-            "source=%s status=%d error=%s client=%s", self.name, status, code, request.ip
-        )
+        log.warning("source=%s status=%d error=%s client=%s", self.name, status, code, request.ip)
 
     def _child(self, metric: str, *labels: str) -> Any:
         assert self.metrics is not None

@@ -89,7 +89,6 @@ class Metrics:
         self._cached: tuple[float, list[GaugeMetricFamily]] | None = None
         self._reading = asyncio.Lock()
 
-
     def child(self, metric: str, *labels: str) -> Any:
         """``self.<metric>.labels(*labels)``, looked up once: prometheus-client's ``labels()``
         takes a lock and builds a key on every call, and the hot paths count every request,

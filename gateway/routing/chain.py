@@ -109,7 +109,8 @@ def _instantiate(cls: Any, options: Any) -> Any:
     """``cls(options)``, or ``cls()`` for a component whose constructor takes no arguments."""
     try:
         params = [
-            p for p in inspect.signature(cls).parameters.values()
+            p
+            for p in inspect.signature(cls).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
         ]
     except (TypeError, ValueError):
@@ -155,8 +156,10 @@ class Chain:
             try:
                 instance = _instantiate(reg.component, options)
             except Exception as e:
-                problems.append(f"{kind}.{name}: {comp_name} ({reg.plugin}) failed to start:"
-                                f" {type(e).__name__}: {e}")
+                problems.append(
+                    f"{kind}.{name}: {comp_name} ({reg.plugin}) failed to start:"
+                    f" {type(e).__name__}: {e}"
+                )
                 continue
             out[name] = Component(name, comp_name, reg.plugin, instance)
         return out
@@ -189,10 +192,14 @@ class Chain:
                 when = compile_when(route.when)
             except ExpressionError as e:
                 problems.append(f"routes[{index}].when: {e}")
-        enrichers = [self.components["enrichers"][n] for n in route.enrich
-                     if n in self.components["enrichers"]]
-        filters = [self.components["filters"][n] for n in route.filter
-                   if n in self.components["filters"]]
+        enrichers = [
+            self.components["enrichers"][n]
+            for n in route.enrich
+            if n in self.components["enrichers"]
+        ]
+        filters = [
+            self.components["filters"][n] for n in route.filter if n in self.components["filters"]
+        ]
         if getattr(route, "ordering", True) and not any(f.component == ORDERING for f in filters):
             ordering = self._ordering()
             if ordering is not None:
@@ -216,9 +223,14 @@ class Chain:
             self.pm.hook.filter_event, event=dict(event), meta=meta
         )
         for plugin, result in call.returned:
-            trace.append(Step("filter_event", plugin, result is not False,
-                              "returned False" if result is False else
-                              "kept" if result else "abstained"))
+            trace.append(
+                Step(
+                    "filter_event",
+                    plugin,
+                    result is not False,
+                    "returned False" if result is False else "kept" if result else "abstained",
+                )
+            )
         if any(v is False for v in verdicts):
             droppers = [p for p, r in call.returned if r is False] or ["a filter_event wrapper"]
             dropped_by = f"dropped by filter_event of plugin {droppers[0]!r}"
@@ -250,8 +262,9 @@ class Chain:
                     targets.append(Target(route.name, dest, {**enrichment, **route_enrichment}))
                     trace.append(Step("target", dest, True, "", route.name))
             if route.stop:
-                trace.append(Step("stop", route.name, True, "stop: true ends evaluation",
-                                  route.name))
+                trace.append(
+                    Step("stop", route.name, True, "stop: true ends evaluation", route.name)
+                )
                 break
         reason = "; ".join(suppressed) or None
         if targets:
@@ -304,7 +317,8 @@ class Chain:
             holds, error = evaluate_when(route.when, view, meta)
             if not holds:
                 detail = f"when {route.when_source!r} " + (
-                    f"failed: {error}" if error else "is false")
+                    f"failed: {error}" if error else "is false"
+                )
                 trace.append(Step("when", route.name, False, detail, route.name))
                 return False
         parts = []

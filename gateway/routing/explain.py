@@ -31,8 +31,11 @@ def _compact(value: Any) -> str:
 def _headline(element: Any) -> str:
     if not isinstance(element, dict):
         return f"a {type(element).__name__}"
-    parts = [f"{k}={element[k]}" for k in ("callback_event", "status", "message_uuid")
-             if element.get(k) is not None]
+    parts = [
+        f"{k}={element[k]}"
+        for k in ("callback_event", "status", "message_uuid")
+        if element.get(k) is not None
+    ]
     return " ".join(parts) or "an object"
 
 
@@ -49,8 +52,10 @@ async def explain(
     previews = Previews(loaded, clock)
     out: list[str] = []
     total = len(event_elements)
-    out.append(f"source {source!r}: {total} element(s). Dry run: nothing is sent or stored;"
-               " ids are placeholders; JSON payloads are shown indented.")
+    out.append(
+        f"source {source!r}: {total} element(s). Dry run: nothing is sent or stored;"
+        " ids are placeholders; JSON payloads are shown indented."
+    )
     for n, (element, raw) in enumerate(event_elements, 1):
         out.append("")
         out.append(f"=== element {n} of {total}: {_headline(element)} ===")
@@ -82,8 +87,9 @@ async def explain_body(
     if source is None:
         source = sources[0] if sources else "explain"
     elif source not in loaded.config.sources:
-        raise UsageError(f"--source: no source named {source!r}"
-                         f" (configured: {', '.join(sources) or 'none'})")
+        raise UsageError(
+            f"--source: no source named {source!r} (configured: {', '.join(sources) or 'none'})"
+        )
     try:
         elements = split_elements(body)
     except BodyError as e:
@@ -197,9 +203,18 @@ class Previews:
 
         now = self.clock.now()
         return DeliveryRecord(
-            id=ident, event_id=meta["event_id"], source=meta["source"], route=t.route,
-            destination=t.destination, state="pending", attempts=0, next_attempt_at=now,
-            created_at=now, updated_at=now, enrichment=dict(t.enrichment), raw=raw,
+            id=ident,
+            event_id=meta["event_id"],
+            source=meta["source"],
+            route=t.route,
+            destination=t.destination,
+            state="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+            enrichment=dict(t.enrichment),
+            raw=raw,
             received_at=meta["received_at"],
         )
 
@@ -213,8 +228,12 @@ class Previews:
                     from gateway.destination.base import Services
 
                     cls = self.loaded.registry.get("destinations", dest.type)
-                    services = Services(http=None, clock=self.clock, marks=None,  # type: ignore[arg-type]
-                                        secrets=self.loaded.secrets)
+                    services = Services(
+                        http=None,  # type: ignore[arg-type]  # a preview sends nothing
+                        clock=self.clock,
+                        marks=None,
+                        secrets=self.loaded.secrets,
+                    )
                     self._instances[name] = cls(name, options, services)
                 except Exception:
                     self._instances[name] = None
@@ -249,7 +268,7 @@ def _readable(payload: str) -> str:
             j = i + 1
             while payload[j] != '"':
                 j += 2 if payload[j] == "\\" else 1
-            out.append(payload[i:j + 1])
+            out.append(payload[i : j + 1])
             i = j + 1
             continue
         if c in " \t\r\n":

@@ -62,7 +62,9 @@ class Closing:
             self._finishing.discard(protocol)
             return None
         return error(
-            503, "shutting_down", "the gateway is stopping; send the request again",
+            503,
+            "shutting_down",
+            "the gateway is stopping; send the request again",
             {"Connection": "close"},
         )
 
@@ -79,8 +81,9 @@ class Closing:
                 _close_after_answer(conn)
                 self._finishing.add(conn)
                 busy += 1
-        log.info("stopping: no new requests (%d idle connections closed, %d finishing)",
-                 closed, busy)
+        log.info(
+            "stopping: no new requests (%d idle connections closed, %d finishing)", closed, busy
+        )
 
 
 def _close_after_answer(protocol: Any) -> None:

@@ -49,9 +49,12 @@ def _verdict(code: int | None, out: bytes, err: bytes, name: str) -> None:
         raise ConfigError([f"{name}: validation took longer than {TIMEOUT:g}s; refused"])
     tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {code}"]
     if code < 0 or "MemoryError" in tail[0]:
-        raise ConfigError([
-            f"{name}: validation exceeded its limits ({MEMORY_LIMIT // 2**20} MiB,"
-            f" {CPU_LIMIT}s CPU); refused"])
+        raise ConfigError(
+            [
+                f"{name}: validation exceeded its limits ({MEMORY_LIMIT // 2**20} MiB,"
+                f" {CPU_LIMIT}s CPU); refused"
+            ]
+        )
     raise ConfigError([f"{name}: validation failed: {tail[0]}"])
 
 

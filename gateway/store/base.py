@@ -33,7 +33,13 @@ MARK_SCOPES = ("plugin", "gateway")
 
 #: The kinds a retention pass counts, in the order `purge` reports them.
 PURGE_KINDS = (
-    "events", "quarantined", "delivered", "dead", "attempts", "dedupe_keys", "marks",
+    "events",
+    "quarantined",
+    "delivered",
+    "dead",
+    "attempts",
+    "dedupe_keys",
+    "marks",
 )
 
 

@@ -219,8 +219,13 @@ class PostgresStore(PostgresRetention, Store):
     async def claim_deliveries(
         self, owner: str, destination: str, limit: int, lease: float, now: float
     ) -> list[DeliveryRecord]:
-        args = {"until": now + lease, "owner": owner, "now": now, "dest": destination,
-                "limit": limit}
+        args = {
+            "until": now + lease,
+            "owner": owner,
+            "now": now,
+            "dest": destination,
+            "limit": limit,
+        }
 
         async def op(c: Conn) -> list[DeliveryRecord]:
             cur = await c.execute(CLAIM_DELIVERIES, args)
@@ -239,10 +244,17 @@ class PostgresStore(PostgresRetention, Store):
         now: float,
     ) -> None:
         args = {
-            "id": delivery_id, "started": attempt.started_at, "finished": attempt.finished_at,
-            "outcome": attempt.outcome, "status": attempt.status, "error": attempt.error,
+            "id": delivery_id,
+            "started": attempt.started_at,
+            "finished": attempt.finished_at,
+            "outcome": attempt.outcome,
+            "status": attempt.status,
+            "error": attempt.error,
             "details": json.dumps(attempt.details) if attempt.details else None,
-            "state": state, "next": next_attempt_at, "counts": 1 if counts else 0, "now": now,
+            "state": state,
+            "next": next_attempt_at,
+            "counts": 1 if counts else 0,
+            "now": now,
         }
         # In a transaction: a statement that is not safe to repeat (see `postgres_conn`).
         await self.pool.run(lambda c: c.execute(FINISH_ATTEMPT, args), transaction=True)
@@ -297,11 +309,13 @@ class PostgresStore(PostgresRetention, Store):
         self, delivery_id: str
     ) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
         async def op(c: Conn) -> tuple[DeliveryRecord, list[AttemptRecord]] | None:
-            row = await (await c.execute(
-                f"SELECT {DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
-                " WHERE d.id = %s",
-                (delivery_id,),
-            )).fetchone()
+            row = await (
+                await c.execute(
+                    f"SELECT {DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"
+                    " WHERE d.id = %s",
+                    (delivery_id,),
+                )
+            ).fetchone()
             if row is None:
                 return None
             cur = await c.execute(
@@ -380,9 +394,7 @@ class PostgresStore(PostgresRetention, Store):
         return await self.pool.run(lambda c: postgres_reads.source_activity(c, sources, since))
 
     async def delivered_since(self, destinations: list[str], since: float) -> dict[str, int]:
-        return await self.pool.run(
-            lambda c: postgres_reads.delivered_since(c, destinations, since)
-        )
+        return await self.pool.run(lambda c: postgres_reads.delivered_since(c, destinations, since))
 
     async def recent_errors(self, limit: int = 20) -> list[DeliveryRecord]:
         return await self.pool.run(lambda c: postgres_reads.recent_errors(c, limit))

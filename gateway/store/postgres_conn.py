@@ -194,8 +194,7 @@ class Listener:
                         self._on_payload(notify.payload)
             except (psycopg.Error, OSError) as e:
                 if not lost:
-                    log.warning("postgresql: notifications lost (%s); reconnecting",
-                                describe(e))
+                    log.warning("postgresql: notifications lost (%s); reconnecting", describe(e))
                 lost = True
                 self.connected.clear()
             await asyncio.sleep(self._retry)

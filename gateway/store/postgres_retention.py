@@ -37,33 +37,45 @@ class PostgresRetention:
         n, pace = policy.batch, Pacer(policy)
         for state, window in (("delivered", policy.delivered), ("dead", policy.dead)):
             while True:
-                removed, attempts = await pace(self.pool.run(
-                    _deliveries(state, now - window, n), transaction=True))
+                removed, attempts = await pace(
+                    self.pool.run(_deliveries(state, now - window, n), transaction=True)
+                )
                 counts[state] += removed
                 counts["attempts"] += attempts
                 if removed < n:
                     break
-        kinds = [(s, "events", policy.events, "received_at")
-                 for s in ("routed", "unmatched", "filtered")]
+        kinds = [
+            (s, "events", policy.events, "received_at") for s in ("routed", "unmatched", "filtered")
+        ]
         kinds.append(("quarantined", "quarantined", policy.quarantined, "updated_at"))
         for state, kind, window, column in kinds:
             after = ""
             while True:
-                removed, last = await pace(self.pool.run(
-                    _events(state, now - window, after, n, column), transaction=True))
+                removed, last = await pace(
+                    self.pool.run(_events(state, now - window, after, n, column), transaction=True)
+                )
                 counts[kind] += removed
                 if removed < n or last is None:
                     break
                 after = last
         for kind, sql, window in (
-            ("dedupe_keys", "DELETE FROM dedupe WHERE (source, key) IN (SELECT source, key"
-             " FROM dedupe WHERE first_seen < %s ORDER BY first_seen LIMIT %s)", policy.dedupe),
-            ("marks", "DELETE FROM marks WHERE key IN (SELECT key FROM marks"
-             " WHERE updated_at < %s ORDER BY updated_at LIMIT %s)", policy.marks),
+            (
+                "dedupe_keys",
+                "DELETE FROM dedupe WHERE (source, key) IN (SELECT source, key"
+                " FROM dedupe WHERE first_seen < %s ORDER BY first_seen LIMIT %s)",
+                policy.dedupe,
+            ),
+            (
+                "marks",
+                "DELETE FROM marks WHERE key IN (SELECT key FROM marks"
+                " WHERE updated_at < %s ORDER BY updated_at LIMIT %s)",
+                policy.marks,
+            ),
         ):
             while True:
-                removed = await pace(self.pool.run(_count(sql, (now - window, n)),
-                                                   transaction=True))
+                removed = await pace(
+                    self.pool.run(_count(sql, (now - window, n)), transaction=True)
+                )
                 counts[kind] += removed
                 if removed < n:
                     break
@@ -85,10 +97,12 @@ class PostgresRetention:
 
         async def op(c: Conn) -> tuple[bool, str | None]:
             # Serialise calls on one key, including the first (no row to lock yet).
-            await c.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                            (f"{table}:{key}",))
-            row = await (await c.execute(
-                f"SELECT rank, value FROM {table} WHERE key = %s", (key,))).fetchone()
+            await c.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{table}:{key}",)
+            )
+            row = await (
+                await c.execute(f"SELECT rank, value FROM {table} WHERE key = %s", (key,))
+            ).fetchone()
             if row is not None and row[0] >= rank:
                 return False, row[1]
             await _upsert(c, table, key, rank, value, now)
@@ -100,8 +114,9 @@ class PostgresRetention:
         table = mark_table(scope)
 
         async def op(c: Conn) -> Any:
-            return await (await c.execute(
-                f"SELECT rank, value FROM {table} WHERE key = %s", (key,))).fetchone()
+            return await (
+                await c.execute(f"SELECT rank, value FROM {table} WHERE key = %s", (key,))
+            ).fetchone()
 
         row = await self.pool.run(op)
         return (row[0], row[1]) if row else None
@@ -111,8 +126,7 @@ class PostgresRetention:
     ) -> None:
         table = mark_table(scope)
         if value is None:
-            await self.pool.run(
-                lambda c: c.execute(f"DELETE FROM {table} WHERE key = %s", (key,)))
+            await self.pool.run(lambda c: c.execute(f"DELETE FROM {table} WHERE key = %s", (key,)))
             return
         await self.pool.run(lambda c: _upsert(c, table, key, rank, value, now))
 
@@ -138,13 +152,16 @@ def _deliveries(state: str, before: float, n: int) -> Any:
         # The state is a literal so that the partial index of that state is used.
         cur = await c.execute(
             f"SELECT id FROM deliveries WHERE state = '{state}' AND updated_at < %s"
-            " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED", (before, n))
+            " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            (before, n),
+        )
         ids = [r[0] for r in await cur.fetchall()]
         if not ids:
             return 0, 0
         attempts = await c.execute("DELETE FROM attempts WHERE delivery_id = ANY(%s)", (ids,))
         removed = await c.execute(
-            f"DELETE FROM deliveries WHERE id = ANY(%s) AND state = '{state}'", (ids,))
+            f"DELETE FROM deliveries WHERE id = ANY(%s) AND state = '{state}'", (ids,)
+        )
         return int(removed.rowcount), int(attempts.rowcount)
 
     return op
@@ -157,7 +174,8 @@ def _events(state: str, before: float, after: str, n: int, column: str) -> Any:
             f" WHERE e.state = %s AND e.id > %s AND e.id < %s AND e.{column} < %s"
             " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)"
             " ORDER BY e.id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id",
-            (state, after, floor_id("evt", before), before, n))
+            (state, after, floor_id("evt", before), before, n),
+        )
         ids = [r[0] for r in await cur.fetchall()]
         return len(ids), max(ids, default=None)
 

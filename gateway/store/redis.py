@@ -171,9 +171,13 @@ class RedisStore(RedisRetention, Store):
             return
         with self._mapped():
             pool = aioredis.BlockingConnectionPool.from_url(
-                self._url, decode_responses=True, max_connections=self._max_connections,
-                timeout=self._timeout, socket_connect_timeout=self._timeout,
-                socket_timeout=self._timeout, health_check_interval=30,
+                self._url,
+                decode_responses=True,
+                max_connections=self._max_connections,
+                timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                socket_timeout=self._timeout,
+                health_check_interval=30,
                 # One quick retry when a pooled connection turns out dead (Redis restarted).
                 # Not on timeouts: the script may have run, and a retried claim or attempt
                 # record would then count twice.
@@ -191,8 +195,9 @@ class RedisStore(RedisRetention, Store):
         self._client = client
         scripts = {**SCRIPTS, **RETENTION_SCRIPTS}
         self._scripts = {name: client.register_script(src) for name, src in scripts.items()}
-        self.batchers = {name: Batcher(name, functools.partial(self._run_group, name))
-                         for name in BATCHED}
+        self.batchers = {
+            name: Batcher(name, functools.partial(self._run_group, name)) for name in BATCHED
+        }
         try:
             await self.upgrade()
         except BaseException:
@@ -237,8 +242,12 @@ class RedisStore(RedisRetention, Store):
             for it, f in zip(items, flags, strict=True)  # flags: a '1' or '0' per item
         )
         return IngestResult(
-            outcomes.count("accepted"), outcomes.count("duplicate"), outcomes.count("quarantined"),
-            tuple(i for i, o in zip(ids, outcomes, strict=True) if o != "duplicate"), outcomes)
+            outcomes.count("accepted"),
+            outcomes.count("duplicate"),
+            outcomes.count("quarantined"),
+            tuple(i for i, o in zip(ids, outcomes, strict=True) if o != "duplicate"),
+            outcomes,
+        )
 
     # -- router ------------------------------------------------------------------------------
     async def claim_events(
@@ -255,8 +264,9 @@ class RedisStore(RedisRetention, Store):
         now: float,
         reason: str | None = None,
     ) -> None:
-        await self._batch("finish_event",
-                          finish_event_args(event_id, state, deliveries, now, reason))
+        await self._batch(
+            "finish_event", finish_event_args(event_id, state, deliveries, now, reason)
+        )
 
     async def hold_event(self, event_id: str, reason: str, retry_at: float, now: float) -> None:
         await self._run("hold_event", event_id, reason, num(retry_at), num(now))
@@ -266,16 +276,19 @@ class RedisStore(RedisRetention, Store):
 
     async def has_due_events(self, now: float) -> float | None:
         with self._mapped():
-            first = cast("list[tuple[str, float]]",
-                         await self._r.zrange(self.prefix + "ev:due", 0, 0, withscores=True))
+            first = cast(
+                "list[tuple[str, float]]",
+                await self._r.zrange(self.prefix + "ev:due", 0, 0, withscores=True),
+            )
         return first[0][1] if first else None
 
     # -- delivery ----------------------------------------------------------------------------
     async def claim_deliveries(
         self, owner: str, destination: str, limit: int, lease: float, now: float
     ) -> list[DeliveryRecord]:
-        rows = await self._run("claim_deliveries", owner, destination, num(now),
-                               num(now + lease), limit)
+        rows = await self._run(
+            "claim_deliveries", owner, destination, num(now), num(now + lease), limit
+        )
         records = [delivery_record(pairs(r)) for r in rows]
         return sorted(records, key=lambda d: (d.next_attempt_at, d.id))
 
@@ -288,8 +301,10 @@ class RedisStore(RedisRetention, Store):
         counts: bool,
         now: float,
     ) -> None:
-        await self._batch("finish_attempt", attempt_args(
-            delivery_id, attempt, state, next_attempt_at, counts, now))
+        await self._batch(
+            "finish_attempt",
+            attempt_args(delivery_id, attempt, state, next_attempt_at, counts, now),
+        )
 
     async def release(self, delivery_ids: list[str], now: float) -> None:
         for i in range(0, len(delivery_ids), BATCH):
@@ -323,8 +338,9 @@ class RedisStore(RedisRetention, Store):
         p = self.prefix
         with self._mapped():
             if flt.message_uuid is not None:
-                ids = sorted(cast("set[str]",
-                                  await self._r.smembers(p + "dl:msg:" + flt.message_uuid)))
+                ids = sorted(
+                    cast("set[str]", await self._r.smembers(p + "dl:msg:" + flt.message_uuid))
+                )
             else:
                 if flt.state and flt.destination:
                     key = f"{p}dl:sd:{flt.state}:{flt.destination}"
@@ -335,10 +351,15 @@ class RedisStore(RedisRetention, Store):
                 else:
                     key = f"{p}dl:all"
                 low = "-inf" if flt.since is None else num(flt.since)
-                ids = cast("list[str]", await self._r.zrangebyscore(
-                    key, low, "+inf", start=None if limit is None else 0, num=limit))
+                ids = cast(
+                    "list[str]",
+                    await self._r.zrangebyscore(
+                        key, low, "+inf", start=None if limit is None else 0, num=limit
+                    ),
+                )
         records = [
-            d for d in await self._fetch(ids)
+            d
+            for d in await self._fetch(ids)
             if (flt.state is None or d.state == flt.state)
             and (flt.destination is None or d.destination == flt.destination)
             and (flt.message_uuid is None or d.message_uuid == flt.message_uuid)
@@ -357,8 +378,7 @@ class RedisStore(RedisRetention, Store):
         if not found:
             return None
         with self._mapped():
-            texts = cast("list[str]",
-                         await self._r.lrange(self.prefix + "a:" + delivery_id, 0, -1))
+            texts = cast("list[str]", await self._r.lrange(self.prefix + "a:" + delivery_id, 0, -1))
         return found[0], [attempt_record(n, t) for n, t in enumerate(texts, 1)]
 
     async def replay_deliveries(
@@ -371,16 +391,16 @@ class RedisStore(RedisRetention, Store):
             ids = [d.id for d in await self._select(flt, None) if d.state != "in_flight"]
         replayed: list[str] = []
         for i in range(0, len(ids), BATCH):
-            replayed += await self._run("replay_deliveries", num(now), want,
-                                        *ids[i : i + BATCH])
+            replayed += await self._run("replay_deliveries", num(now), want, *ids[i : i + BATCH])
         return replayed
 
     async def list_events(self, state: str, limit: int = 1000) -> list[EventRecord]:
         if limit <= 0:
             return []
         with self._mapped():
-            ids = cast("list[str]",
-                       await self._r.zrange(self.prefix + "ev:state:" + state, 0, limit - 1))
+            ids = cast(
+                "list[str]", await self._r.zrange(self.prefix + "ev:state:" + state, 0, limit - 1)
+            )
             return [e for e in await self._events(ids) if e is not None]
 
     async def _events(self, ids: list[str]) -> list[EventRecord | None]:
@@ -400,8 +420,7 @@ class RedisStore(RedisRetention, Store):
             return await self._run("replay_quarantined", num(now), "1")
         replayed: list[str] = []
         for i in range(0, len(ids), BATCH):
-            replayed += await self._run("replay_quarantined", num(now), "0",
-                                        *ids[i : i + BATCH])
+            replayed += await self._run("replay_quarantined", num(now), "0", *ids[i : i + BATCH])
         return replayed
 
     # -- the console's reads (gateway.store.redis_reads) --------------------------------------
@@ -440,8 +459,14 @@ class RedisStore(RedisRetention, Store):
             for s in states:
                 count, first = next(found), next(found)
                 if count:
-                    rows.append({"destination": d, "state": s, "count": count,
-                                 "oldest": first[0][1] if first else None})
+                    rows.append(
+                        {
+                            "destination": d,
+                            "state": s,
+                            "count": count,
+                            "oldest": first[0][1] if first else None,
+                        }
+                    )
         return rows
 
     async def counts(self) -> dict[str, dict[str, int]]:

@@ -44,21 +44,31 @@ class Persistence:
     def risk(self) -> str | None:
         """How acknowledged events could be lost, or None when every write is fsynced."""
         if self.error is not None or self.appendonly is None:
-            return (f"could not read the Redis persistence settings ({self.error}); make sure"
-                    " the server runs with appendonly yes and appendfsync always")
+            return (
+                f"could not read the Redis persistence settings ({self.error}); make sure"
+                " the server runs with appendonly yes and appendfsync always"
+            )
         if self.appendonly == "yes":
             if self.appendfsync == "always":
                 return None
             if self.appendfsync == "everysec":
-                return ("appendfsync everysec: up to about 1s of acknowledged events is lost if"
-                        " the Redis host crashes or loses power; use appendfsync always")
-            return (f"appendfsync {self.appendfsync}: the OS decides when the AOF reaches disk;"
-                    " recent acknowledged events are lost if the Redis host crashes")
+                return (
+                    "appendfsync everysec: up to about 1s of acknowledged events is lost if"
+                    " the Redis host crashes or loses power; use appendfsync always"
+                )
+            return (
+                f"appendfsync {self.appendfsync}: the OS decides when the AOF reaches disk;"
+                " recent acknowledged events are lost if the Redis host crashes"
+            )
         if self.save:
-            return (f"no AOF, RDB snapshots only (save {self.save!r}): events acknowledged since"
-                    " the last snapshot are lost if Redis crashes; use appendonly yes")
-        return ("no persistence (appendonly no, save ''): every stored event and delivery is"
-                " lost when Redis restarts; use appendonly yes with appendfsync always")
+            return (
+                f"no AOF, RDB snapshots only (save {self.save!r}): events acknowledged since"
+                " the last snapshot are lost if Redis crashes; use appendonly yes"
+            )
+        return (
+            "no persistence (appendonly no, save ''): every stored event and delivery is"
+            " lost when Redis restarts; use appendonly yes with appendfsync always"
+        )
 
 
 def opt(value: Any) -> str:
@@ -77,33 +87,75 @@ def ingest_args(
     args: list[Any] = [source, num(now), owner, until, len(items)]
     for event_id, it in zip(ids, items, strict=True):
         if it.problems:
-            args += [it.dedupe_key, event_id, it.raw, "quarantined", opt(it.message_uuid),
-                     opt(it.event), "=" + "; ".join(it.problems)]
+            args += [
+                it.dedupe_key,
+                event_id,
+                it.raw,
+                "quarantined",
+                opt(it.message_uuid),
+                opt(it.event),
+                "=" + "; ".join(it.problems),
+            ]
         else:
-            args += [it.dedupe_key, event_id, it.raw, "received", opt(it.message_uuid),
-                     opt(it.event), ""]
+            args += [
+                it.dedupe_key,
+                event_id,
+                it.raw,
+                "received",
+                opt(it.message_uuid),
+                opt(it.event),
+                "",
+            ]
     return args
 
 
-def finish_event_args(event_id: str, state: str, deliveries: list[NewDelivery], now: float,
-                      reason: str | None) -> list[Any]:
+def finish_event_args(
+    event_id: str, state: str, deliveries: list[NewDelivery], now: float, reason: str | None
+) -> list[Any]:
     """One call's arguments for the FINISH_EVENT script."""
     args: list[Any] = [event_id, state, num(now), opt(reason), len(deliveries)]
     for d in deliveries:
-        args += [d.id, d.route, d.destination, num(d.next_attempt_at),
-                 json.dumps(d.enrichment, separators=(",", ":"))]
+        args += [
+            d.id,
+            d.route,
+            d.destination,
+            num(d.next_attempt_at),
+            json.dumps(d.enrichment, separators=(",", ":")),
+        ]
     return args
 
 
-def attempt_args(delivery_id: str, attempt: AttemptRecord, state: str,
-                 next_attempt_at: float | None, counts: bool, now: float) -> list[Any]:
+def attempt_args(
+    delivery_id: str,
+    attempt: AttemptRecord,
+    state: str,
+    next_attempt_at: float | None,
+    counts: bool,
+    now: float,
+) -> list[Any]:
     """One call's arguments for the FINISH_ATTEMPT script."""
-    text = json.dumps({"started_at": attempt.started_at, "finished_at": attempt.finished_at,
-                       "outcome": attempt.outcome, "status": attempt.status,
-                       "error": attempt.error, "details": attempt.details or None})
+    text = json.dumps(
+        {
+            "started_at": attempt.started_at,
+            "finished_at": attempt.finished_at,
+            "outcome": attempt.outcome,
+            "status": attempt.status,
+            "error": attempt.error,
+            "details": attempt.details or None,
+        }
+    )
     due = None if next_attempt_at is None else num(next_attempt_at)
-    return [delivery_id, text, state, opt(due), 1 if counts else 0, num(now),
-            num(attempt.started_at), opt(attempt.error), opt(attempt.status)]
+    return [
+        delivery_id,
+        text,
+        state,
+        opt(due),
+        1 if counts else 0,
+        num(now),
+        num(attempt.started_at),
+        opt(attempt.error),
+        opt(attempt.status),
+    ]
 
 
 def pairs(flat: list[Any]) -> dict[str, str]:
@@ -116,31 +168,55 @@ def opt_float(value: str | None) -> float | None:
 
 def event_record(h: dict[str, str]) -> EventRecord:
     return EventRecord(
-        id=h["id"], source=h["source"], received_at=float(h["received_at"]), raw=h["raw"],
-        state=h["state"], message_uuid=h.get("message_uuid"), event=h.get("event"),
-        reason=h.get("reason"), route_attempts=int(h.get("route_attempts", 0)),
-        next_route_at=float(h.get("next_route_at", 0)), recheck=h.get("recheck") == "1",
+        id=h["id"],
+        source=h["source"],
+        received_at=float(h["received_at"]),
+        raw=h["raw"],
+        state=h["state"],
+        message_uuid=h.get("message_uuid"),
+        event=h.get("event"),
+        reason=h.get("reason"),
+        route_attempts=int(h.get("route_attempts", 0)),
+        next_route_at=float(h.get("next_route_at", 0)),
+        recheck=h.get("recheck") == "1",
     )
 
 
 def delivery_record(h: dict[str, str]) -> DeliveryRecord:
     status = h.get("last_status")
     return DeliveryRecord(
-        id=h["id"], event_id=h["event_id"], source=h["source"], route=h["route"],
-        destination=h["destination"], state=h["state"], attempts=int(h["attempts"]),
-        next_attempt_at=float(h["next_attempt_at"]), created_at=float(h["created_at"]),
-        updated_at=float(h["updated_at"]), first_attempt_at=opt_float(h.get("first_attempt_at")),
-        last_error=h.get("last_error"), last_status=None if status is None else int(status),
-        message_uuid=h.get("message_uuid"), enrichment=json.loads(h.get("enrichment") or "{}"),
-        raw=h.get("raw", ""), received_at=float(h.get("received_at", 0)),
+        id=h["id"],
+        event_id=h["event_id"],
+        source=h["source"],
+        route=h["route"],
+        destination=h["destination"],
+        state=h["state"],
+        attempts=int(h["attempts"]),
+        next_attempt_at=float(h["next_attempt_at"]),
+        created_at=float(h["created_at"]),
+        updated_at=float(h["updated_at"]),
+        first_attempt_at=opt_float(h.get("first_attempt_at")),
+        last_error=h.get("last_error"),
+        last_status=None if status is None else int(status),
+        message_uuid=h.get("message_uuid"),
+        enrichment=json.loads(h.get("enrichment") or "{}"),
+        raw=h.get("raw", ""),
+        received_at=float(h.get("received_at", 0)),
         lease_until=opt_float(h.get("lease_until")),
     )
 
 
 def attempt_record(number: int, text: str) -> AttemptRecord:
     a = json.loads(text)
-    return AttemptRecord(a["started_at"], a["finished_at"], a["outcome"], a["status"],
-                         a["error"], number, a.get("details") or {})
+    return AttemptRecord(
+        a["started_at"],
+        a["finished_at"],
+        a["outcome"],
+        a["status"],
+        a["error"],
+        number,
+        a.get("details") or {},
+    )
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -164,11 +240,15 @@ class _CPacked:
         elif b" " in args[0]:
             args = (*args[0].split(), *args[1:])
         plain = tuple(
-            a if isinstance(a, (str, bytes, int)) and not isinstance(a, bool)
-            else repr(a) if isinstance(a, float)
-            else bytes(a) if isinstance(a, (bytearray, memoryview))
+            a
+            if isinstance(a, (str, bytes, int)) and not isinstance(a, bool)
+            else repr(a)
+            if isinstance(a, float)
+            else bytes(a)
+            if isinstance(a, (bytearray, memoryview))
             else _refuse(a)
-            for a in args)
+            for a in args
+        )
         # hiredis's stub types the argument as a 1-tuple; pack_command takes any length.
         return [_hiredis_pack(plain)]  # type: ignore[arg-type]
 
@@ -189,4 +269,3 @@ def c_packed(connection_class: type[_C]) -> type[_C]:
         packed = type(f"CPacked{connection_class.__name__}", (_CPacked, connection_class), {})
         _PACKED[connection_class] = packed
     return cast("type[_C]", packed)
-

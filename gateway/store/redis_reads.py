@@ -52,8 +52,12 @@ async def page_deliveries(store: RedisStore, page: DeliveryPage) -> list[Deliver
     ids: list[str] = []
     offset = 0
     while len(ids) < page.limit:
-        found = cast("list[tuple[str, float]]", await store._r.zrevrangebyscore(
-            key, high, low, start=offset, num=CHUNK, withscores=True))
+        found = cast(
+            "list[tuple[str, float]]",
+            await store._r.zrevrangebyscore(
+                key, high, low, start=offset, num=CHUNK, withscores=True
+            ),
+        )
         for member, score in found:
             if page.before is not None and (score, member) >= page.before:
                 continue  # a tie on created_at at or after the cursor's id
@@ -107,6 +111,9 @@ async def recent_errors(store: RedisStore, limit: int) -> list[DeliveryRecord]:
         return []
     ids = cast("list[str]", await store._r.zrevrange(store.prefix + "dl:err", 0, 2 * limit - 1))
     records = {d.id: d for d in await store._fetch(ids)}
-    out = [records[i] for i in ids
-           if i in records and records[i].last_error and records[i].state != "delivered"]
+    out = [
+        records[i]
+        for i in ids
+        if i in records and records[i].last_error and records[i].state != "delivered"
+    ]
     return out[:limit]

@@ -42,7 +42,9 @@ _SPACES = {"plugin": "m", "gateway": "g"}
 
 # ARGV: P, state ('delivered' or 'dead'), before, batch. Removes deliveries of that state last
 # changed before `before`, with their attempts. Returns {removed, attempts, members read}.
-PURGE_DELIVERIES = _COMMON + r"""
+PURGE_DELIVERIES = (
+    _COMMON
+    + r"""
 local state, before, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local idx = P .. (state == 'delivered' and 'dl:done' or 'dl:dead')
 local ids = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. before, 'LIMIT', 0, n)
@@ -67,12 +69,15 @@ for _, id in ipairs(ids) do
 end
 return {removed, attempts, #ids}
 """
+)
 
 # ARGV: P, state, before, bound id, after id ('' = from the start), batch, field
 # ('received_at' or 'updated_at'). Reads up to `batch` events of `state` with after < id <
 # bound and removes those whose `field` is before `before` and that have no delivery left.
 # Returns {removed, members read, last id read}.
-PURGE_EVENTS = _COMMON + r"""
+PURGE_EVENTS = (
+    _COMMON
+    + r"""
 local state, before, bound, after = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local n, field = tonumber(ARGV[6]), ARGV[7]
 local zkey = P .. 'ev:state:' .. state
@@ -104,9 +109,12 @@ for _, id in ipairs(ids) do
 end
 return {removed, #ids, last}
 """
+)
 
 # ARGV: P, which ('dedupe' or 'marks'), before, batch. Returns the number removed.
-PURGE_KEYS = _COMMON + r"""
+PURGE_KEYS = (
+    _COMMON
+    + r"""
 local which, before, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
 if which == 'dedupe' then
   local fields = redis.call('ZRANGEBYSCORE', P .. 'dedupe:age', '-inf', '(' .. before,
@@ -125,9 +133,12 @@ for _, m in ipairs(marks) do
 end
 return #marks
 """
+)
 
 # Upgrade steps (idempotent). ARGV: P, step, members...
-UPGRADE = _COMMON + r"""
+UPGRADE = (
+    _COMMON
+    + r"""
 local step = ARGV[2]
 for i = 3, #ARGV do
   local m = ARGV[i]
@@ -152,6 +163,7 @@ for i = 3, #ARGV do
 end
 return 1
 """
+)
 
 SCRIPTS = {
     "purge_deliveries": PURGE_DELIVERIES,
@@ -198,26 +210,39 @@ class RedisRetention:
         n, pace = policy.batch, Pacer(policy)
         for state, window in (("delivered", policy.delivered), ("dead", policy.dead)):
             while True:
-                removed, attempts, read = await pace(self._run(
-                    "purge_deliveries", state, num(now - window), n))
+                removed, attempts, read = await pace(
+                    self._run("purge_deliveries", state, num(now - window), n)
+                )
                 counts[state] += int(removed)
                 counts["attempts"] += int(attempts)
                 if int(read) < n:
                     break
-        kinds = [(s, "events", policy.events, "received_at")
-                 for s in ("routed", "unmatched", "filtered")]
+        kinds = [
+            (s, "events", policy.events, "received_at") for s in ("routed", "unmatched", "filtered")
+        ]
         kinds.append(("quarantined", "quarantined", policy.quarantined, "updated_at"))
         for state, kind, window, column in kinds:
             before, after = now - window, ""
             while True:
-                removed, read, last = await pace(self._run(
-                    "purge_events", state, num(before), floor_id("evt", before), after, n, column))
+                removed, read, last = await pace(
+                    self._run(
+                        "purge_events",
+                        state,
+                        num(before),
+                        floor_id("evt", before),
+                        after,
+                        n,
+                        column,
+                    )
+                )
                 counts[kind] += int(removed)
                 if int(read) < n:
                     break
                 after = last
-        for which, kind, window in (("dedupe", "dedupe_keys", policy.dedupe),
-                                    ("marks", "marks", policy.marks)):
+        for which, kind, window in (
+            ("dedupe", "dedupe_keys", policy.dedupe),
+            ("marks", "marks", policy.marks),
+        ):
             while True:
                 removed = int(await pace(self._run("purge_keys", which, num(now - window), n)))
                 counts[kind] += removed
@@ -261,8 +286,10 @@ class RedisRetention:
                     if sp == "m":
                         pipe.zrem(p + "marks", key)
                 else:
-                    pipe.hset(f"{p}{sp}:{key}",
-                              mapping={"rank": rank, "value": value, "updated_at": num(now)})
+                    pipe.hset(
+                        f"{p}{sp}:{key}",
+                        mapping={"rank": rank, "value": value, "updated_at": num(now)},
+                    )
                     if sp == "m":
                         pipe.zadd(p + "marks", {key: now})
                 await pipe.execute()

@@ -85,7 +85,9 @@ end
 # state, message_uuid (opt), event (opt), reason (opt). Returns per call a string with one
 # flag per item ('1' stored, '0' duplicate), or '!' and the error when the call failed (then
 # it wrote nothing).
-INGEST = _COMMON + r"""
+INGEST = (
+    _COMMON
+    + r"""
 local function ingest_one(b)
   local source, now, owner, untl = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local n = tonumber(ARGV[b + 4])
@@ -150,9 +152,12 @@ local function ingest_one(b)
 end
 return batch(function(b) return 5 + tonumber(ARGV[b + 4]) * 7 end, ingest_one)
 """
+)
 
 # ARGV: P, owner, now, lease until, limit. Returns flat hashes (with 'id') of the claimed events.
-CLAIM_EVENTS = _COMMON + r"""
+CLAIM_EVENTS = (
+    _COMMON
+    + r"""
 local owner, now, untl = ARGV[2], ARGV[3], ARGV[4]
 local nnow = tonumber(now)
 local out = {}
@@ -170,11 +175,14 @@ for _, id in ipairs(ids) do
 end
 return out
 """
+)
 
 # Batched: ARGV: P, number of calls, then per call: event id, state, now, reason (opt), n, then
 # per delivery: id, route, destination, next_attempt_at, enrichment JSON. Returns per call '1',
 # '0' when the event was no longer 'received' (nothing written), or '!' and the error.
-FINISH_EVENT = _COMMON + r"""
+FINISH_EVENT = (
+    _COMMON
+    + r"""
 local function finish_one(b)
   local eid, state, now, n = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 4])
   local k = P .. 'e:' .. eid
@@ -214,9 +222,12 @@ local function finish_one(b)
 end
 return batch(function(b) return 5 + tonumber(ARGV[b + 4]) * 5 end, finish_one)
 """
+)
 
 # ARGV: P, event id, reason, retry at, now.
-HOLD_EVENT = _COMMON + r"""
+HOLD_EVENT = (
+    _COMMON
+    + r"""
 local eid, retry_at, now = ARGV[2], ARGV[4], ARGV[5]
 local k = P .. 'e:' .. eid
 local state = redis.call('HGET', k, 'state')
@@ -227,9 +238,12 @@ redis.call('HDEL', k, 'lease_until', 'leased_by')
 if state == 'received' then redis.call('ZADD', P .. 'ev:due', retry_at, eid) end
 return 1
 """
+)
 
 # ARGV: P, event id, reason, now.
-QUARANTINE_EVENT = _COMMON + r"""
+QUARANTINE_EVENT = (
+    _COMMON
+    + r"""
 local eid = ARGV[2]
 local k = P .. 'e:' .. eid
 local state = redis.call('HGET', k, 'state')
@@ -241,9 +255,12 @@ redis.call('ZREM', P .. 'ev:due', eid)
 ev_move(eid, state, 'quarantined')
 return 1
 """
+)
 
 # ARGV: P, now, all ('1' = every quarantined event, else only the ids that follow), ids...
-REPLAY_QUARANTINED = _COMMON + r"""
+REPLAY_QUARANTINED = (
+    _COMMON
+    + r"""
 local now = ARGV[2]
 local ids = {}
 if ARGV[3] == '1' then
@@ -264,11 +281,14 @@ for _, id in ipairs(ids) do
 end
 return out
 """
+)
 
 # ARGV: P, owner, destination, now, lease until, limit. Returns delivery records (flat hashes
 # with 'id', 'raw' and 'received_at'). The due set scores a pending delivery by its
 # next_attempt_at and one in flight by its lease end, so an expired lease makes it due again.
-CLAIM_DELIVERIES = _COMMON + r"""
+CLAIM_DELIVERIES = (
+    _COMMON
+    + r"""
 local owner, dest, now, untl = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local nnow = tonumber(now)
 local due = P .. 'dl:due:' .. dest
@@ -289,11 +309,14 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, to
 end
 return out
 """
+)
 
 # Batched: ARGV: P, number of calls, then per call: delivery id, attempt JSON, state,
 # next_attempt_at (opt), counts (0/1), now, started_at, error (opt), status (opt). Returns per
 # call '1', '0' for an unknown delivery, or '!' and the error.
-FINISH_ATTEMPT = _COMMON + r"""
+FINISH_ATTEMPT = (
+    _COMMON
+    + r"""
 local function finish_one(b)
   local id, state, now = ARGV[b], ARGV[b + 2], ARGV[b + 5]
   local k = P .. 'd:' .. id
@@ -339,9 +362,12 @@ local function finish_one(b)
 end
 return batch(function() return 9 end, finish_one)
 """
+)
 
 # ARGV: P, now, ids... Only deliveries in flight go back (pending, due no later than now).
-RELEASE = _COMMON + r"""
+RELEASE = (
+    _COMMON
+    + r"""
 local now = ARGV[2]
 for i = 3, #ARGV do
   local id = ARGV[i]
@@ -358,9 +384,12 @@ for i = 3, #ARGV do
 end
 return 1
 """
+)
 
 # ARGV: P, now, required state ('' = any but in_flight), ids... Returns the ids replayed.
-REPLAY_DELIVERIES = _COMMON + r"""
+REPLAY_DELIVERIES = (
+    _COMMON
+    + r"""
 local now, want = ARGV[2], ARGV[3]
 local out = {}
 for i = 4, #ARGV do
@@ -380,9 +409,12 @@ for i = 4, #ARGV do
 end
 return out
 """
+)
 
 # ARGV: P, ids... Returns delivery records (missing ids are left out).
-FETCH_DELIVERIES = _COMMON + r"""
+FETCH_DELIVERIES = (
+    _COMMON
+    + r"""
 local out = {}
 for i = 2, #ARGV do
   local rec = delivery_record(ARGV[i])
@@ -390,6 +422,7 @@ for i = 2, #ARGV do
 end
 return out
 """
+)
 
 # Batched: ARGV: P, number of calls, then per call: key, rank, value, now, space ('m' for
 # plugin marks, indexed by update time in 'marks' for retention; 'g' for the gateway's own
@@ -397,7 +430,9 @@ return out
 # '1' (advanced) or '0', then the previous value as `opt` encodes it ('' for none).
 # Ranks compare byte by byte (like SQLite's BINARY collation); Lua's `<` would use the
 # server's locale.
-ADVANCE_MARK = _COMMON + r"""
+ADVANCE_MARK = (
+    _COMMON
+    + r"""
 local function below(a, b)
   local n = math.min(#a, #b)
   for i = 1, n do
@@ -420,6 +455,7 @@ local function advance_one(b)
 end
 return batch(function() return 5 end, advance_one)
 """
+)
 
 SCRIPTS = {
     "ingest": INGEST,

@@ -111,20 +111,32 @@ class SQLiteStore(SQLiteInspection, SQLiteRetention, Store):
         self._owners = locks
 
         def op(c: sqlite3.Connection) -> int:
-            owners = {r[0] for r in c.execute(
-                "SELECT DISTINCT leased_by FROM events WHERE state = 'received'"
-                " AND leased_by IS NOT NULL")}
-            owners |= {r[0] for r in c.execute(
-                "SELECT DISTINCT leased_by FROM deliveries WHERE state = 'in_flight'"
-                " AND leased_by IS NOT NULL")}
+            owners = {
+                r[0]
+                for r in c.execute(
+                    "SELECT DISTINCT leased_by FROM events WHERE state = 'received'"
+                    " AND leased_by IS NOT NULL"
+                )
+            }
+            owners |= {
+                r[0]
+                for r in c.execute(
+                    "SELECT DISTINCT leased_by FROM deliveries WHERE state = 'in_flight'"
+                    " AND leased_by IS NOT NULL"
+                )
+            }
             freed = 0
             for dead in sorted(o for o in owners if (o == owner and own) or locks.is_dead(o)):
                 freed += c.execute(
                     "UPDATE events SET lease_until = NULL, leased_by = NULL"
-                    " WHERE state = 'received' AND leased_by = ?", (dead,)).rowcount
+                    " WHERE state = 'received' AND leased_by = ?",
+                    (dead,),
+                ).rowcount
                 freed += c.execute(  # expired now: claimed again as after the lease ran out
                     "UPDATE deliveries SET lease_until = 0"
-                    " WHERE state = 'in_flight' AND leased_by = ?", (dead,)).rowcount
+                    " WHERE state = 'in_flight' AND leased_by = ?",
+                    (dead,),
+                ).rowcount
             return freed
 
         return int(await self._write(op))

@@ -32,8 +32,7 @@ from gateway.store.sqlite_rows import DELIVERY_COLS, EVENT_COLS, delivery_row, e
 
 def message_events(c: sqlite3.Connection, message_uuid: str, limit: int) -> list[EventRecord]:
     rows = c.execute(
-        f"SELECT {EVENT_COLS} FROM events WHERE message_uuid = ?"
-        " ORDER BY received_at, id LIMIT ?",
+        f"SELECT {EVENT_COLS} FROM events WHERE message_uuid = ? ORDER BY received_at, id LIMIT ?",
         (message_uuid, limit),
     ).fetchall()
     return [event_row(r) for r in rows]
@@ -107,9 +106,7 @@ def source_activity(
     return out
 
 
-def delivered_since(
-    c: sqlite3.Connection, destinations: list[str], since: float
-) -> dict[str, int]:
+def delivered_since(c: sqlite3.Connection, destinations: list[str], since: float) -> dict[str, int]:
     return {
         d: c.execute(
             "SELECT COUNT(*) FROM deliveries WHERE state = 'delivered' AND destination = ?"
@@ -141,6 +138,13 @@ def queue_figures(c: sqlite3.Connection, cap: int) -> list[dict[str, Any]]:
                 {"s": state, "d": dest, "cap": cap + 1},
             ).fetchone()
             if count:
-                rows.append({"destination": dest, "state": state, "count": min(count, cap),
-                             "oldest": oldest, "capped": count > cap})
+                rows.append(
+                    {
+                        "destination": dest,
+                        "state": state,
+                        "count": min(count, cap),
+                        "oldest": oldest,
+                        "capped": count > cap,
+                    }
+                )
     return rows

@@ -70,7 +70,12 @@ def delete_deliveries(
 
 
 def delete_events(
-    c: sqlite3.Connection, state: str, before: float, after: str, batch: int, *,
+    c: sqlite3.Connection,
+    state: str,
+    before: float,
+    after: str,
+    batch: int,
+    *,
     by_update: bool = False,
 ) -> tuple[int, str | None]:
     """Remove up to `batch` events in `state` with ids above `after` that have no delivery
@@ -155,9 +160,11 @@ class SQLiteRetention(Runs):
         batch, pace = policy.batch, Pacer(policy)
         for state, window in (("delivered", policy.delivered), ("dead", policy.dead)):
             while True:
-                removed, attempts = await pace(self._write(
-                    partial(delete_deliveries, state=state, before=now - window, batch=batch)
-                ))
+                removed, attempts = await pace(
+                    self._write(
+                        partial(delete_deliveries, state=state, before=now - window, batch=batch)
+                    )
+                )
                 counts[state] += removed
                 counts["attempts"] += attempts
                 if removed < batch:
@@ -167,10 +174,18 @@ class SQLiteRetention(Runs):
         for state, kind, window, by_update in kinds:
             after = ""
             while True:
-                removed, last = await pace(self._write(
-                    partial(delete_events, state=state, before=now - window, after=after,
-                            batch=batch, by_update=by_update)
-                ))
+                removed, last = await pace(
+                    self._write(
+                        partial(
+                            delete_events,
+                            state=state,
+                            before=now - window,
+                            after=after,
+                            batch=batch,
+                            by_update=by_update,
+                        )
+                    )
+                )
                 counts[kind] += removed
                 if removed < batch or last is None:
                     break
@@ -180,9 +195,7 @@ class SQLiteRetention(Runs):
             ("marks", policy.marks, delete_marks),
         ):
             while True:
-                removed = await pace(
-                    self._write(partial(step, before=now - window, batch=batch))
-                )
+                removed = await pace(self._write(partial(step, before=now - window, batch=batch)))
                 counts[kind] += removed
                 if removed < batch:
                     break
@@ -196,9 +209,7 @@ class SQLiteRetention(Runs):
         )
 
     async def footprint(self) -> Footprint:
-        size, free = await asyncio.get_running_loop().run_in_executor(
-            None, file_sizes, self.path
-        )
+        size, free = await asyncio.get_running_loop().run_in_executor(None, file_sizes, self.path)
         return Footprint(bytes=size, free_bytes=free)
 
     # -- marks -----------------------------------------------------------------------------------

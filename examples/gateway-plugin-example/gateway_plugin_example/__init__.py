@@ -144,9 +144,13 @@ def delivery_finished(delivery: dict[str, Any], outcome: dict[str, Any]) -> None
     path = os.environ.get("GATEWAY_EXAMPLE_AUDIT_LOG")
     if not path:
         return
-    line = {"id": delivery.get("id"), "destination": delivery.get("destination"),
-            "route": delivery.get("route"), "state": outcome.get("state"),
-            "error": outcome.get("error")}
+    line = {
+        "id": delivery.get("id"),
+        "destination": delivery.get("destination"),
+        "route": delivery.get("route"),
+        "state": outcome.get("state"),
+        "error": outcome.get("error"),
+    }
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
 
