@@ -360,3 +360,46 @@ async def test_a_disabled_destination_gets_no_dispatcher(tmp_path, rx):
         await h.settle()
     assert h.engine.status() == {}
     assert rx.requests == []
+
+
+async def test_claims_run_ahead_of_the_slots_but_requests_stay_bounded(tmp_path, rx):
+    """PREFETCH: a freed slot starts a claimed delivery at once; the destination still never
+    sees more than `concurrency` requests, and stopping hands the waiting ones back."""
+    from gateway.delivery.dispatcher import PREFETCH
+
+    rx.default = Reply(200, stall=math.inf)
+    async with EngineHarness(tmp_path, webhook(rx, ", concurrency: 2")) as h:
+        ids = await h.add("crm", 20)
+        await h.engine.start()
+        await rx.wait_for(2)
+        await h.settle()
+        states = [(await h.get(did))[0].state for did in ids]
+        assert len(rx.requests) == 2
+        assert states.count("in_flight") == 2 * (1 + PREFETCH)
+        await h.engine.stop(grace=0)
+        after = [(await h.get(did))[0] for did in ids]
+    assert {(r.state, r.attempts) for r in after} == {("pending", 0)}
+    assert rx.max_in_flight == 2
+
+
+async def test_a_claimed_delivery_whose_lease_ran_short_is_handed_back_not_sent(tmp_path, rx):
+    """A delivery that waited for a slot until less than half a try's time was left on its
+    lease is released and claimed again, never sent on a lease about to expire."""
+    rx.default = Reply(200, stall=0.3)
+    async with EngineHarness(tmp_path, webhook(rx, ", concurrency: 1")) as h:
+        released: list[str] = []
+        release = h.store.release
+
+        async def spy(ids, now):
+            released.extend(ids)
+            return await release(ids, now)
+
+        h.store.release = spy  # type: ignore[method-assign]
+        first, *waiting = await h.add("crm", 3)
+        await h.engine.start()
+        await rx.wait_for(1)
+        h.clock.advance(20)  # lease 30 s, a try 27 s: 7 s left for the two that wait
+        for did in [first, *waiting]:
+            await h.until(did, lambda r: r.state == "delivered")
+    assert sorted(released) == sorted(waiting)
+    assert sorted(r.headers["webhook-id"] for r in rx.requests) == sorted([first, *waiting])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,6 +45,10 @@ STORE_RETRY = 1.0
 RECORDING_BACKLOG = 4
 #: Share of the lease a single try may take before it is abandoned as a timeout.
 TRY_SHARE_OF_LEASE = 0.9
+#: Claimed deliveries a dispatcher keeps waiting for a slot, as a multiple of `concurrency`.
+#: A slot that frees starts the next one at once instead of after a claim's round trip to
+#: the store (on a busy gateway that round trip, not the destination, bounded throughput).
+PREFETCH = 3
 
 
 def recordable(details: dict[str, Any], secrets: set[str]) -> dict[str, Any]:
@@ -85,6 +89,8 @@ class Try:
     task: asyncio.Task[None] | None = None
     sending: bool = True
     recorded: bool = False
+    #: Seconds the try may take: what is left of `TRY_SHARE_OF_LEASE` of its lease.
+    timeout: float = 0.0
 
 
 async def guarded_call(call: Awaitable[Any], limit: float) -> Outcome:
@@ -126,6 +132,10 @@ class Dispatcher:
         self.min_batch = max(1, concurrency // 4)
         self.try_timeout = engine.lease * TRY_SHARE_OF_LEASE
         self.tries: dict[str, Try] = {}
+        #: Claimed deliveries waiting for a slot, with the time of their claim (`PREFETCH`).
+        self.ready: deque[tuple[DeliveryRecord, float]] = deque()
+        #: Waiting deliveries whose lease ran too short to start; released by `step`.
+        self.stale: list[str] = []
         #: Tries whose request is in progress (the rest of `tries` are recording a result).
         self.sending = 0
         self.wakeup = asyncio.Event()
@@ -178,23 +188,62 @@ class Dispatcher:
         if now - self._pause_checked >= POLL_PAUSE:
             await self.refresh_pause()
         if self.paused is not None:
+            self.stale.extend(d.id for d, _ in self.ready)  # paused: hand them back
+            self.ready.clear()
+        if self.stale:
+            # Not one this dispatcher claimed again meanwhile (its lease had run out).
+            mine = set(self.tries) | {d.id for d, _ in self.ready}
+            stale, self.stale = [i for i in self.stale if i not in mine], []
+            if stale:
+                await self.engine.store.release(stale, now)
+        if self.paused is not None:
             return POLL_PAUSE
         if self.hold_until > now:
             return self.hold_until - now
         return await self.claim(now)
 
+    def waiting(self) -> list[str]:
+        """Claimed deliveries no try has started (and none will): the engine releases them."""
+        ids = [d.id for d, _ in self.ready] + self.stale
+        self.ready.clear()
+        self.stale = []
+        return ids
+
+    def start_ready(self) -> None:
+        """Start tries of waiting deliveries while slots are free (none while stopping or
+        held). A delivery whose lease no longer covers half a try is set aside for release:
+        the store hands it out again, so no try can outlive its lease."""
+        now = self.engine.clock.now()
+        while self.ready and self.sending < self.concurrency:
+            if self.stopping or self.paused is not None or self.hold_until > now:
+                return
+            delivery, claimed = self.ready.popleft()
+            left = claimed + self.try_timeout - now
+            if left < self.try_timeout / 2:
+                self.stale.append(delivery.id)
+                self.wakeup.set()
+                continue
+            t = Try(delivery, timeout=min(self.try_timeout, left))
+            self.tries[delivery.id] = t
+            self.sending += 1
+            t.task = asyncio.create_task(self.attempt(t), name=f"deliver:{delivery.id}")
+
     async def claim(self, now: float) -> float | None:
-        """Claim what may start now and start its tries (the rest of `step`)."""
+        """Claim what may start now or soon and start what slots allow (the rest of `step`)."""
         engine = self.engine
         # `concurrency` bounds requests to the destination; a try that is only recording its
         # result frees its slot, so sending overlaps the store's commit. The recording backlog
         # is bounded too, so a slow store slows claiming instead of piling up results.
+        # Claims run ahead of the slots by `PREFETCH`, so a freed slot never waits for one.
+        self.start_ready()
+        if self.stale:  # hand those back first: a claim now could take them again
+            return 0.0
         if len(self.tries) >= self.concurrency * RECORDING_BACKLOG:
             return None
-        free = self.concurrency - self.sending
-        if free < (self.min_batch if self.sending else 1):
+        room = self.concurrency * (1 + PREFETCH) - self.sending - len(self.ready)
+        if room < (self.min_batch if self.sending or self.ready else 1):
             return None  # a finishing try wakes us
-        limit = free
+        limit = room
         if self.bucket is not None:
             tokens = self.bucket.available()
             if tokens < 1:
@@ -209,11 +258,8 @@ class Dispatcher:
             return None
         if self.bucket is not None and batch:
             self.bucket.take(len(batch))
-        for delivery in batch:
-            t = Try(delivery)
-            self.tries[delivery.id] = t
-            self.sending += 1
-            t.task = asyncio.create_task(self.attempt(t), name=f"deliver:{delivery.id}")
+        self.ready.extend((d, now) for d in batch)
+        self.start_ready()
         if len(batch) == limit:
             return 0.0  # there may be more due
         due = await engine.store.next_due(self.name)
@@ -227,7 +273,7 @@ class Dispatcher:
         engine, d = self.engine, t.delivery
         started = engine.clock.now()
         try:
-            outcome = await guarded_call(self.instance.deliver(d), self.try_timeout)
+            outcome = await guarded_call(self.instance.deliver(d), t.timeout or self.try_timeout)
             if outcome.kind == "throttled" and outcome.retry_after:
                 # The receiver asked for a pause, not just for this one delivery: sending the
                 # others meanwhile would only collect more 429s. Set before the slot frees.
@@ -243,6 +289,7 @@ class Dispatcher:
         if t.sending:
             t.sending = False
             self.sending -= 1
+            self.start_ready()
             self.wakeup.set()
 
     async def record(self, t: Try, outcome: Outcome, started: float) -> None:

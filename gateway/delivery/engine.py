@@ -167,6 +167,7 @@ class DeliveryEngine:
             if pending:  # cancelled ones end at once; ones recording their result finish it
                 await asyncio.wait(pending, timeout=5.0)
         unrecorded = [t.delivery.id for t in tries if not t.recorded]
+        unrecorded += [i for d in self.dispatchers.values() for i in d.waiting()]
         if unrecorded:
             log.warning("delivery: releasing %d unfinished deliveries", len(unrecorded))
             try:
