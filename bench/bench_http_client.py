@@ -83,7 +83,8 @@ async def run(url: str, n: int, concurrency: int) -> dict[str, tuple[float, floa
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         ),
     )
-    await with_httpx("httpx + httpx-aiohttp transport (make_http_client)", make_http_client())
+    await with_httpx("httpx + httpx-aiohttp transport", make_http_client("aiohttp"))
+    await with_httpx("httpx + our h1 transport (make_http_client)", make_http_client("h1"))
 
     async with aiohttp.ClientSession() as session:
 

@@ -43,7 +43,7 @@ async def test_the_client_never_follows_redirects_and_an_unknown_transport_is_re
         make_http_client("curl")
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["h1", "aiohttp", "httpx"])
 async def test_cookies_a_receiver_sets_are_not_sent_with_later_deliveries(transport):
     from receiver import Receiver, Reply
 

@@ -1,10 +1,11 @@
-"""The outbound HTTP client: httpx's API over aiohttp's connection handling.
+"""The outbound HTTP client: httpx's API over our own HTTP/1.1 transport.
 
 `make_http_client()` returns the one `httpx.AsyncClient` a process shares (destinations receive
-it as ``Services.http``). Stock httpx spends most of its time in connection-pool bookkeeping
-(upstream httpx issue #3215); ``httpx-aiohttp``'s `AiohttpTransport` keeps httpx's request and
-response objects but lets aiohttp own the sockets. The side-by-side measurement that chose it is
-in ``docs/performance.md`` (``bench/bench_http_client.py`` reproduces it).
+it as ``Services.http``). Underneath is `gateway.destination.h1.H1Transport` (keep-alive pool,
+httptools' C parser): stock httpx spends most of its time in connection-pool bookkeeping
+(upstream httpx issue #3215), and httpx-aiohttp's transport, the previous default, still cost
+about a quarter more CPU per delivery. The side-by-side measurement is in
+``docs/performance.md`` (``bench/bench_http_client.py`` reproduces it).
 
 Contract:
 - redirects are never followed (``follow_redirects=False``; the transport also passes
@@ -14,8 +15,8 @@ Contract:
   log line is silenced (it prints full URLs, which can be secrets);
 - the caller closes the client (``await client.aclose()``) when the process stops.
 
-`CALLBACK_GATEWAY_HTTP_TRANSPORT=httpx` selects stock httpx instead (for comparison or if the
-aiohttp transport misbehaves somewhere).
+`CALLBACK_GATEWAY_HTTP_TRANSPORT=aiohttp` (httpx-aiohttp) or ``=httpx`` (stock httpx) selects
+another transport, for comparison or if ours misbehaves somewhere.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ USER_AGENT = "callback-gateway"
 
 
 def make_http_client(transport: str | None = None) -> httpx.AsyncClient:
-    """The shared outbound client; `transport` is ``"aiohttp"`` (default) or ``"httpx"``."""
-    kind = transport or os.environ.get("CALLBACK_GATEWAY_HTTP_TRANSPORT", "aiohttp")
+    """The shared outbound client; `transport` is ``"h1"`` (default), ``"aiohttp"`` or
+    ``"httpx"``."""
+    kind = transport or os.environ.get("CALLBACK_GATEWAY_HTTP_TRANSPORT", "h1")
     limits = httpx.Limits(
         max_connections=MAX_CONNECTIONS,
         max_keepalive_connections=MAX_CONNECTIONS,
@@ -50,13 +52,18 @@ def make_http_client(transport: str | None = None) -> httpx.AsyncClient:
     }
     if kind == "httpx":
         client = httpx.AsyncClient(limits=limits, **common)  # type: ignore[arg-type]
+    elif kind == "h1":
+        from gateway.destination.h1 import H1Transport
+
+        transport_ = H1Transport(MAX_CONNECTIONS, keepalive_expiry=30.0)
+        client = httpx.AsyncClient(transport=transport_, **common)  # type: ignore[arg-type]
     elif kind == "aiohttp":
         client = httpx.AsyncClient(
             transport=_aiohttp_transport(limits),
             **common,  # type: ignore[arg-type]
         )
     else:
-        raise ValueError(f"unknown HTTP transport {kind!r}; expected 'aiohttp' or 'httpx'")
+        raise ValueError(f"unknown HTTP transport {kind!r}; expected 'h1', 'aiohttp' or 'httpx'")
     # Deliveries are independent: no cookie a receiver sets is sent with a later delivery.
     # (Also skips httpx's cookie-jar parsing of every response, ~9% of a delivery's CPU.)
     client._cookies = _NoCookies()  # httpx 0.28 keeps the jar here; the public setter copies
