@@ -403,6 +403,26 @@ async def test_max_connections_bounds_open_connections_and_every_request_complet
     assert srv.accepted == 2, "keep-alive: the two connections carry all ten requests"
 
 
+async def test_a_waiter_woken_then_cancelled_passes_the_free_connection_on():
+    """A request woken for a free connection but cancelled before it ran (a destination's
+    own timeout) must not swallow the wake-up: the next waiter gets the connection."""
+    async with (
+        RawServer(ok) as srv,
+        httpx.AsyncClient(transport=H1Transport(max_connections=1)) as client,
+    ):
+        first = await client.send(client.build_request("GET", srv.url + "/a"), stream=True)
+        pool = httpx.Timeout(WAIT, pool=1.0)
+        cancelled = asyncio.create_task(client.get(srv.url + "/b", timeout=pool))
+        waiting = asyncio.create_task(client.get(srv.url + "/c", timeout=pool))
+        for _ in range(5):  # both reach the pool's wait
+            await asyncio.sleep(0)
+        await first.aclose()  # frees the connection: wakes /b, which has not run yet
+        cancelled.cancel()
+        answer = await waiting
+    assert answer.status_code == 200 and answer.content == b"ok /c"
+    assert [r.target for r in srv.requests] == ["/a", "/c"]
+
+
 # -- 9. Connection: close -----------------------------------------------------------------
 
 

@@ -49,6 +49,8 @@ def is_secret_key(key: object) -> bool:
 
 def redact_url(text: str) -> str:
     """Mask the password in every `scheme://user:password@` inside `text`."""
+    if "://" not in text:  # most log lines: no URL, no regex scan
+        return text
     return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
 
 
