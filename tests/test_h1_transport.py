@@ -543,3 +543,18 @@ async def test_https_to_a_self_signed_server_is_refused_as_a_connect_error(tmp_p
                 await client.post(srv.url + "/in", content=b"[]")
     assert "certificate verify failed" in str(info.value).lower(), str(info.value)
     assert [r.target for r in srv.requests] == ["/control"]  # the h1 client sent nothing
+
+
+async def test_https_with_a_trusted_certificate_is_delivered_and_kept_alive(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    trusting = ssl.create_default_context(cafile=str(cert))
+    async with (
+        RawServer(ok, ssl_context=server_ctx) as srv,
+        httpx.AsyncClient(transport=H1Transport(ssl_context=trusting)) as client,
+    ):
+        answers = [await client.post(srv.url + f"/in{i}", content=b"[1]") for i in range(3)]
+    assert [a.content for a in answers] == [b"ok /in0", b"ok /in1", b"ok /in2"]
+    assert [r.body for r in srv.requests] == [b"[1]"] * 3
+    assert srv.accepted == 1

@@ -9,9 +9,10 @@ by ``httptools`` (the C parser Sanic already depends on) inside an `asyncio.Prot
 
 Contract (`H1Transport`):
 
-- HTTP/1.1 over TCP, ``https`` through `ssl` with the default context (certificates and host
-  names verified; ``verify=False`` is not offered). No proxies, no HTTP/2, no redirects (httpx
-  never follows them here), no ``Expect: 100-continue``.
+- HTTP/1.1 over TCP, ``https`` through `ssl`: certificates and host names verified against
+  certifi's CA bundle, as stock httpx does (``ssl_context`` replaces it; no ``verify=False``).
+  No proxies, no HTTP/2, no redirects (httpx never follows them here), no ``Expect:
+  100-continue``.
 - Timeouts come from the request (httpx's ``timeout`` extension): ``connect`` bounds opening a
   connection, ``read`` bounds each wait for response bytes (a peer that does not take the
   request never answers it either), ``pool`` bounds the wait for a connection when
@@ -39,6 +40,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
+import certifi
 import httptools
 import httpx
 
@@ -249,13 +251,18 @@ class _Body(httpx.AsyncByteStream):
 class H1Transport(httpx.AsyncBaseTransport):
     """See the module docstring. `max_connections` bounds open connections per host."""
 
-    def __init__(self, max_connections: int = 512, keepalive_expiry: float = 30.0) -> None:
+    def __init__(
+        self,
+        max_connections: int = 512,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.max_connections = max_connections
         self.keepalive_expiry = keepalive_expiry
         self._idle: dict[_Key, list[_Connection]] = {}
         self._open: dict[_Key, int] = {}
         self._waiting: dict[_Key, deque[asyncio.Future[None]]] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -356,8 +363,8 @@ class H1Transport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         tls: dict[str, Any] = {}
         if scheme == "https":
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
+            if self._ssl is None:  # the CA bundle httpx itself verifies against
+                self._ssl = ssl.create_default_context(cafile=certifi.where())
             tls = {"ssl": self._ssl, "server_hostname": host}
         try:
             async with asyncio.timeout(wait):
