@@ -558,3 +558,14 @@ async def test_https_with_a_trusted_certificate_is_delivered_and_kept_alive(tmp_
     assert [a.content for a in answers] == [b"ok /in0", b"ok /in1", b"ok /in2"]
     assert [r.body for r in srv.requests] == [b"[1]"] * 3
     assert srv.accepted == 1
+
+
+@pytest.mark.parametrize("value", ["b\r\nX-Injected: 1", "b\nX-Injected: 1", "b\x00c"])
+async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(value):
+    async with RawServer(ok) as srv, make_http_client("h1") as client:
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.post(srv.url + "/in", content=b"[]", headers={"X-Note": value})
+        answer = await client.post(srv.url + "/after", content=b"[]")
+    assert answer.status_code == 200
+    assert [r.target for r in srv.requests] == ["/after"]
+    assert not any(r.values("x-injected") for r in srv.requests)

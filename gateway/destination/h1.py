@@ -22,6 +22,9 @@ Contract (`H1Transport`):
   `httpx.PoolTimeout`, `httpx.ReadError` (the peer closed mid-body),
   `httpx.RemoteProtocolError` (a peer that closes before answering or answers something that
   is not HTTP).
+- A header name or value holding CR, LF or NUL is refused (`httpx.LocalProtocolError`) before
+  anything is sent, as h11 does under stock httpx: event data in a templated header cannot add
+  headers of its own.
 - The response body streams: a caller that stops reading early (``read_capped``) closes the
   stream, and the connection, whose rest of a body is unknown, is closed instead of reused.
   Reading pauses while more than `HIGH_WATER` bytes wait unread.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import ssl
 import time
 from collections import deque
@@ -44,6 +48,9 @@ import certifi
 import httptools
 import httpx
 
+#: Bytes that may not appear in a header name or value: they would start a header (or a body)
+#: of the sender's choosing.
+_UNSAFE = re.compile(rb"[\r\n\x00]")
 #: Unread response bytes at which a connection stops reading from its socket.
 HIGH_WATER = 256 * 1024
 #: Most response header bytes accepted (a peer sending more is not an HTTP server we talk to).
@@ -403,6 +410,10 @@ async def _request_bytes(request: httpx.Request) -> bytes:
     lines = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
     has_length = False
     for name, value in request.headers.raw:
+        if _UNSAFE.search(name) or _UNSAFE.search(value):  # would end the header early
+            raise httpx.LocalProtocolError(
+                f"header {name.decode('latin-1')!r} holds a line break or NUL; not sent"
+            )
         low = name.lower()
         if low == b"transfer-encoding":
             continue  # the body is in memory: always sent with its length
