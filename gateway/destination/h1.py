@@ -333,8 +333,9 @@ class H1Transport(httpx.AsyncBaseTransport):
     async def _acquire(
         self, key: _Key, timeouts: dict[str, Any], fresh: bool = False
     ) -> tuple[_Connection, bool]:
-        """A connection to `key` and whether it was reused from the pool (never with
-        `fresh`)."""
+        """A connection to `key` and whether it was reused from the pool. `fresh` (after a
+        kept-alive connection turned out closed) drops every idle one to `key` too: they are
+        older than the one that failed."""
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
@@ -381,8 +382,7 @@ class H1Transport(httpx.AsyncBaseTransport):
         except ssl.SSLError as e:
             raise httpx.ConnectError(f"TLS handshake with {host}:{port} failed: {e}") from e
         except OSError as e:
-            reason = os.strerror(e.errno) if isinstance(e.errno, int) and e.errno > 0 else str(e)
-            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {reason}") from e
+            raise httpx.ConnectError(connect_failure(host, port, e)) from e
         return conn
 
     def _discard(self, conn: _Connection) -> None:
@@ -399,6 +399,16 @@ class H1Transport(httpx.AsyncBaseTransport):
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+def connect_failure(host: str, port: int, err: OSError) -> str:
+    """``cannot connect to 127.0.0.1:8081: Connection refused``: the address once (asyncio's
+    own text repeats it) and the system's reason."""
+    if isinstance(err.errno, int) and err.errno > 0:
+        reason = os.strerror(err.errno)
+    else:
+        reason = err.strerror or str(err) or type(err).__name__
+    return f"cannot connect to {host}:{port}: {reason}"
 
 
 async def _request_bytes(request: httpx.Request) -> bytes:

@@ -3,13 +3,13 @@
 `make_http_client()` returns the one `httpx.AsyncClient` a process shares (destinations receive
 it as ``Services.http``). Underneath is `gateway.destination.h1.H1Transport` (keep-alive pool,
 httptools' C parser): stock httpx spends most of its time in connection-pool bookkeeping
-(upstream httpx issue #3215), and httpx-aiohttp's transport, the previous default, still cost
-about a quarter more CPU per delivery. The side-by-side measurement is in
+(upstream httpx issue #3215), and httpx-aiohttp's transport, the previous default, cost about
+60% more client CPU per request. The side-by-side measurement is in
 ``docs/performance.md`` (``bench/bench_http_client.py`` reproduces it).
 
 Contract:
-- redirects are never followed (``follow_redirects=False``; the transport also passes
-  ``allow_redirects=False`` to aiohttp), so a 3xx reaches the destination for classification;
+- redirects are never followed (``follow_redirects=False``; the aiohttp transport also passes
+  ``allow_redirects=False``), so a 3xx reaches the destination for classification;
 - per-request timeouts come from the destination (``timeout=`` on each request);
 - cookies are never kept or sent (deliveries are independent), and httpx's per-request INFO
   log line is silenced (it prints full URLs, which can be secrets);
@@ -29,9 +29,14 @@ from typing import Any
 
 import httpx
 
-#: Connections per process across all destinations. Per-destination ``concurrency`` is the
-#: real bound; this only stops a misconfiguration from opening thousands of sockets.
+from gateway.destination.h1 import H1Transport, connect_failure
+
+#: Connections per destination host (per process with the aiohttp and stock transports).
+#: Per-destination ``concurrency`` is the real bound; this only stops a misconfiguration from
+#: opening thousands of sockets.
 MAX_CONNECTIONS = 512
+#: Seconds an idle kept-alive connection may be reused.
+KEEPALIVE = 30.0
 USER_AGENT = "callback-gateway"
 
 
@@ -42,7 +47,7 @@ def make_http_client(transport: str | None = None) -> httpx.AsyncClient:
     limits = httpx.Limits(
         max_connections=MAX_CONNECTIONS,
         max_keepalive_connections=MAX_CONNECTIONS,
-        keepalive_expiry=30.0,
+        keepalive_expiry=KEEPALIVE,
     )
     common = {
         "follow_redirects": False,
@@ -53,10 +58,8 @@ def make_http_client(transport: str | None = None) -> httpx.AsyncClient:
     if kind == "httpx":
         client = httpx.AsyncClient(limits=limits, **common)  # type: ignore[arg-type]
     elif kind == "h1":
-        from gateway.destination.h1 import H1Transport
-
-        transport_ = H1Transport(MAX_CONNECTIONS, keepalive_expiry=30.0)
-        client = httpx.AsyncClient(transport=transport_, **common)  # type: ignore[arg-type]
+        own = H1Transport(MAX_CONNECTIONS, keepalive_expiry=KEEPALIVE)
+        client = httpx.AsyncClient(transport=own, **common)  # type: ignore[arg-type]
     elif kind == "aiohttp":
         client = httpx.AsyncClient(
             transport=_aiohttp_transport(limits),
@@ -117,13 +120,8 @@ def _remap(e: httpx.TransportError, aiohttp: Any) -> httpx.TransportError:
 def _connect_failure(cause: Any) -> str:
     """What went wrong connecting, without aiohttp's ``ssl:default`` (its text names the
     connection key's TLS setting, which reads ``default`` even for a plain ``http://`` URL):
-    ``cannot connect to 127.0.0.1:8081: Connection refused``."""
-    err = cause.os_error
-    if isinstance(err.errno, int) and err.errno > 0:  # asyncio's text repeats the address
-        reason = os.strerror(err.errno)
-    else:
-        reason = err.strerror or str(err) or type(err).__name__
-    return f"cannot connect to {cause.host}:{cause.port}: {reason}"
+    the same text as our own transport's."""
+    return connect_failure(cause.host, cause.port, cause.os_error)
 
 
 def _has_request(e: httpx.TransportError) -> bool:
