@@ -42,6 +42,7 @@ def connect_to(path: Path) -> Callable[[], FlakyConnection]:
     def connect() -> FlakyConnection:
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("CREATE TABLE IF NOT EXISTS t (name TEXT PRIMARY KEY)")
         return FlakyConnection(conn)
 
@@ -91,9 +92,12 @@ def stored(db: Path) -> set[str]:
         conn.close()
 
 
-async def in_one_group(committer: Committer, ops: list[Callable[[Any], Any]]) -> list[Any]:
+async def in_one_group(
+    committer: Committer, ops: list[Callable[[Any], Any]], sync: list[bool] | None = None
+) -> list[Any]:
     """Run `ops` so that they land in one group: the committer's thread is held inside a first
-    operation until every op is queued. Returns each op's result or exception, in order."""
+    operation until every op is queued. Returns each op's result or exception, in order.
+    `sync[i]` False makes op i a bookkeeping write."""
     entered, gate = threading.Event(), threading.Event()
 
     def hold(conn: Any) -> bool:
@@ -103,7 +107,10 @@ async def in_one_group(committer: Committer, ops: list[Callable[[Any], Any]]) ->
     groups_before = committer.groups
     blocker = asyncio.ensure_future(committer.run(hold, write=False))
     assert await asyncio.to_thread(entered.wait, 5), "the committer never ran the first op"
-    tasks = [asyncio.ensure_future(committer.run(op)) for op in ops]
+    syncs = sync or [True] * len(ops)
+    tasks = [
+        asyncio.ensure_future(committer.run(op, sync=s)) for op, s in zip(ops, syncs, strict=True)
+    ]
     for _ in range(3):
         await asyncio.sleep(0)  # every task runs up to its await: all ops are queued
     gate.set()
@@ -142,6 +149,46 @@ async def test_many_writes_without_coordination_are_still_grouped(committer: Com
     await asyncio.gather(*(committer.run(insert(f"n{i}")) for i in range(300)))
     assert committer.operations == 300
     assert committer.groups < 300
+
+
+def insert_seeing_sync(name: str) -> Callable[[Any], int]:
+    """Inserts `name` and returns the ``synchronous`` level its transaction commits with
+    (1 NORMAL: no fsync at COMMIT; 2 FULL)."""
+
+    def op(conn: Any) -> int:
+        conn.execute("INSERT INTO t (name) VALUES (?)", (name,))
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    return op
+
+
+async def test_a_group_of_bookkeeping_writes_commits_without_fsync(
+    committer: Committer, db: Path
+) -> None:
+    results = await in_one_group(
+        committer, [insert_seeing_sync("a"), insert_seeing_sync("b")], sync=[False, False]
+    )
+    assert results == [1, 1]
+    assert stored(db) == {"a", "b"}
+
+
+async def test_one_durable_write_makes_its_whole_group_fsync(
+    committer: Committer, db: Path
+) -> None:
+    results = await in_one_group(
+        committer,
+        [insert_seeing_sync("a"), insert_seeing_sync("b"), insert_seeing_sync("c")],
+        sync=[False, True, False],
+    )
+    assert results == [2, 2, 2]
+    assert stored(db) == {"a", "b", "c"}
+
+
+async def test_durable_writes_fsync_again_after_bookkeeping(committer: Committer) -> None:
+    assert await committer.run(insert_seeing_sync("a"), sync=False) == 1
+    assert await committer.run(insert_seeing_sync("b")) == 2
+    assert await committer.run(insert_seeing_sync("c"), sync=False) == 1
+    assert await committer.run(insert_seeing_sync("d"), sync=True) == 2
 
 
 async def test_a_failing_operation_does_not_undo_the_others_in_its_group(

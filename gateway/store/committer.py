@@ -8,6 +8,16 @@ A caller's future resolves only after that COMMIT returned, i.e. after the data 
 (``synchronous=FULL``). If the COMMIT fails, every operation of the group fails with
 `StoreError` and none of it is stored.
 
+Bookkeeping writes (``run(fn, sync=False)``: delivery claims, attempt outcomes, lease
+hand-backs) need not reach the disk before their caller goes on: a group made only of them
+commits with ``synchronous=NORMAL``, which in WAL mode skips the fsync but survives a crash of
+the process (the frames are in the operating system's cache). Only a power loss or a kernel
+crash can undo such a commit, and then the delivery is tried again, as after any crash between
+sending and recording (at least once; receivers drop repeats by ``webhook-id``). The next
+``FULL`` commit on the file fsyncs the whole WAL, those frames included. With two processes on
+one file this matters: the fsync is made while holding the writers' lock, so a delivery
+process's bookkeeping held intake's commits back by one fsync per group.
+
 Several processes on one database file (Sanic workers, the CLI) take turns through `lock_path`:
 an exclusive ``flock`` held from BEGIN to COMMIT of every group that writes. SQLite's own busy
 handler would also serialise them, but it waits by sleeping with a growing back-off (up to
@@ -48,6 +58,7 @@ STORAGE_ERRORS = frozenset({8, 10, 13, 14, 22})
 class _Op:
     fn: Callable[[sqlite3.Connection], Any]
     write: bool
+    sync: bool
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
 
@@ -69,6 +80,7 @@ class Committer:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._closed = False
+        self._sync_full = True  # the connection's ``synchronous`` setting is FULL
         #: Why the latest group that wrote could not commit, or None (see the module docstring).
         self.write_failure: str | None = None
         #: Groups committed and operations in them, for benchmarks and metrics.
@@ -88,13 +100,17 @@ class Committer:
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
-        """Run `fn(conn)` in the next group; for writes, return once the group is committed."""
+    async def run(
+        self, fn: Callable[[sqlite3.Connection], T], write: bool = True, sync: bool = True
+    ) -> T:
+        """Run `fn(conn)` in the next group; for writes, return once the group is committed.
+        `sync` False: a bookkeeping write, committed without fsync when its whole group is
+        (see the module docstring)."""
         if self._closed:
             raise StoreError("the store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Op(fn, write, future, loop))
+        self._queue.put(_Op(fn, write, sync, future, loop))
         return await future
 
     def _run(self) -> None:
@@ -159,6 +175,11 @@ class Committer:
 
     def _transaction(self, conn: sqlite3.Connection, group: list[_Op], writes: bool) -> None:
         try:
+            if writes:
+                full = any(op.write and op.sync for op in group)
+                if full != self._sync_full:
+                    conn.execute("PRAGMA synchronous=FULL" if full else "PRAGMA synchronous=NORMAL")
+                    self._sync_full = full
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
         except sqlite3.Error as e:
             self._failed(writes, e)

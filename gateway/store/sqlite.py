@@ -149,6 +149,11 @@ class SQLiteStore(SQLiteInspection, SQLiteRetention, Store):
     async def _write(self, fn: Any) -> Any:
         return await self.committer.run(fn, write=True)
 
+    async def _bookkeeping(self, fn: Any) -> Any:
+        """A write whose loss in a power cut only means a delivery is tried again (see
+        `Committer`): committed without fsync unless grouped with a durable write."""
+        return await self.committer.run(fn, write=True, sync=False)
+
     async def _read(self, fn: Any) -> Any:
         return await self.committer.run(fn, write=False)
 
@@ -343,7 +348,7 @@ class SQLiteStore(SQLiteInspection, SQLiteRetention, Store):
             ).fetchall()
             return [delivery_row(r) for r in rows]
 
-        return await self._write(op)
+        return await self._bookkeeping(op)
 
     async def finish_attempt(
         self,
@@ -387,10 +392,10 @@ class SQLiteStore(SQLiteInspection, SQLiteRetention, Store):
                 ),
             )
 
-        await self._write(op)
+        await self._bookkeeping(op)
 
     async def release(self, delivery_ids: list[str], now: float) -> None:
-        await self._write(
+        await self._bookkeeping(
             lambda c: c.executemany(
                 "UPDATE deliveries SET state = 'pending', lease_until = NULL, leased_by = NULL,"
                 " next_attempt_at = MIN(next_attempt_at, ?), updated_at = ?"
