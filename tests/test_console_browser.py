@@ -191,8 +191,14 @@ def story(gw: GatewayProcess, rx: Receiver) -> dict[str, Any]:
     return {"uuid": uuid_, "dead": dead["id"]}
 
 
-def test_search_shows_the_timeline_of_a_message(browser, gw, shots, story):
+@pytest.fixture(scope="module", autouse=True)
+def signed_in(browser: webdriver.Chrome, gw: GatewayProcess, shots: Path, story: Any) -> None:
+    """Every test starts signed in (and with the story told), whichever of them run."""
     login(browser, gw, shots)
+
+
+def test_search_shows_the_timeline_of_a_message(browser, gw, shots, story):
+    browser.get(f"{gw.base}/console/")
     shoot(browser, shots, "overview")
     page = text(browser)
     assert "revicom" in page and "crm" in page and "Latest errors" in page
