@@ -22,8 +22,12 @@ import httpx
 import pytest
 from gateway_process import free_port
 
+from gateway.clock import SystemClock
+from gateway.destination.base import Outcome, Services
 from gateway.destination.h1 import HIGH_WATER, H1Transport
-from gateway.destination.http import make_http_client, read_capped
+from gateway.destination.http import MAX_READ, GatewayClient, make_http_client, read_capped
+from gateway.destination.http_destination import Answer as HTTPAnswer
+from gateway.destination.http_destination import HTTPDestination
 
 #: How long a test waits for something the peer must see before giving up (a failure, not a
 #: timing assumption: everything here happens in well under this on loopback).
@@ -569,3 +573,100 @@ async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(val
     assert answer.status_code == 200
     assert [r.target for r in srv.requests] == ["/after"]
     assert not any(r.values("x-injected") for r in srv.requests)
+
+
+# -- 8. HTTPDestination's direct path (no httpx client, request or response objects) ----------
+
+
+def _destination(client: httpx.AsyncClient, timeout: float = WAIT) -> HTTPDestination:
+    options = type("Options", (), {"timeout": timeout})()
+    return HTTPDestination("hook", options, Services(client, SystemClock(), None))
+
+
+def _sent(req: Req) -> list[tuple[str, str]]:
+    return [(n.lower(), v) for n, v in req.headers if n.lower() != "accept-encoding"]
+
+
+async def test_the_direct_path_sends_what_httpx_sends_and_reads_the_same_answer():
+    async def answer(server: RawServer, req: Req, writer: asyncio.StreamWriter) -> bool:
+        body = b"echo " + req.body
+        writer.write(response(201, body, [("X-Seen", req.target), ("Retry-After", "7")]))
+        return True
+
+    headers = {"Content-Type": "application/json", "webhook-id": "msg_1", "X-Empty": ""}
+    answers, requests = [], []
+    async with RawServer(answer) as srv:
+        for kind in ("h1", "httpx"):  # ours direct, then stock httpx through its client
+            async with make_http_client(kind) as client:
+                assert (getattr(client, "direct", None) is not None) == (kind == "h1")
+                dest = _destination(client)
+                for i in range(3):
+                    url = f"{srv.url}/in?n={i}&q=a%20b"
+                    answers.append(await dest.request("POST", url, b'{"n":%d}' % i, headers))
+        requests = srv.requests
+    assert len(requests) == 6
+    for ours, stock in zip(requests[:3], requests[3:], strict=True):
+        assert (ours.method, ours.target, ours.body) == (stock.method, stock.target, stock.body)
+        assert _sent(ours) == _sent(stock)
+        assert not ours.values("accept-encoding"), "bodies are read raw: none may be compressed"
+    for ours, stock in zip(answers[:3], answers[3:], strict=True):
+        assert isinstance(ours, HTTPAnswer) and isinstance(stock, HTTPAnswer)
+        assert (ours.status, ours.body, ours.headers.get("x-seen")) == (
+            stock.status,
+            stock.body,
+            stock.headers.get("x-seen"),
+        )
+        assert ours.headers.multi_items() == stock.headers.multi_items()
+    assert {r.conn for r in requests[:3]} == {0}, "the direct path keeps the connection alive"
+
+
+async def test_the_direct_path_caps_the_body_and_does_not_reuse_that_connection():
+    big = _blob(MAX_READ * 3, seed=9)
+
+    async def answer(server: RawServer, req: Req, writer: asyncio.StreamWriter) -> bool:
+        writer.write(response(500, big if req.target == "/big" else b"small"))
+        return True
+
+    async with RawServer(answer) as srv, make_http_client("h1") as client:
+        dest = _destination(client)
+        first = await dest.request("POST", srv.url + "/big", b"x", {})
+        second = await dest.request("POST", srv.url + "/small", b"x", {})
+        await srv.wait_until(lambda: 0 in srv.ended)
+    assert isinstance(first, HTTPAnswer) and first.body == big[:MAX_READ]
+    assert isinstance(second, HTTPAnswer) and second.body == b"small"
+    assert [r.conn for r in srv.requests] == [0, 1], "an unread rest of a body closes its conn"
+
+
+async def test_the_direct_path_sends_one_host_and_refuses_a_header_line_break():
+    async with RawServer(ok) as srv, make_http_client("h1") as client:
+        dest = _destination(client)
+        answer = await dest.request("POST", srv.url + "/h", b"", {"Host": "example.test"})
+        refused = await dest.request("POST", srv.url + "/h", b"", {"X-Bad": "a\r\nX-Evil: 1"})
+    assert isinstance(answer, HTTPAnswer) and answer.status == 200
+    assert srv.requests[0].values("host") == ["example.test"]
+    assert isinstance(refused, Outcome) and refused.kind == "retry"
+    assert "line break" in (refused.error or "")
+    assert len(srv.requests) == 1, "nothing of the refused request reached the peer"
+
+
+async def test_a_direct_request_that_times_out_mid_body_gives_its_connection_back():
+    async def stall(server: RawServer, req: Req, writer: asyncio.StreamWriter) -> bool:
+        if req.target == "/stall":
+            writer.write(response(200, b"x" * 10)[:-5])  # the head and half the body
+            await writer.drain()
+            await server.hold()
+            return False
+        writer.write(response(200, b"fine"))
+        return True
+
+    async with RawServer(stall) as srv, make_http_client("h1") as client:
+        assert isinstance(client, GatewayClient) and client.direct is not None
+        client.direct.max_connections = 1  # a leaked connection would block the next request
+        dest = _destination(client, timeout=0.2)
+        stalled = await dest.request("POST", srv.url + "/stall", b"", {})
+        after = await dest.request("POST", srv.url + "/ok", b"", {})
+        for fut in srv.held:
+            fut.set_result(None)
+    assert isinstance(stalled, Outcome) and stalled.kind == "retry"
+    assert "timed out" in (stalled.error or "")
+    assert isinstance(after, HTTPAnswer) and after.body == b"fine"

@@ -41,7 +41,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import certifi
@@ -276,23 +276,12 @@ class H1Transport(httpx.AsyncBaseTransport):
         if self._closed:
             raise RuntimeError("the transport is closed")
         url = request.url
-        scheme = url.scheme
-        if scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
-        key = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
         timeouts = request.extensions.get("timeout", {})
-        data = await _request_bytes(request)
-        conn, reused = await self._acquire(key, timeouts)
-        try:
-            status, headers = await self._exchange(conn, request, data, timeouts)
-        except httpx.RemoteProtocolError:
-            if not (reused and conn.unanswered()):
-                raise
-            # A kept-alive connection the peer closed as we sent (a race every HTTP/1.1
-            # client has): once more on a new connection. Nothing of an answer came back, so
-            # the receiver most likely saw nothing; if it did, the webhook-id repeats.
-            conn, _ = await self._acquire(key, timeouts, fresh=True)
-            status, headers = await self._exchange(conn, request, data, timeouts)
+        body = await request.aread()
+        data = encode_request(request.method, url.raw_path, request.headers.raw, body)
+        conn, status, headers = await self._send(
+            _key(url), data, timeouts, no_body=request.method == "HEAD"
+        )
         return httpx.Response(
             status,
             headers=headers,
@@ -300,12 +289,62 @@ class H1Transport(httpx.AsyncBaseTransport):
             extensions={"http_version": b"HTTP/1.1"},
         )
 
+    async def exchange(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        wait: float,
+        limit: int,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One request and its answer: status, headers and at most `limit` bytes of the body.
+
+        What `HTTPDestination` sends, without httpx's client, `Request` and `Response`
+        objects, which cost about as much CPU as the rest of a delivery put together. Same
+        pool, errors and retry as `handle_async_request`; `wait` bounds connecting, the
+        wait for a free connection and each wait for bytes. `headers` are sent as given
+        (Host first, the caller's own next), then Content-Length."""
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        data = encode_request(method, url.raw_path, headers, body)
+        timeouts = {"connect": wait, "read": wait, "pool": wait}
+        conn, status, head = await self._send(_key(url), data, timeouts, method == "HEAD")
+        chunks: list[bytes] = []
+        try:
+            size = 0
+            async for chunk in conn.body(wait):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= limit:
+                    break
+        finally:
+            self.release(conn)  # a body not read to its end closes the connection
+        return status, head, b"".join(chunks)[:limit]
+
+    async def _send(
+        self, key: _Key, data: bytes, timeouts: dict[str, Any], no_body: bool
+    ) -> tuple[_Connection, int, list[tuple[bytes, bytes]]]:
+        """Send `data` on a pooled connection and read the response head."""
+        conn, reused = await self._acquire(key, timeouts)
+        try:
+            status, headers = await self._exchange(conn, no_body, data, timeouts)
+        except httpx.RemoteProtocolError:
+            if not (reused and conn.unanswered()):
+                raise
+            # A kept-alive connection the peer closed as we sent (a race every HTTP/1.1
+            # client has): once more on a new connection. Nothing of an answer came back, so
+            # the receiver most likely saw nothing; if it did, the webhook-id repeats.
+            conn, _ = await self._acquire(key, timeouts, fresh=True)
+            status, headers = await self._exchange(conn, no_body, data, timeouts)
+        return conn, status, headers
+
     async def _exchange(
-        self, conn: _Connection, request: httpx.Request, data: bytes, timeouts: dict[str, Any]
+        self, conn: _Connection, no_body: bool, data: bytes, timeouts: dict[str, Any]
     ) -> tuple[int, list[tuple[bytes, bytes]]]:
         """Send `data` on `conn` and read the response head; `conn` is discarded on failure."""
         try:
-            conn.begin(no_body=request.method == "HEAD")
+            conn.begin(no_body=no_body)
             assert conn.transport is not None
             conn.transport.write(data)
             return await conn.head(timeouts.get("read"))
@@ -411,15 +450,22 @@ def connect_failure(host: str, port: int, err: OSError) -> str:
     return f"cannot connect to {host}:{port}: {reason}"
 
 
-async def _request_bytes(request: httpx.Request) -> bytes:
-    """The request line, headers and body in one buffer (a body of unknown length is read
-    first and sent with its Content-Length)."""
-    body = await request.aread()
-    url = request.url
-    target = url.raw_path or b"/"
-    lines = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+def _key(url: httpx.URL) -> _Key:
+    scheme = url.scheme
+    if scheme not in ("http", "https"):
+        raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
+    return (scheme, url.host, url.port or (443 if scheme == "https" else 80))
+
+
+def encode_request(
+    method: str, target: bytes, headers: Iterable[tuple[bytes, bytes]], body: bytes
+) -> bytes:
+    """The request line, `headers` and `body` in one buffer; the body is always sent with its
+    Content-Length (a Transfer-Encoding header is dropped, a Content-Length one corrected).
+    `httpx.LocalProtocolError` for a header holding CR, LF or NUL."""
+    lines = [method.encode("ascii"), b" ", target or b"/", b" HTTP/1.1\r\n"]
     has_length = False
-    for name, value in request.headers.raw:
+    for name, value in headers:
         if _UNSAFE.search(name) or _UNSAFE.search(value):  # would end the header early
             raise httpx.LocalProtocolError(
                 f"header {name.decode('latin-1')!r} holds a line break or NUL; not sent"
@@ -431,7 +477,7 @@ async def _request_bytes(request: httpx.Request) -> bytes:
             has_length = True
             value = str(len(body)).encode("ascii")
         lines += [name, b": ", value, b"\r\n"]
-    if not has_length and (body or request.method not in ("GET", "HEAD", "DELETE", "OPTIONS")):
+    if not has_length and (body or method not in ("GET", "HEAD", "DELETE", "OPTIONS")):
         lines += [b"Content-Length: ", str(len(body)).encode("ascii"), b"\r\n"]
     lines.append(b"\r\n")
     lines.append(body)

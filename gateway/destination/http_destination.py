@@ -36,7 +36,7 @@ import httpx
 
 from gateway.config.redact import scrub
 from gateway.destination.base import Outcome, Services
-from gateway.destination.http import parse_retry_after, read_capped
+from gateway.destination.http import MAX_READ, GatewayClient, parse_retry_after, read_capped
 
 DEFAULT_TIMEOUT = 10.0
 #: How much of an error answer's body goes into the attempt record.
@@ -94,9 +94,17 @@ class HTTPDestination:
                     self._urls.clear()
                 parsed = self._urls[url] = httpx.URL(url)
             url = parsed
+        client = self.services.http
+        direct = client.direct if isinstance(client, GatewayClient) else None
         try:
             async with asyncio.timeout(timeout):
-                async with self.services.http.stream(
+                if direct is not None:
+                    fields = _fields(url, client.headers, headers)
+                    status, raw, data = await direct.exchange(
+                        method, url, fields, body, timeout, MAX_READ
+                    )
+                    return Answer(status, httpx.Headers(raw), data)
+                async with client.stream(
                     method, url, content=body, headers=headers, timeout=timeout
                 ) as resp:
                     data = await read_capped(resp)
@@ -147,3 +155,23 @@ class HTTPDestination:
                 status,
             )
         return Outcome.permanent(text, status)
+
+
+#: Client defaults not sent on the direct path: bodies are read raw, so none is compressed.
+_SKIPPED = frozenset({"accept-encoding"})
+
+
+def _fields(
+    url: httpx.URL, defaults: httpx.Headers, headers: dict[str, str]
+) -> list[tuple[bytes, bytes]]:
+    """The header fields httpx would send for `headers` on a client with `defaults`: Host, the
+    defaults the request does not set, then the request's own (ASCII, as httpx requires)."""
+    own = {name.lower() for name in headers}
+    fields = [] if "host" in own else [(b"Host", url.netloc)]
+    fields += [
+        (name, value)
+        for name, value in defaults.raw
+        if (low := name.decode("latin-1").lower()) not in own and low not in _SKIPPED
+    ]
+    fields += [(name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()]
+    return fields
