@@ -11,6 +11,7 @@ room for a new one.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 
@@ -18,6 +19,7 @@ from collections import OrderedDict
 MAX_ADDRESSES = 10_000
 
 
+@functools.lru_cache(maxsize=4096)  # parsing an address is most of a request's throttle cost
 def _key(address: str) -> str:
     try:
         ip = ipaddress.ip_address(address)
@@ -45,7 +47,7 @@ class FailureThrottle:
 
     def retry_after(self, address: str, now: float) -> float | None:
         """Seconds until `address` may try again, or None when it is not throttled."""
-        if not self.max_failures:
+        if not self.max_failures or not self._seen:  # nobody has failed lately: the usual case
             return None
         entry = self._seen.get(_key(address))
         if entry is None:
