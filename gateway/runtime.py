@@ -50,6 +50,9 @@ log = logging.getLogger("gateway")
 
 #: Seconds SIGTERM waits for in-flight delivery attempts before releasing them.
 SHUTDOWN_GRACE = 10.0
+#: The roles (`Gateway.role`) that run a router, and those that deliver.
+ROUTES = frozenset({"all", "intake", "delivery"})
+DELIVERS = frozenset({"all", "delivery"})
 #: Seconds a reload lets the old engine's in-flight attempts finish.
 RELOAD_GRACE = 30.0
 
@@ -81,7 +84,7 @@ class Runtime:
         self.engine: DeliveryEngine | None = None
         self.housekeeper: Housekeeper | None = None
         self.silence: SilenceWatcher | None = None
-        if background and gateway.role != "intake":
+        if background and gateway.role in DELIVERS:
             assert gateway.http is not None
             services = Services(
                 gateway.http, gateway.clock, Marks(store, gateway.clock), loaded.secrets
@@ -91,7 +94,7 @@ class Runtime:
             )
             if gateway.watched:  # the store announces other processes' work: poll less
                 self.engine.poll = ENGINE_POLL_WATCHED
-        if background and gateway.role != "delivery":
+        if background and gateway.role in ROUTES:
             self.router = Router(
                 loaded,
                 store,
@@ -103,6 +106,7 @@ class Runtime:
             )
             if gateway.watched:
                 self.router.poll = ROUTER_POLL_WATCHED
+        if background and gateway.role != "delivery":
             self.housekeeper = Housekeeper(store, config.retention, gateway.clock)
             expect = {n: s.expect_within for n, s in config.sources.items() if s.expect_within}
             self.silence = SilenceWatcher(store, gateway.clock, expect)
@@ -145,8 +149,11 @@ class Gateway:
         self.clock = clock
         self.owner = owner
         self.background = background
-        #: ``all``: route and deliver; ``intake``: route, deliver nothing (delivery processes
-        #: do); ``delivery``: deliver only (`gateway.cli.delivery`).
+        #: ``all``: route and deliver; ``intake``: route, deliver nothing (``run --role
+        #: intake``); ``serve``: intake only, routing and delivery are in ``delivery.processes``
+        #: children; ``delivery``: route what the store holds and deliver, no HTTP
+        #: (`gateway.cli.delivery`). Retention and silence alarms run in every role but
+        #: ``delivery``.
         self.role = role
         self.metrics = Metrics()
         self.store: Store | None = None

@@ -3,12 +3,14 @@ a real receiver, every acknowledged event delivered exactly once, no process lef
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
@@ -102,6 +104,77 @@ def pending(db: Path) -> int:
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as c:
         row = c.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()
     return int(row[0])
+
+
+def states(db: Path) -> Counter[tuple[str, bool]]:
+    """Events by (state, leased)."""
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as c:
+        rows = c.execute("SELECT state, leased_by IS NOT NULL FROM events").fetchall()
+    return Counter((state, bool(leased)) for state, leased in rows)
+
+
+def test_the_serving_process_leaves_routing_to_its_delivery_processes(
+    gateway_factory: Factory, tmp_path: Path
+):
+    """With ``delivery.processes`` the serving process commits events unleased and routes
+    nothing: while its only child is stopped they wait in the store, untouched; once it runs
+    again it routes and delivers every one of them, once."""
+    with ReceiverThread() as rx:
+        gw = gateway_factory(config(rx.url, processes=1))
+        assert gw.proc is not None
+        (child,) = children(gw.proc.pid)
+        os.kill(child, signal.SIGSTOP)  # our own gateway's child, resumed below
+        try:
+            uuids = post(gw, 20)
+            assert states(tmp_path / "var" / "gateway.db") == {("received", False): 20}
+            assert rx.requests == []
+        finally:
+            os.kill(child, signal.SIGCONT)
+        got = delivered_uuids(rx, 20)
+        assert set(got) == set(uuids) and max(got.values()) == 1
+        eventually(
+            lambda: states(tmp_path / "var" / "gateway.db") == {("routed", False): 20},
+            what="every event routed",
+        )
+        assert gw.stop() == 0, gw.logs()
+
+
+def test_a_delivery_process_routes_what_the_store_holds(tmp_path: Path):
+    """``--role delivery`` alone (no HTTP anywhere) routes the events stored unleased, as a
+    serving process with ``delivery.processes`` leaves them, and delivers them."""
+    from gateway.store import IncomingEvent
+    from gateway.store.sqlite import SQLiteStore
+
+    elements = [event() for _ in range(10)]
+
+    async def store_events() -> None:
+        store = SQLiteStore(tmp_path / "var" / "gateway.db")
+        await store.open()
+        items = [
+            IncomingEvent(json.dumps(e), f"key-{e['message_uuid']}", e["message_uuid"], "delivered")
+            for e in elements
+        ]
+        result = await store.ingest("revicom", items, time.time(), None)
+        assert result.accepted == 10
+        await store.close()
+
+    with ReceiverThread() as rx:
+        (tmp_path / "gateway.yaml").write_text(config(rx.url))
+        asyncio.run(store_events())
+        with open(tmp_path / "delivery.log", "ab") as log:
+            delivery = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "-c", "gateway.yaml",
+                 "--role", "delivery"],
+                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            got = delivered_uuids(rx, 10)
+            assert set(got) == {e["message_uuid"] for e in elements}
+            assert max(got.values()) == 1
+        finally:
+            delivery.send_signal(signal.SIGTERM)
+            assert delivery.wait(30) == 0, (tmp_path / "delivery.log").read_text()
+    assert states(tmp_path / "var" / "gateway.db") == {("routed", False): 10}
 
 
 def test_roles_intake_and_delivery_run_separately(tmp_path: Path):

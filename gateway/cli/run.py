@@ -62,7 +62,7 @@ def plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _app_from_file(path: str, deliver: bool = True) -> Sanic:
+def _app_from_file(path: str, deliver: bool = True, route: bool = True) -> Sanic:
     """Factory for Sanic worker processes (workers > 1): each loads the config itself."""
     from gateway.server.app import create_app
     from gateway.server.lifeline import die_with_parent
@@ -70,7 +70,7 @@ def _app_from_file(path: str, deliver: bool = True) -> Sanic:
     die_with_parent()  # a worker must not outlive the run process (no-op in the run process)
     loaded = load_config(path)
     setup_logging(loaded.config.log_format, loaded.secrets, loaded.config.log_level)
-    app = create_app(loaded, deliver=deliver)
+    app = create_app(loaded, deliver=deliver, route=route)
     app.register_listener(_settle_heap, "after_server_start")
     return app
 
@@ -91,9 +91,10 @@ def _multiprocess_metrics() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve (`--role all`, the default, or `intake`), or deliver only (`--role delivery`).
-    Without `--role` and with ``delivery.processes: N``, serve as `intake` and keep N
-    ``--role delivery`` children running (see `gateway.cli.delivery`)."""
+    """Serve (`--role all`, the default, or `intake`), or route and deliver without HTTP
+    (`--role delivery`). Without `--role` and with ``delivery.processes: N``, serve intake only
+    and keep N ``--role delivery`` children running, which route and deliver (see
+    `gateway.cli.delivery`)."""
     role = getattr(args, "role", None)
     if role == "delivery":
         from gateway.cli.delivery import serve_delivery
@@ -111,13 +112,15 @@ def run(args: argparse.Namespace) -> int:
             from gateway.cli.delivery import DeliverySupervisor
 
             supervisor = DeliverySupervisor(args.config, children).start()
-        return _serve(args, loaded, deliver, supervisor)
+        return _serve(args, loaded, deliver, supervisor, route=not children)
     finally:
         if supervisor is not None:
             supervisor.stop()
 
 
-def _serve(args: argparse.Namespace, loaded: Loaded, deliver: bool, supervisor: Any) -> int:
+def _serve(
+    args: argparse.Namespace, loaded: Loaded, deliver: bool, supervisor: Any, route: bool = True
+) -> int:
     from gateway.server.app import create_app
     from gateway.server.limits import GuardedProtocol, raise_fd_limit
 
@@ -137,7 +140,7 @@ def _serve(args: argparse.Namespace, loaded: Loaded, deliver: bool, supervisor: 
     with PidFile(Path(cfg.server.pid_file)):
         if cfg.server.workers == 1:
             # One process: SIGKILL takes down everything at once and nothing is left orphaned.
-            app = create_app(loaded, deliver=deliver)
+            app = create_app(loaded, deliver=deliver, route=route)
             app.ctx.delivery_supervisor = supervisor
             app.register_listener(_settle_heap, "after_server_start")
             app.run(
@@ -156,7 +159,7 @@ def _serve(args: argparse.Namespace, loaded: Loaded, deliver: bool, supervisor: 
 
         _multiprocess_metrics()
         sanic_manager_dies_with_parent()
-        loader = AppLoader(factory=functools.partial(_app_from_file, args.config, deliver))
+        loader = AppLoader(factory=functools.partial(_app_from_file, args.config, deliver, route))
         app = loader.load()
         app.ctx.delivery_supervisor = supervisor
         app.prepare(

@@ -83,6 +83,8 @@ class Router:
         self._next_claim = 0.0
         #: Seconds between looks at the store when nothing says sooner (`POLL`).
         self.poll = POLL
+        #: Waiting for work: nothing in memory, and the last claim found no full batch.
+        self.idle = False
 
     def wake(self) -> None:
         """The store has new work for the router (a replay, events committed unleased)."""
@@ -153,8 +155,13 @@ class Router:
                 due = None
             poll = self.poll
             self._next_claim = now + poll if due is None else min(now + poll, max(now, due))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, self._next_claim - now))
+        self.idle = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                wait = max(0.0, self._next_claim - now)
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+        finally:
+            self.idle = False
 
     async def route_due(self) -> bool:
         """Route one batch of the fresh events in memory, and claim and route due events from

@@ -43,10 +43,16 @@ ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 def create_app(
-    loaded: Loaded, *, clock: Clock | None = None, background: bool = True, deliver: bool = True
+    loaded: Loaded,
+    *,
+    clock: Clock | None = None,
+    background: bool = True,
+    deliver: bool = True,
+    route: bool = True,
 ) -> Sanic:
     """A Sanic app serving `loaded`'s sources. `background=False` runs intake only (tests);
-    `deliver=False` routes but delivers nothing (``run --role intake``, delivery processes)."""
+    `deliver=False` routes but delivers nothing (``run --role intake``); `route=False` as well
+    leaves both to ``delivery.processes`` children (see `gateway.runtime.Gateway.role`)."""
     config = loaded.config
     app = Sanic(f"callback_gateway_{next(_names)}", configure_logging=False)
     app.config.REQUEST_MAX_SIZE = config.server.max_body_size
@@ -58,7 +64,7 @@ def create_app(
     app.ctx.closing = Closing()
     app.register_middleware(app.ctx.closing.on_request, "request")
     owner = f"{socket.gethostname()}:{os.getpid()}"
-    role = "all" if deliver else "intake"
+    role = "all" if deliver else "intake" if route else "serve"
     app.ctx.gateway = Gateway(loaded, clock or SystemClock(), owner, background, role)
     app.ctx.delivery_supervisor = None
 
