@@ -51,7 +51,10 @@ log = logging.getLogger("gateway")
 #: Seconds SIGTERM waits for in-flight delivery attempts before releasing them.
 SHUTDOWN_GRACE = 10.0
 #: The roles (`Gateway.role`) that run a router, and those that deliver.
-ROUTES = frozenset({"all", "intake", "delivery"})
+ROUTES = frozenset({"all", "intake", "serve", "delivery"})
+#: Fresh events a serving process with delivery processes routes from memory at most; beyond
+#: that intake commits them unleased and the delivery processes route them.
+SERVE_FRESH = 1024
 DELIVERS = frozenset({"all", "delivery"})
 #: Seconds a reload lets the old engine's in-flight attempts finish.
 RELOAD_GRACE = 30.0
@@ -106,6 +109,9 @@ class Runtime:
             )
             if gateway.watched:
                 self.router.poll = ROUTER_POLL_WATCHED
+            if gateway.role == "serve":
+                self.router.claims = False
+                self.router.max_fresh = SERVE_FRESH
         if background and gateway.role != "delivery":
             self.housekeeper = Housekeeper(store, config.retention, gateway.clock)
             expect = {n: s.expect_within for n, s in config.sources.items() if s.expect_within}
@@ -150,7 +156,8 @@ class Gateway:
         self.owner = owner
         self.background = background
         #: ``all``: route and deliver; ``intake``: route, deliver nothing (``run --role
-        #: intake``); ``serve``: intake only, routing and delivery are in ``delivery.processes``
+        #: intake``); ``serve``: intake, routing what it received from memory while it keeps up
+        #: (`SERVE_FRESH`), the rest and the delivery left to its ``delivery.processes``
         #: children; ``delivery``: route what the store holds and deliver, no HTTP
         #: (`gateway.cli.delivery`). Retention and silence alarms run in every role but
         #: ``delivery``.

@@ -113,12 +113,13 @@ def states(db: Path) -> Counter[tuple[str, bool]]:
     return Counter((state, bool(leased)) for state, leased in rows)
 
 
-def test_the_serving_process_leaves_routing_to_its_delivery_processes(
+def test_the_serving_process_routes_but_leaves_delivery_to_its_delivery_processes(
     gateway_factory: Factory, tmp_path: Path
 ):
-    """With ``delivery.processes`` the serving process commits events unleased and routes
-    nothing: while its only child is stopped they wait in the store, untouched; once it runs
-    again it routes and delivers every one of them, once."""
+    """With ``delivery.processes`` the serving process routes what it received (from memory)
+    and sends nothing: while its only child is stopped, the events are routed and their
+    deliveries wait in the store; once the child runs again it delivers every one, once."""
+    db = tmp_path / "var" / "gateway.db"
     with ReceiverThread() as rx:
         gw = gateway_factory(config(rx.url, processes=1))
         assert gw.proc is not None
@@ -126,16 +127,13 @@ def test_the_serving_process_leaves_routing_to_its_delivery_processes(
         os.kill(child, signal.SIGSTOP)  # our own gateway's child, resumed below
         try:
             uuids = post(gw, 20)
-            assert states(tmp_path / "var" / "gateway.db") == {("received", False): 20}
+            eventually(lambda: pending(db) == 20, what="routed by the serving process")
+            assert states(db) == {("routed", False): 20}
             assert rx.requests == []
         finally:
             os.kill(child, signal.SIGCONT)
         got = delivered_uuids(rx, 20)
         assert set(got) == set(uuids) and max(got.values()) == 1
-        eventually(
-            lambda: states(tmp_path / "var" / "gateway.db") == {("routed", False): 20},
-            what="every event routed",
-        )
         assert gw.stop() == 0, gw.logs()
 
 

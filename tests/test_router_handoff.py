@@ -124,9 +124,7 @@ async def test_an_event_whose_lease_ran_out_in_memory_is_left_to_the_claim_path(
     assert len(await store.list_deliveries(DeliveryFilter())) == 1
 
 
-async def test_intake_commits_unleased_when_too_many_wait_in_memory(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_intake_commits_unleased_when_too_many_wait_in_memory(store: Store) -> None:
     clock = ManualClock()
     router = make_router(store, clock)
     assert router.lease_for_intake() is None  # not running: nothing to hand over to
@@ -134,12 +132,38 @@ async def test_intake_commits_unleased_when_too_many_wait_in_memory(
     try:
         lease = router.lease_for_intake()
         assert lease == Lease("me", clock.now() + LEASE)
-        monkeypatch.setattr(router_module, "MAX_FRESH", 2)
+        assert router.max_fresh == router_module.MAX_FRESH
+        router.max_fresh = 2
         router._fresh.extend([(None, None, 0.0)] * 2)  # type: ignore[list-item]
         assert router.lease_for_intake() is None
     finally:
         router._fresh.clear()
         await router.stop()
+
+
+async def test_a_router_that_does_not_claim_leaves_stored_events_to_one_that_does(
+    store: Store,
+) -> None:
+    """A serving process with delivery processes (``claims = False``) routes what its intake
+    hands over, and nothing else: an event committed unleased (intake had too many waiting)
+    is routed by a delivery process's router, once."""
+    clock = ManualClock()
+    serving = make_router(store, clock)
+    serving.claims = False
+    fresh, lease = await commit_leased(store, clock, 1, 2)
+    unleased = await store.ingest("provider", [IncomingEvent('{"id": 3}', "k3")], clock.now())
+    serving.take(fresh, lease)
+    assert await serving.route_due() is False
+    clock.t += LEASE + 1  # even once nothing holds it off
+    await serving.route_due()
+    assert await states(store, fresh) == ["routed"] * 2
+    (left,) = unleased.event_ids
+    assert (await store.get_event(left)).state == "received"  # type: ignore[union-attr]
+    delivering = make_router(store, clock)
+    await delivering.route_due()
+    assert (await store.get_event(left)).state == "routed"  # type: ignore[union-attr]
+    deliveries = await store.list_deliveries(DeliveryFilter())
+    assert sorted(d.event_id for d in deliveries) == sorted([*(e.id for e, _ in fresh), left])
 
 
 async def test_stop_routes_what_is_still_in_memory(store: Store) -> None:

@@ -6,10 +6,12 @@ directly, and those another process's router queued). Several processes (and sev
 machines, with a shared store) may route and deliver from one store at once: each claim is
 exclusive under its lease, a crashed process's claims expire and are taken by another.
 
-With ``delivery.processes`` the serving process only answers the provider: it commits events
-unleased and the children route them. Routing there rather than beside intake measured 8-10%
-more events per second on two cores (docs/performance.md): the serving process was the busy
-one, and a child routes a whole poll's worth of events in one batch.
+With ``delivery.processes`` the serving process answers the provider and routes what it
+received from memory while it keeps up (at most `gateway.runtime.SERVE_FRESH` events waiting);
+what it cannot keep up with it commits unleased, and the children route it. The children
+deliver everything. Splitting routing by load this way measured best on two cores
+(docs/performance.md, "Issue 18, third pass"): routing only in the serving process left it the
+bottleneck, routing only in the children left them the bottleneck.
 
 Contract:
 

@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         "--role",
         choices=["all", "intake", "delivery"],
         help="all: serve and deliver; intake: serve and route, deliver nothing; delivery:"
-        " route and deliver, no HTTP (default: all, or with delivery.processes: serve only,"
-        " and children route and deliver)",
+        " route and deliver, no HTTP (default: all, or with delivery.processes: serve, and"
+        " children deliver)",
     )
     verb("check", "validate the configuration; exit 0 when valid, 2 with every problem")
     verb("reload", "validate, then make the running gateway load the file (as SIGHUP does)")

@@ -92,9 +92,9 @@ def _multiprocess_metrics() -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve (`--role all`, the default, or `intake`), or route and deliver without HTTP
-    (`--role delivery`). Without `--role` and with ``delivery.processes: N``, serve intake only
-    and keep N ``--role delivery`` children running, which route and deliver (see
-    `gateway.cli.delivery`)."""
+    (`--role delivery`). Without `--role` and with ``delivery.processes: N``, serve and route
+    what the serving process keeps up with, and keep N ``--role delivery`` children running,
+    which route the rest and deliver (see `gateway.cli.delivery`)."""
     role = getattr(args, "role", None)
     if role == "delivery":
         from gateway.cli.delivery import serve_delivery

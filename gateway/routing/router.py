@@ -85,6 +85,11 @@ class Router:
         self.poll = POLL
         #: Waiting for work: nothing in memory, and the last claim found no full batch.
         self.idle = False
+        #: Whether this router claims events from the store; False: it routes only what intake
+        #: hands over (a serving process whose delivery processes claim the rest).
+        self.claims = True
+        #: Fresh events held in memory at most; intake commits the rest unleased.
+        self.max_fresh = MAX_FRESH
 
     def wake(self) -> None:
         """The store has new work for the router (a replay, events committed unleased)."""
@@ -94,7 +99,7 @@ class Router:
     def lease_for_intake(self) -> Lease | None:
         """The lease intake should commit fresh events with, or None when they should go to
         the store unleased (the router is not running, or enough are waiting in memory)."""
-        if self._task is None or self._stopping or len(self._fresh) >= MAX_FRESH:
+        if self._task is None or self._stopping or len(self._fresh) >= self.max_fresh:
             return None
         return Lease(self.owner, self.clock.now() + self.loaded.config.delivery.lease)
 
@@ -146,7 +151,9 @@ class Router:
         if self._stopping:
             return
         now = self.clock.now()
-        if now >= self._next_claim:
+        if not self.claims:  # woken by intake only
+            self._next_claim = now + self.poll
+        elif now >= self._next_claim:
             # Ask the store when its next event falls due (a held event's retry, a lease
             # expiring); look again within 5 s whatever it says, for other processes' work.
             try:
@@ -168,6 +175,8 @@ class Router:
         the store when some may be due. True when more may be waiting."""
         if self._fresh:
             await self._route_fresh()
+        if not self.claims:
+            return bool(self._fresh)
         now = self.clock.now()
         if now < self._next_claim:
             return bool(self._fresh)

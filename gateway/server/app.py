@@ -51,8 +51,9 @@ def create_app(
     route: bool = True,
 ) -> Sanic:
     """A Sanic app serving `loaded`'s sources. `background=False` runs intake only (tests);
-    `deliver=False` routes but delivers nothing (``run --role intake``); `route=False` as well
-    leaves both to ``delivery.processes`` children (see `gateway.runtime.Gateway.role`)."""
+    `deliver=False` routes but delivers nothing (``run --role intake``); `route=False` routes
+    only what it keeps up with and leaves the rest and the delivery to ``delivery.processes``
+    children (see `gateway.runtime.Gateway.role`)."""
     config = loaded.config
     app = Sanic(f"callback_gateway_{next(_names)}", configure_logging=False)
     app.config.REQUEST_MAX_SIZE = config.server.max_body_size
