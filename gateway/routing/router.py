@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import PluginError, StoreError
 from gateway.intake.body import BodyError, parse_element
 from gateway.ops.metrics import Metrics
+from gateway.routing.eager import gather_eager
 from gateway.store import EventRecord, FinishedEvent, Lease, NewDelivery, Store
 from gateway.store.sqlite import new_delivery_id
 
@@ -199,12 +200,11 @@ class Router:
         await self._route_batch(batch)
 
     async def _route_batch(self, events: list[tuple[EventRecord, Any]]) -> None:
-        # Chains run concurrently (a plugin may wait on I/O); the store's marks are atomic, so
+        # Chains run concurrently (a plugin may wait on I/O), each started at once without a task
+        # until it waits (`gather_eager`); the store's marks are atomic, so
         # plugins keeping state (the ordering filter) stay correct. The verdicts are committed
         # together: one store write for the batch.
-        results = await asyncio.gather(
-            *(self._decide(e, element) for e, element in events), return_exceptions=True
-        )
+        results = await gather_eager(self._decide(e, element) for e, element in events)
         finished: list[FinishedEvent] = []
         sources: list[str] = []
         for (event, _), result in zip(events, results, strict=True):
