@@ -52,10 +52,10 @@ log = logging.getLogger("gateway")
 SHUTDOWN_GRACE = 10.0
 #: The roles (`Gateway.role`) that run a router, and those that deliver.
 ROUTES = frozenset({"all", "intake", "serve", "delivery"})
+DELIVERS = frozenset({"all", "delivery"})
 #: Fresh events a serving process with delivery processes routes from memory at most; beyond
 #: that intake commits them unleased and the delivery processes route them.
 SERVE_FRESH = 1024
-DELIVERS = frozenset({"all", "delivery"})
 #: Seconds a reload lets the old engine's in-flight attempts finish.
 RELOAD_GRACE = 30.0
 

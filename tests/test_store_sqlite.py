@@ -163,3 +163,40 @@ async def test_the_wal_is_truncated_after_checkpoints_to_a_bounded_size(tmp_path
         assert limit == WAL_LIMIT
     finally:
         await store.close()
+
+
+async def test_delivery_bookkeeping_commits_without_fsync_and_callbacks_with_it(
+    tmp_path: Path,
+) -> None:
+    """Callbacks and routing results commit with ``synchronous=FULL``; claims, attempt outcomes
+    and hand-backs (a power cut only makes a delivery go out again) with ``NORMAL``. Read from
+    the store's own connection after each commit."""
+    from gateway.ids import new_id
+    from gateway.store.base import AttemptRecord, NewDelivery
+
+    store = SQLiteStore(tmp_path / "gateway.db")
+    await store.open()
+
+    async def level() -> int:
+        row = await store._read(lambda c: c.execute("PRAGMA synchronous").fetchone())
+        return int(row[0])
+
+    try:
+        result = await store.ingest("revicom", [IncomingEvent('{"a": 1}', "k1")], T0)
+        assert await level() == 2
+        (event_id,) = result.event_ids
+        delivery = NewDelivery(new_id("msg"), event_id, "all", "crm", T0)
+        await store.finish_event(event_id, "routed", [delivery], T0)
+        assert await level() == 2
+        (claimed,) = await store.claim_deliveries("me", "crm", 10, 30.0, T0)
+        assert await level() == 1
+        await store.release([claimed.id], T0)
+        assert await level() == 1
+        (claimed,) = await store.claim_deliveries("me", "crm", 10, 30.0, T0)
+        attempt = AttemptRecord(T0, T0 + 0.1, "delivered", 204)
+        await store.finish_attempt(claimed.id, attempt, "delivered", None, True, T0 + 0.1)
+        assert await level() == 1
+        await store.ingest("revicom", [IncomingEvent('{"a": 2}', "k2")], T0 + 1)
+        assert await level() == 2
+    finally:
+        await store.close()

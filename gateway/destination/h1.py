@@ -310,17 +310,10 @@ class H1Transport(httpx.AsyncBaseTransport):
         data = encode_request(method, url.raw_path, headers, body)
         timeouts = {"connect": wait, "read": wait, "pool": wait}
         conn, status, head = await self._send(_key(url), data, timeouts, method == "HEAD")
-        chunks: list[bytes] = []
         try:
-            size = 0
-            async for chunk in conn.body(wait):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= limit:
-                    break
+            return status, head, await read_upto(conn.body(wait), limit)
         finally:
             self.release(conn)  # a body not read to its end closes the connection
-        return status, head, b"".join(chunks)[:limit]
 
     async def _send(
         self, key: _Key, data: bytes, timeouts: dict[str, Any], no_body: bool
@@ -448,6 +441,18 @@ def connect_failure(host: str, port: int, err: OSError) -> str:
     else:
         reason = err.strerror or str(err) or type(err).__name__
     return f"cannot connect to {host}:{port}: {reason}"
+
+
+async def read_upto(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """The first `limit` bytes of `chunks`, reading no further than the chunk that reaches
+    `limit`."""
+    parts, size = [], 0
+    async for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
 
 
 def _key(url: httpx.URL) -> _Key:

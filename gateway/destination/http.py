@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from gateway.destination.h1 import H1Transport, connect_failure
+from gateway.destination.h1 import H1Transport, connect_failure, read_upto
 
 #: Connections per destination host (per process with the aiohttp and stock transports).
 #: Per-destination ``concurrency`` is the real bound; this only stops a misconfiguration from
@@ -181,10 +181,4 @@ async def read_capped(resp: httpx.Response, limit: int = MAX_READ) -> bytes:
         return resp.content[:limit]  # already in memory (for example a MockTransport response)
     except httpx.ResponseNotRead:
         pass
-    chunks, size = [], 0
-    async for chunk in resp.aiter_raw():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(chunks)
+    return await read_upto(resp.aiter_raw(), limit)
