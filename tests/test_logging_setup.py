@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import pytest
 
@@ -98,8 +99,8 @@ def test_hot_path_lines_without_setup_are_ordinary_records(
     assert [r.getMessage() for r in caplog.records] == ["x=1"]
 
 
-def test_hot_path_lines_on_an_event_loop_go_out_once_per_turn_in_order(
-    capsys: pytest.CaptureFixture[str],
+def test_hot_path_lines_on_an_event_loop_are_held_back_then_handed_over_together(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import asyncio
 
@@ -107,10 +108,18 @@ def test_hot_path_lines_on_an_event_loop_go_out_once_per_turn_in_order(
     log = logging.getLogger("gateway.delivery")
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
+        later: list[tuple[Any, ...]] = []
+        # The hand-off timer, caught instead of waited for: no sleeping in tests.
+        monkeypatch.setattr(loop, "call_later", lambda d, fn, *a: later.append((d, fn, *a)))
         for i in range(3):
             logs.line(log, logging.INFO, "delivery=%d", i)
-        assert len(logs._turn) == 3  # held until the end of this loop turn
         await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(logs._turn) == 3  # still held: several loop turns later
+        assert [d for d, *_ in later] == [logs.HANDOFF_DELAY]  # one timer for the three
+        _, fn, *args = later[0]
+        fn(*args)  # the timer fires
         assert logs._turn == []  # handed to the logging thread together
         logs.line(log, logging.INFO, "token %s", SECRET)  # pending when logging stops
 
@@ -121,4 +130,46 @@ def test_hot_path_lines_on_an_event_loop_go_out_once_per_turn_in_order(
         "INFO gateway.delivery: delivery=1",
         "INFO gateway.delivery: delivery=2",
         "INFO gateway.delivery: token ***",
+    ]
+
+
+def test_an_ordinary_record_on_the_loop_is_written_after_the_lines_held_before_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import asyncio
+
+    logs.setup_logging("text", set(), "info")
+    log = logging.getLogger("gateway.delivery")
+
+    async def main() -> None:
+        logs.line(log, logging.INFO, "first")
+        log.warning("second")  # an ordinary record: goes straight to the queue
+        logs.line(log, logging.INFO, "third")
+
+    asyncio.run(main())
+    out = [line.split(" ", 1)[1] for line in written(capsys).splitlines()]
+    assert out == [
+        "INFO gateway.delivery: first",
+        "WARNING gateway.delivery: second",
+        "INFO gateway.delivery: third",
+    ]
+
+
+def test_lines_held_by_a_loop_that_ended_go_out_before_the_next_loops(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import asyncio
+
+    logs.setup_logging("text", set(), "info")
+    log = logging.getLogger("gateway.delivery")
+
+    async def say(text: str) -> None:
+        logs.line(log, logging.INFO, text)
+
+    asyncio.run(say("from the first loop"))  # ended before its hand-off timer fired
+    asyncio.run(say("from the second loop"))
+    out = [line.split(" ", 1)[1] for line in written(capsys).splitlines()]
+    assert out == [
+        "INFO gateway.delivery: from the first loop",
+        "INFO gateway.delivery: from the second loop",
     ]
