@@ -220,7 +220,9 @@ class Gateway:
             await self.runtime.stop(grace)
 
     async def close(self) -> None:
-        """Release the HTTP client and the store."""
+        """Release the HTTP client and the store; add the last counts to the metrics (with
+        several workers, their files outlive this process)."""
+        self.metrics.flush()
         if self.http is not None:
             await self.http.aclose()
         if self.store is not None:

@@ -322,8 +322,8 @@ class Dispatcher:
         t.recorded = True
         engine.counters[(self.name, decision.attempt_outcome)] += 1
         if engine.metrics is not None:
-            engine.metrics.child("deliveries", self.name, decision.attempt_outcome).inc()
-            engine.metrics.child("attempt_seconds", self.name).observe(max(0.0, finished - started))
+            engine.metrics.count("deliveries", (self.name, decision.attempt_outcome))
+            engine.metrics.observe("attempt_seconds", (self.name,), max(0.0, finished - started))
         if decision.state == "dead":
             log.warning("delivery %s to %r is dead: %s", d.id, self.name, error)
         else:

@@ -11,7 +11,6 @@ import functools
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -115,9 +114,9 @@ class SourceEndpoint:
             log.exception("source=%s status=500 error=internal_error", self.name)
             answer = error(500, "internal_error", "internal error; nothing was acknowledged")
         if self.metrics is not None:
-            self._child("requests", str(answer.status)).inc()
+            self.metrics.count("requests", (self.name, str(answer.status)))
             if answer.status == 200:
-                self._child("ack_seconds").observe(time.perf_counter() - started)
+                self.metrics.observe("ack_seconds", (self.name,), time.perf_counter() - started)
         return answer
 
     def refused(self, request: Request, status: int, code: str) -> None:
@@ -125,12 +124,8 @@ class SourceEndpoint:
         body over ``max_body_size``, 408 for a body that did not arrive in time): counted and
         logged like every other answer."""
         if self.metrics is not None:
-            self._child("requests", str(status)).inc()
+            self.metrics.count("requests", (self.name, str(status)))
         log.warning("source=%s status=%d error=%s client=%s", self.name, status, code, request.ip)
-
-    def _child(self, metric: str, *labels: str) -> Any:
-        assert self.metrics is not None
-        return self.metrics.child(metric, self.name, *labels)
 
     async def _handle(self, request: Request) -> HTTPResponse:
         refused = self._refuse(request)
@@ -178,7 +173,7 @@ class SourceEndpoint:
         started = time.perf_counter()
         result = await self._store().ingest(self.name, items, now, lease)
         if self.metrics is not None:
-            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.observe("commit_seconds", (), time.perf_counter() - started)
         if self.handoff is not None:
             fresh = self._fresh(items, values, result, now) if lease else []
             self.handoff.committed(self.name, result, fresh, lease)
@@ -204,17 +199,8 @@ class SourceEndpoint:
     def _count(self, items: list[IncomingEvent], outcomes: Iterable[str]) -> None:
         if self.metrics is None:
             return
-        if len(items) == 1:
-            for item, outcome in zip(items, outcomes, strict=False):
-                self._child("callbacks", self._event_label(item.event), outcome).inc()
-            return
-        # A provider batch: one increment per distinct label pair, not one per element.
-        counts = Counter(
-            (self._event_label(item.event), outcome)
-            for item, outcome in zip(items, outcomes, strict=False)
-        )
-        for (event, outcome), n in counts.items():
-            self._child("callbacks", event, outcome).inc(n)
+        for item, outcome in zip(items, outcomes, strict=False):
+            self.metrics.count("callbacks", (self.name, self._event_label(item.event), outcome))
 
     def _event_label(self, event: str | None) -> str:
         """The event name as a metric label. The name comes from the poster's data, so after

@@ -264,7 +264,7 @@ class Router:
     def _count_state(self, source: str, state: str) -> None:
         if self.metrics is None:
             return
-        self.metrics.child("events", source, state).inc()
+        self.metrics.count("events", (source, state))
 
     def _recheck(self, event: EventRecord, element: Any) -> list[str]:
         """Today's format check for an event replayed from quarantine."""
