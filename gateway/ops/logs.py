@@ -257,7 +257,7 @@ class _Writer:
 
 
 def _flat(batch: list[_Item]) -> list[logging.LogRecord | _Line | None]:
-    """The queued items with the lines of one event-loop turn (a list) in their place."""
+    """The queued items with each batch of held-back lines (a list, see `line`) in its place."""
     out: list[logging.LogRecord | _Line | None] = []
     for item in batch:
         if isinstance(item, list):
