@@ -188,6 +188,8 @@ class SlowStore:
         await self.release.wait()
         return await self.store.ingest(*args)
 
+    start_ingest = Store.start_ingest  # the default: `ingest` in a task
+
 
 class Recorder:
     def __init__(self, clock: ManualClock) -> None:
@@ -239,6 +241,57 @@ async def test_a_client_hanging_up_mid_commit_still_hands_its_events_over(store:
     assert [v for _, v in handoff.handed] == [{"id": 1}, {"id": 2}]
     stored = await store.list_events("received")
     assert sorted(e.id for e in stored) == sorted(e.id for e, _ in handoff.handed)
+
+
+def endpoint_on(store: Any, clock: ManualClock, handoff: Recorder) -> SourceEndpoint:
+    config = SourceConfig.model_validate(
+        {"path": "/cb", "format": "json", "auth": {"basic": {"username": "u", "password": "p"}}}
+    )
+    return SourceEndpoint(
+        "provider",
+        config,
+        JsonFormat(None),
+        lambda: store,
+        clock,
+        [],
+        handoff,  # type: ignore[arg-type]
+    )
+
+
+async def test_sqlite_commits_a_hung_up_request_and_hands_its_events_over(store: Store) -> None:
+    # SQLite's commit is the group commit's own future (`start_ingest`, no task): a request
+    # cancelled while its operation waits in the committer's queue still commits, and the
+    # commit's callback hands the events over.
+    clock = ManualClock()
+    handoff = Recorder(clock)
+    endpoint = endpoint_on(store, clock, handoff)
+    handler = asyncio.ensure_future(endpoint.handle(FakeRequest(b'[{"id": 1}, {"id": 2}]')))
+    for _ in range(100):  # until the handler has queued its commit and waits on it
+        if intake._commits:
+            break
+        await asyncio.sleep(0)
+    (commit,) = intake._commits
+    assert not isinstance(commit, asyncio.Task)
+    handler.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    await asyncio.gather(*intake._commits)
+    assert not commit.cancelled()
+    assert [v for _, v in handoff.handed] == [{"id": 1}, {"id": 2}]
+    stored = await store.list_events("received")
+    assert sorted(e.id for e in stored) == sorted(e.id for e, _ in handoff.handed)
+
+
+async def test_a_request_through_sqlite_gets_its_commit_result(store: Store) -> None:
+    clock = ManualClock()
+    handoff = Recorder(clock)
+    answer = await endpoint_on(store, clock, handoff).handle(
+        FakeRequest(b'[{"id": 1}, {"id": 1}, {"id": 2}]')
+    )
+    assert answer.status == 200
+    assert json.loads(answer.body) == {"accepted": 2, "duplicates": 1, "quarantined": 0}
+    assert [v for _, v in handoff.handed] == [{"id": 1}, {"id": 2}]
+    assert not intake._commits
 
 
 class FailingSlowStore(SlowStore):

@@ -38,21 +38,6 @@ MAX_EVENT_LABELS = 64
 _commits: set[asyncio.Future[Any]] = set()
 
 
-def _commit_done(waiter: asyncio.Future[None], commit: asyncio.Future[Any]) -> None:
-    """The commit ended: release the request waiting on `waiter` (unless it was cancelled)."""
-    _commits.discard(commit)
-    if not commit.cancelled():
-        commit.exception()  # retrieved: its request reports it, or `_orphan_done` does
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-def _orphan_done(commit: asyncio.Future[Any]) -> None:
-    """A commit whose request was cancelled: nobody else will report its failure."""
-    if not commit.cancelled() and (e := commit.exception()) is not None:
-        log.error("commit of a cancelled request failed: %s: %s", type(e).__name__, e)
-
-
 def raw_key(raw: str) -> str:
     """Dedupe key for an element its format cannot key (it is invalid): its exact text."""
     import hashlib
@@ -142,22 +127,7 @@ class SourceEndpoint:
         if not items:
             return self._ok(0, 0, 0)
         try:
-            # Shielded: a client that hangs up mid-commit cancels this handler, but the commit
-            # goes on in the store, and its events must still reach the router (leased to this
-            # process, nobody else would route them before the lease ran out).
-            # (`asyncio.shield` does the same with two more callbacks and closures per request.)
-            values = [v for v, _ in elements]
-            loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[None] = loop.create_future()
-            commit = loop.create_task(self._commit(items, values))
-            _commits.add(commit)
-            commit.add_done_callback(functools.partial(_commit_done, waiter))
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                commit.add_done_callback(_orphan_done)
-                raise
-            result = commit.result()
+            result = await self._commit(items, [v for v, _ in elements])
         except StoreError as e:
             log.error("source=%s status=503 store cannot commit: %s", self.name, e)
             return error(
@@ -167,17 +137,55 @@ class SourceEndpoint:
         return self._ok(result.accepted, result.duplicates, result.quarantined)
 
     async def _commit(self, items: list[IncomingEvent], values: list[Any]) -> IngestResult:
-        """Commit `items`, then hand the accepted ones to the router (see `Handoff`)."""
+        """Commit `items`, then hand the accepted ones to the router (see `Handoff`).
+
+        Shielded: a client that hangs up mid-commit cancels this request, but the commit goes
+        on in the store, and its events must still reach the router (leased to this process,
+        nobody else would route them before the lease ran out). So the hand-off is the
+        commit's own callback (`_committed`), and the request only waits on `waiter`: no task
+        per request, where `asyncio.shield` would add one more and two callbacks."""
         lease = self.handoff.intake_lease() if self.handoff is not None else None
         now = self.clock.now()
         started = time.perf_counter()
-        result = await self._store().ingest(self.name, items, now, lease)
-        if self.metrics is not None:
-            self.metrics.observe("commit_seconds", (), time.perf_counter() - started)
-        if self.handoff is not None:
-            fresh = self._fresh(items, values, result, now) if lease else []
-            self.handoff.committed(self.name, result, fresh, lease)
-        return result
+        commit = self._store().start_ingest(self.name, items, now, lease)
+        waiter: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        _commits.add(commit)
+        commit.add_done_callback(
+            functools.partial(self._committed, waiter, items, values, now, lease, started)
+        )
+        return await waiter
+
+    def _committed(
+        self,
+        waiter: asyncio.Future[IngestResult],
+        items: list[IncomingEvent],
+        values: list[Any],
+        now: float,
+        lease: Lease | None,
+        started: float,
+        commit: asyncio.Future[IngestResult],
+    ) -> None:
+        """The commit ended: hand its events over, then release the request waiting on
+        `waiter` with the result or the error (or log the error, if the request is gone)."""
+        _commits.discard(commit)
+        if commit.cancelled():  # the loop is shutting down
+            waiter.cancel()
+            return
+        try:
+            result = commit.result()
+            if self.metrics is not None:
+                self.metrics.observe("commit_seconds", (), time.perf_counter() - started)
+            if self.handoff is not None:
+                fresh = self._fresh(items, values, result, now) if lease else []
+                self.handoff.committed(self.name, result, fresh, lease)
+        except Exception as e:  # the store's error, or a bug in the hand-off
+            if not waiter.done():
+                waiter.set_exception(e)
+            else:  # nobody else will report it
+                log.error("commit of a cancelled request failed: %s: %s", type(e).__name__, e)
+            return
+        if not waiter.done():
+            waiter.set_result(result)
 
     def _fresh(
         self, items: list[IncomingEvent], values: list[Any], result: IngestResult, now: float

@@ -106,12 +106,20 @@ class Committer:
         """Run `fn(conn)` in the next group; for writes, return once the group is committed.
         `sync` False: a bookkeeping write, committed without fsync when its whole group is
         (see the module docstring)."""
+        return await self.submit(fn, write, sync)
+
+    def submit(
+        self, fn: Callable[[sqlite3.Connection], T], write: bool = True, sync: bool = True
+    ) -> asyncio.Future[T]:
+        """`run` without the coroutine: the future of `fn`'s result, resolved on the calling
+        event loop once the group is committed. Cancelling the future does not take `fn` back
+        (it may have run already); its result is then dropped."""
         if self._closed:
             raise StoreError("the store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Op(fn, write, sync, future, loop))
-        return await future
+        return future
 
     def _run(self) -> None:
         try:

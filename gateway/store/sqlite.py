@@ -8,10 +8,12 @@ timeout stay underneath, and claims are atomic conditional UPDATEs.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +186,17 @@ class SQLiteStore(SQLiteInspection, SQLiteRetention, Store):
     async def ingest(
         self, source: str, items: list[IncomingEvent], now: float, lease: Lease | None = None
     ) -> IngestResult:
+        return await self._write(self._ingest_op(source, items, now, lease))
+
+    def start_ingest(
+        self, source: str, items: list[IncomingEvent], now: float, lease: Lease | None = None
+    ) -> asyncio.Future[IngestResult]:
+        # The group commit's own future: no task and no coroutine per request.
+        return self.committer.submit(self._ingest_op(source, items, now, lease))
+
+    def _ingest_op(
+        self, source: str, items: list[IncomingEvent], now: float, lease: Lease | None
+    ) -> Callable[[sqlite3.Connection], IngestResult]:
         until, owner = (lease.until, lease.owner) if lease else (None, None)
 
         def op(c: sqlite3.Connection) -> IngestResult:
@@ -234,7 +247,7 @@ class SQLiteStore(SQLiteInspection, SQLiteRetention, Store):
                     outcomes.append("accepted")
             return IngestResult(accepted, duplicates, quarantined, tuple(ids), tuple(outcomes))
 
-        return await self._write(op)
+        return op
 
     # -- router ------------------------------------------------------------------------------
     async def claim_events(
