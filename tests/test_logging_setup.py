@@ -173,3 +173,19 @@ def test_lines_held_by_a_loop_that_ended_go_out_before_the_next_loops(
         "INFO gateway.delivery: from the first loop",
         "INFO gateway.delivery: from the second loop",
     ]
+
+
+@pytest.mark.parametrize("inner", [logs.TextFormatter, logs.JsonFormatter])
+@pytest.mark.parametrize("created", [1764970000.0, 1764970000.0999, 1764970000.999999])
+def test_a_hot_path_line_reads_as_the_same_record_would(inner: type, created: float) -> None:
+    # Hot-path lines are formatted from their parts, without a LogRecord: the text must be
+    # what the formatter makes of the record, secrets scrubbed the same way.
+    formatter = logs.ScrubbingFormatter(inner(), {SECRET})
+    message = f"source=revicom status=401 token={SECRET} client=203.0.113.9"
+    record = logging.LogRecord(
+        "gateway.intake.endpoint", logging.WARNING, "", 0, message, None, None
+    )
+    record.created, record.msecs = created, (created - int(created)) * 1000
+    line = formatter.line(created, logging.WARNING, "gateway.intake.endpoint", message)
+    assert line == formatter.format(record)
+    assert SECRET not in line

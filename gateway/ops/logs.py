@@ -62,6 +62,11 @@ class TextFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return self._seconds(record.created)
 
+    def line(self, created: float, level: int, name: str, message: str) -> str:
+        """What `format` makes of a record without an exception, from its parts (the
+        hot-path lines of `line`, without building a `logging.LogRecord`)."""
+        return f"{self._seconds(created)} {logging.getLevelName(level)} {name}: {message}"
+
 
 class JsonFormatter(logging.Formatter):
     def __init__(self) -> None:
@@ -69,30 +74,42 @@ class JsonFormatter(logging.Formatter):
         self._seconds = _Seconds("%Y-%m-%dT%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "time": self._seconds(record.created) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        out = self._fields(record.created, record.levelname, record.name, record.getMessage())
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             out["exception"] = record.exc_text
         return json.dumps(out, ensure_ascii=False)
 
+    def line(self, created: float, level: int, name: str, message: str) -> str:
+        """`format` of a record without an exception, from its parts (see `TextFormatter`)."""
+        fields = self._fields(created, logging.getLevelName(level), name, message)
+        return json.dumps(fields, ensure_ascii=False)
+
+    def _fields(self, created: float, levelname: str, name: str, message: str) -> dict[str, str]:
+        millis = int((created - int(created)) * 1000)
+        return {
+            "time": f"{self._seconds(created)}.{millis:03d}Z",
+            "level": levelname.lower(),
+            "logger": name,
+            "message": message,
+        }
+
 
 class ScrubbingFormatter(logging.Formatter):
     """Formats with `inner`, then masks configured secrets and URL passwords anywhere in the
     line, tracebacks included."""
 
-    def __init__(self, inner: logging.Formatter, secrets: set[str]) -> None:
+    def __init__(self, inner: TextFormatter | JsonFormatter, secrets: set[str]) -> None:
         super().__init__()
         self.inner = inner
         self.secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
         return scrub(self.inner.format(record), self.secrets)
+
+    def line(self, created: float, level: int, name: str, message: str) -> str:
+        return scrub(self.inner.line(created, level, name, message), self.secrets)
 
 
 class _Enqueue(logging.handlers.QueueHandler):
@@ -130,7 +147,7 @@ def setup_logging(
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    inner: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    inner = JsonFormatter() if fmt == "json" else TextFormatter()
     _flush()
     records: queue.SimpleQueue[_Item] = queue.SimpleQueue()
     _listener = _Writer(records, ScrubbingFormatter(inner, secrets or set()), sys.stderr)
@@ -149,7 +166,7 @@ def add_secrets(secrets: set[str]) -> None:
     """Scrub `secrets` too from now on (a reload may bring new ones). The set is replaced,
     not changed in place, because the logging thread may be iterating over it."""
     writer = _listener
-    if writer is not None and isinstance(writer.formatter, ScrubbingFormatter):
+    if writer is not None:
         writer.formatter.secrets = writer.formatter.secrets | secrets
 
 
@@ -214,7 +231,7 @@ class _Writer:
     def __init__(
         self,
         records: queue.SimpleQueue[_Item],
-        formatter: logging.Formatter,
+        formatter: ScrubbingFormatter,
         stream: TextIO,
     ) -> None:
         self.records, self.formatter, self.stream = records, formatter, stream
@@ -242,11 +259,18 @@ class _Writer:
             for item in _flat(batch):
                 if item is None:
                     continue
-                record = _record(item) if isinstance(item, tuple) else item
                 try:
-                    lines.append(self.formatter.format(record) + "\n")
+                    if isinstance(item, tuple):  # a hot-path line: no LogRecord needed
+                        created, name, level, msg, args = item
+                        text = self.formatter.line(
+                            created, level, name, msg % args if args else msg
+                        )
+                    else:
+                        text = self.formatter.format(item)
+                    lines.append(text + "\n")
                 except Exception:  # a bad record must not stop logging; say so on stderr
-                    lines.append(f"(unformattable log record from {record.name})\n")
+                    who = item[1] if isinstance(item, tuple) else item.name
+                    lines.append(f"(unformattable log record from {who})\n")
             try:
                 self.stream.write("".join(lines))
                 self.stream.flush()
@@ -265,13 +289,6 @@ def _flat(batch: list[_Item]) -> list[logging.LogRecord | _Line | None]:
         else:
             out.append(item)
     return out
-
-
-def _record(item: _Line) -> logging.LogRecord:
-    created, name, level, msg, args = item
-    record = logging.LogRecord(name, level, "", 0, msg, args, None)
-    record.created, record.msecs = created, (created - int(created)) * 1000
-    return record
 
 
 @atexit.register
