@@ -178,8 +178,9 @@ _Item = logging.LogRecord | _Line | list[Any] | None
 def line(logger: logging.Logger, level: int, msg: str, *args: object) -> None:
     """``logger.log(level, msg, *args)`` for lines written once per request or delivery.
 
-    Same level check, format and scrubbing, but the `logging.LogRecord` is built on the logging
-    thread instead of the event loop (building one costs more than the rest of logging a line).
+    Same level check, format and scrubbing, but the line is formatted on the logging thread,
+    from its parts, without a `logging.LogRecord` (building one cost more than the rest of
+    logging a line).
     The line goes to the gateway's own output only, not through other handlers or filters on
     the way. On an event loop, lines are collected and handed to the thread together at most
     `HANDOFF_DELAY` seconds after the first of them; an ordinary record logged on that loop

@@ -142,7 +142,9 @@ class Metrics:
             self._schedule_flush()
 
     def flush(self) -> None:
-        """Add every sum `count` and `observe` hold to prometheus-client's metrics."""
+        """Add every sum `count` and `observe` hold to prometheus-client's metrics. Runs on a
+        timer, before every scrape and at `Gateway.close`, so sums left by an event loop that
+        ended before its timer fired still arrive."""
         self._flush_due = False
         counts, self._counts = self._counts, {}
         timings, self._timings = self._timings, {}
