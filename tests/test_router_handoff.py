@@ -294,6 +294,28 @@ async def test_a_request_through_sqlite_gets_its_commit_result(store: Store) -> 
     assert not intake._commits
 
 
+class BrokenHandoff(Recorder):
+    def committed(self, source: str, result: IngestResult, fresh: list, lease: Any) -> None:
+        raise RuntimeError("a bug in the hand-off")
+
+
+async def test_a_failing_hand_off_answers_500_and_leaves_the_events_stored(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The hand-off runs in the commit's callback: its failure must still reach the request
+    # (500, nothing acknowledged), and the events stay stored for the claim path.
+    clock = ManualClock()
+    endpoint = endpoint_on(store, clock, BrokenHandoff(clock))
+    with caplog.at_level(logging.ERROR, logger="gateway.intake.endpoint"):
+        answer = await endpoint.handle(FakeRequest(b'[{"id": 1}]'))
+    assert answer.status == 500
+    assert [r.getMessage() for r in caplog.records] == [
+        "source=provider status=500 error=internal_error"
+    ]
+    assert len(await store.list_events("received")) == 1
+    assert not intake._commits
+
+
 class FailingSlowStore(SlowStore):
     async def ingest(self, *args: Any) -> IngestResult:
         self.entered.set()
