@@ -5,6 +5,8 @@
     .venv/bin/python bench/run.py --phases bare,forward,node-red,e2e1 --duration 15
     .venv/bin/python bench/run.py --store sqlite --store redis://127.0.0.1:6379/0
     .venv/bin/python bench/run.py --no-pin           # a machine without two free cores
+    .venv/bin/python bench/run.py --phases bare,intake --repeat 5 \
+        --baseline "env PYTHONPATH=/tmp/old .venv/bin/python"   # new code against an old one
 
 How (see docs/performance.md): the server under test runs pinned to CPU 0 (``taskset``), wrk
 (one thread) and the receiver to CPU 1; the receiver is Debian's nginx answering 204 and logging
@@ -22,6 +24,11 @@ request, Basic auth). In each round, one target at a time:
 - once, SQLite fixtures: ``history`` (intake on a store holding ``--history`` events),
   ``drain`` (``--drain`` queued deliveries), ``backlog`` (resident memory with ``--backlog``
   pending deliveries).
+
+With ``--baseline CMD`` every store phase also runs the gateway with ``CMD`` as its Python
+(for example a ``git worktree`` of an older commit on ``PYTHONPATH``), right before or after the
+code under test (the order alternates by round), and the report adds the same-round ratios of
+the two. On a machine whose speed drifts, that compares two versions better than two runs.
 
 Every phase is bounded in time; servers, wrk and nginx are stopped by their PIDs.
 """
@@ -52,6 +59,8 @@ BOTH_CORES_CONFIG = "delivery: {processes: 1}\n"
 #: Bare Sanic's requests/s in the issue's own quiet run (2026-12-04), where its absolute batch
 #: target (20,000 events/s) was set: the report also states that target per bare Sanic request.
 ISSUE_BARE = 21_199
+#: Suffix of the targets run with ``--baseline``.
+BASE = "@base"
 
 
 def run_rounds(b: Bench, stores: list[StoreUnderTest]) -> None:
@@ -62,21 +71,24 @@ def run_rounds(b: Bench, stores: list[StoreUnderTest]) -> None:
         for phase, fn in (("bare", b.bare), ("forward", b.forwarder), ("node-red", b.node_red)):
             if phase in a.phases:
                 guarded(b, phase, fn)
+        # With a baseline, each store phase runs twice in a row: the baseline first in odd
+        # rounds, the code under test first in even ones.
+        variants: list[tuple[str, list[str] | None]] = [("", None)]
+        if a.baseline:
+            variants.append((BASE, a.baseline.split()))
+            if r % 2:
+                variants.reverse()
         for store in stores:
             try:
                 for phase in STORE_PHASES:
                     if phase not in a.phases:
                         continue
-                    if phase == "intake":
-                        guarded(b, phase, b.intake, store)
-                    elif phase in ("e2e1", "e2e3"):
-                        guarded(b, phase, b.e2e, store, int(phase[-1]))
-                    elif phase == "e2e1-both":
-                        guarded(b, phase, b.e2e, store, 1, True)
-                    elif phase == "batch":
-                        guarded(b, phase, b.batch, store)
-                    else:
-                        guarded(b, phase, b.two_instances, store)
+                    for suffix, python in variants:
+                        b.suffix, b.python = suffix, python
+                        try:
+                            store_phase(b, phase, store)
+                        finally:
+                            b.suffix, b.python = "", None
             finally:
                 store.cleanup()
     sqlite = StoreUnderTest("sqlite")
@@ -84,6 +96,19 @@ def run_rounds(b: Bench, stores: list[StoreUnderTest]) -> None:
         if phase in a.phases:
             print(f"[{phase}]", flush=True)
             guarded(b, phase, fn, sqlite)
+
+
+def store_phase(b: Bench, phase: str, store: StoreUnderTest) -> None:
+    if phase == "intake":
+        guarded(b, phase, b.intake, store)
+    elif phase in ("e2e1", "e2e3"):
+        guarded(b, phase, b.e2e, store, int(phase[-1]))
+    elif phase == "e2e1-both":
+        guarded(b, phase, b.e2e, store, 1, True)
+    elif phase == "batch":
+        guarded(b, phase, b.batch, store)
+    else:
+        guarded(b, phase, b.two_instances, store)
 
 
 def guarded(b: Bench, phase: str, fn: Any, *args: Any) -> None:
@@ -111,8 +136,9 @@ def per_round(rows: list[Row], target: str, conns: int | None = None) -> dict[in
 
 def report(b: Bench) -> str:
     rows = b.rows
+    w = max([15, *(len(r.target) + 1 for r in rows)])  # the target column
     out = [
-        f"{'target':<15}{'store':<7}{'conns':>5}{'req/s':>9}{'ack p50':>9}{'ack p99':>9}"
+        f"{'target':<{w}}{'store':<7}{'conns':>5}{'req/s':>9}{'ack p50':>9}{'ack p99':>9}"
         f"{'err':>5}{'cpu us':>8}{'deliv/s':>9}{'÷bare':>8}{'÷node-red':>10}{'÷fwd':>7}"
         f"{'rounds':>7}",
     ]
@@ -156,7 +182,7 @@ def report(b: Bench) -> str:
         has_deliv = any(r.delivered is not None for r in mine)
         deliv = f"{d['deliv']:.0f}" if has_deliv else "-"
         out.append(
-            f"{key[0]:<15}{key[1]:<7}{key[2]:>5}{d['rps']:>9.0f}{d['p50']:>9.2f}{d['p99']:>9.2f}"
+            f"{key[0]:<{w}}{key[1]:<7}{key[2]:>5}{d['rps']:>9.0f}{d['p50']:>9.2f}{d['p99']:>9.2f}"
             f"{d['err']:>5.0f}{d['cpu']:>8.0f}{deliv:>9}"
             f"{pct(d['bare']):>8}{x(d['nr'] if has_deliv else 0):>10}"
             f"{x(d['fwd'] if has_deliv else 0):>7}{len(mine):>7}"
@@ -165,6 +191,7 @@ def report(b: Bench) -> str:
         "(medians over rounds; ratios are medians of each round's ratio: req/s ÷ bare Sanic at the"
         " same connections, delivered events/s ÷ Node-RED's and the aiohttp forwarder's)"
     )
+    out += against_baseline(b)
     if b.drain_result:
         n, got, rate, peak, cpu_us = b.drain_result
         out.append(f"drain: {got}/{n} deliveries at {rate:.0f}/s, gateway CPU {cpu_us:.0f} us per"
@@ -176,6 +203,43 @@ def report(b: Bench) -> str:
     out += targets(b, results)
     out += [f"note: {n}" for n in b.notes]
     return "\n".join(out)
+
+
+def against_baseline(b: Bench) -> list[str]:
+    """Per target run with ``--baseline``: the code under test ÷ the baseline, medians of the
+    same-round ratios (req/s, delivered/s, CPU per request), and both ack p99 medians."""
+    if not b.args.baseline:
+        return []
+    out = [f"code under test ÷ baseline ({b.args.baseline}), medians of same-round ratios:"]
+    keys = dict.fromkeys((r.target, r.store, r.conns) for r in b.rows if r.target.endswith(BASE))
+    for base_target, store, conns in keys:
+        target = base_target.removesuffix(BASE)
+        pairs = []
+        for r in b.rows:
+            if (r.target, r.store, r.conns) != (target, store, conns):
+                continue
+            base = next(
+                (x for x in b.rows if (x.target, x.store, x.conns, x.round)
+                 == (base_target, store, conns, r.round)), None)  # fmt: skip
+            if base is not None:
+                pairs.append((r, base))
+        if not pairs:
+            continue
+
+        def ratio(got: list[float | None], ref: list[float | None]) -> str:
+            vals = [g / f for g, f in zip(got, ref, strict=True) if g is not None and f]
+            return f"{med(vals):.3f}" if vals else "-"
+
+        new, old = [p[0] for p in pairs], [p[1] for p in pairs]
+        rps = ratio([n.rps for n in new], [o.rps for o in old])
+        deliv = ratio([n.delivered for n in new], [o.delivered for o in old])
+        cpu = ratio([n.cpu_us for n in new], [o.cpu_us for o in old])
+        p99_new, p99_old = med([n.p99 for n in new]), med([o.p99 for o in old])
+        out.append(
+            f"  {target:<14} {store:<7} c={conns:<3} req/s {rps}  delivered/s {deliv}"
+            f"  cpu/req {cpu}  ack p99 {p99_new:.2f} ms vs {p99_old:.2f} ms  ({len(pairs)} pairs)"
+        )
+    return out
 
 
 def targets(b: Bench, res: dict[tuple[str, str, int], dict[str, float]]) -> list[str]:
@@ -267,6 +331,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--phases", default=",".join(DEFAULT_PHASES),
                    help=f"comma-separated subset of {','.join(PHASES)}")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the temporary directory and logs")
+    p.add_argument(
+        "--baseline",
+        metavar="CMD",
+        help="also run every store phase with CMD as the gateway's Python (e.g. 'env"
+        " PYTHONPATH=/path/to/old/worktree .venv/bin/python'), and report new ÷ baseline",
+    )
     a = p.parse_args()
     q = a.quick
     a.duration = a.duration or (3.0 if q else 10.0)

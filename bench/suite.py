@@ -93,6 +93,9 @@ class Bench:
         self.receiver = NginxReceiver(work / "nginx", self.client_pin)
         self.round = 0
         self._runs = 0
+        #: While a phase runs against ``--baseline``: its command and the suffix of its targets.
+        self.python: list[str] | None = None
+        self.suffix = ""
         self.drain_result: tuple[int, int, float, float, float] | None = None
 
     # -- processes ----------------------------------------------------------------------------
@@ -119,7 +122,8 @@ class Bench:
         url: str | None = None,
     ) -> Server:
         port = free_port()
-        python = os.environ.get("BENCH_GATEWAY_PYTHON", sys.executable).split()
+        python = self.python or os.environ.get("BENCH_GATEWAY_PYTHON", sys.executable).split()
+        name += self.suffix
         argv = [*(self.server_pin if pin is None else pin), *python, "-m", "gateway", "run"]
         s = self.server(name, [*argv, "-c", "gateway.yaml"], port)
         url = url or store.fresh_url()
@@ -247,10 +251,12 @@ class Bench:
     def intake(self, store: StoreUnderTest) -> None:
         s = self.gateway("intake", store).start(timeout=START)
         time.sleep(0.5)
-        self.memory["gateway idle (started, empty store)"] = s.rss_mib()
+        idle = s.rss_mib()
         for c in self.args.connections:
             self.add(self.load(s, store.label, c))
-        self.memory["gateway after intake load"] = s.rss_mib()
+        if not self.suffix:  # the code under test, not the baseline
+            self.memory["gateway idle (started, empty store)"] = idle
+            self.memory["gateway after intake load"] = s.rss_mib()
         s.stop()
 
     def e2e(self, store: StoreUnderTest, per_event: int, both: bool = False) -> None:
