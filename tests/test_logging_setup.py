@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -26,6 +27,11 @@ def restore_root():
 def written(capsys: pytest.CaptureFixture[str]) -> str:
     logs._flush()  # stop the listener: everything queued is written
     return capsys.readouterr().err
+
+
+def untimed(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The text lines written, without their leading time."""
+    return [line.split(" ", 1)[1] for line in written(capsys).splitlines()]
 
 
 def test_a_traceback_holding_a_secret_is_scrubbed(capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,8 +108,6 @@ def test_hot_path_lines_without_setup_are_ordinary_records(
 def test_hot_path_lines_on_an_event_loop_are_held_back_then_handed_over_together(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncio
-
     logs.setup_logging("text", {SECRET}, "info")
     log = logging.getLogger("gateway.delivery")
 
@@ -124,8 +128,7 @@ def test_hot_path_lines_on_an_event_loop_are_held_back_then_handed_over_together
         logs.line(log, logging.INFO, "token %s", SECRET)  # pending when logging stops
 
     asyncio.run(main())
-    out = [line.split(" ", 1)[1] for line in written(capsys).splitlines()]
-    assert out == [
+    assert untimed(capsys) == [
         "INFO gateway.delivery: delivery=0",
         "INFO gateway.delivery: delivery=1",
         "INFO gateway.delivery: delivery=2",
@@ -136,8 +139,6 @@ def test_hot_path_lines_on_an_event_loop_are_held_back_then_handed_over_together
 def test_an_ordinary_record_on_the_loop_is_written_after_the_lines_held_before_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import asyncio
-
     logs.setup_logging("text", set(), "info")
     log = logging.getLogger("gateway.delivery")
 
@@ -147,8 +148,7 @@ def test_an_ordinary_record_on_the_loop_is_written_after_the_lines_held_before_i
         logs.line(log, logging.INFO, "third")
 
     asyncio.run(main())
-    out = [line.split(" ", 1)[1] for line in written(capsys).splitlines()]
-    assert out == [
+    assert untimed(capsys) == [
         "INFO gateway.delivery: first",
         "WARNING gateway.delivery: second",
         "INFO gateway.delivery: third",
@@ -158,8 +158,6 @@ def test_an_ordinary_record_on_the_loop_is_written_after_the_lines_held_before_i
 def test_lines_held_by_a_loop_that_ended_go_out_before_the_next_loops(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import asyncio
-
     logs.setup_logging("text", set(), "info")
     log = logging.getLogger("gateway.delivery")
 
@@ -168,8 +166,7 @@ def test_lines_held_by_a_loop_that_ended_go_out_before_the_next_loops(
 
     asyncio.run(say("from the first loop"))  # ended before its hand-off timer fired
     asyncio.run(say("from the second loop"))
-    out = [line.split(" ", 1)[1] for line in written(capsys).splitlines()]
-    assert out == [
+    assert untimed(capsys) == [
         "INFO gateway.delivery: from the first loop",
         "INFO gateway.delivery: from the second loop",
     ]

@@ -203,6 +203,21 @@ class Recorder:
         self.handed.extend(fresh)
 
 
+def endpoint_on(store: Any, clock: ManualClock, handoff: Recorder) -> SourceEndpoint:
+    config = SourceConfig.model_validate(
+        {"path": "/cb", "format": "json", "auth": {"basic": {"username": "u", "password": "p"}}}
+    )
+    return SourceEndpoint(
+        "provider",
+        config,
+        JsonFormat(None),
+        lambda: store,
+        clock,
+        [],
+        handoff,  # type: ignore[arg-type]
+    )
+
+
 class FakeRequest:
     """The parts of a Sanic request intake reads."""
 
@@ -218,18 +233,7 @@ async def test_a_client_hanging_up_mid_commit_still_hands_its_events_over(store:
     # it stored leased to this process must still reach the router.
     clock = ManualClock()
     slow, handoff = SlowStore(store), Recorder(clock)
-    config = SourceConfig.model_validate(
-        {"path": "/cb", "format": "json", "auth": {"basic": {"username": "u", "password": "p"}}}
-    )
-    endpoint = SourceEndpoint(
-        "provider",
-        config,
-        JsonFormat(None),
-        lambda: slow,
-        clock,
-        [],
-        handoff,  # type: ignore[arg-type,return-value]
-    )
+    endpoint = endpoint_on(slow, clock, handoff)
     handler = asyncio.ensure_future(endpoint.handle(FakeRequest(b'[{"id": 1}, {"id": 2}]')))
     await slow.entered.wait()
     handler.cancel()
@@ -241,21 +245,6 @@ async def test_a_client_hanging_up_mid_commit_still_hands_its_events_over(store:
     assert [v for _, v in handoff.handed] == [{"id": 1}, {"id": 2}]
     stored = await store.list_events("received")
     assert sorted(e.id for e in stored) == sorted(e.id for e, _ in handoff.handed)
-
-
-def endpoint_on(store: Any, clock: ManualClock, handoff: Recorder) -> SourceEndpoint:
-    config = SourceConfig.model_validate(
-        {"path": "/cb", "format": "json", "auth": {"basic": {"username": "u", "password": "p"}}}
-    )
-    return SourceEndpoint(
-        "provider",
-        config,
-        JsonFormat(None),
-        lambda: store,
-        clock,
-        [],
-        handoff,  # type: ignore[arg-type]
-    )
 
 
 async def test_sqlite_commits_a_hung_up_request_and_hands_its_events_over(store: Store) -> None:
@@ -328,16 +317,7 @@ async def test_a_failed_commit_of_a_hung_up_request_is_logged_once(
 ) -> None:
     clock = ManualClock()
     slow, handoff = FailingSlowStore(store), Recorder(clock)
-    config = SourceConfig.model_validate({"path": "/cb", "format": "json"})
-    endpoint = SourceEndpoint(
-        "provider",
-        config,
-        JsonFormat(None),
-        lambda: slow,
-        clock,
-        [],
-        handoff,  # type: ignore[arg-type,return-value]
-    )
+    endpoint = endpoint_on(slow, clock, handoff)
     request = FakeRequest(b'[{"id": 1}]')
     handler = asyncio.ensure_future(endpoint.handle(request))
     await slow.entered.wait()

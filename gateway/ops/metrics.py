@@ -17,7 +17,6 @@ every count; with several workers, another worker's counts show up to `FLUSH_DEL
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from bisect import bisect_left
@@ -62,13 +61,6 @@ class Metrics:
             name: str, doc: str, labels: list[str], buckets: tuple[float, ...]
         ) -> Histogram:
             return Histogram(f"{PREFIX}_{name}", doc, labels, buckets=buckets, registry=reg)
-
-        #: Each histogram's bucket bounds, +Inf last (as prometheus-client keeps them).
-        self._bounds: dict[str, tuple[float, ...]] = {
-            "ack_seconds": (*FAST, math.inf),
-            "commit_seconds": (*FAST, math.inf),
-            "attempt_seconds": (*SLOW, math.inf),
-        }
 
         self.requests = counter(
             "requests", "HTTP requests to sources by answer status", ["source", "status"]
@@ -135,7 +127,7 @@ class Metrics:
         key = (metric, labels)
         tally = self._timings.get(key)
         if tally is None:
-            tally = self._timings[key] = _Tally(self._bounds[metric])
+            tally = self._timings[key] = _Tally(getattr(self, metric))
         tally.counts[bisect_left(tally.bounds, value)] += 1
         tally.total += value
         if not self._flush_due:
@@ -248,16 +240,17 @@ class _Tally:
 
     __slots__ = ("bounds", "counts", "total")
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * len(bounds)
+    def __init__(self, histogram: Any) -> None:
+        """`histogram`: the ``Histogram`` (or one of its children) whose bounds to use."""
+        self.bounds = tuple(histogram._upper_bounds)  # +Inf last
+        self.counts = [0] * len(self.bounds)
         self.total = 0.0
 
     def add_to(self, histogram: Any) -> None:
         """Add to a prometheus-client ``Histogram`` child what ``observe`` would have, one
-        locked addition per bucket instead of per observation. These are prometheus-client's
-        internal values; tests/test_metrics_tally.py compares the result with ``observe``
-        called once per value, so a release that changes them fails there."""
+        locked addition per bucket instead of per observation. These (and the bounds) are
+        prometheus-client's internal values; tests/test_metrics_tally.py compares the result
+        with ``observe`` called once per value, so a release that changes them fails there."""
         histogram._sum.inc(self.total)
         for bucket, n in zip(histogram._buckets, self.counts, strict=True):
             if n:
