@@ -140,6 +140,10 @@ class AdminConfig(Strict):
     #: Mark the console's session cookie ``Secure`` even when the gateway itself serves plain
     #: HTTP (behind a TLS-terminating proxy). Over HTTPS it is always ``Secure``.
     secure_cookie: bool = False
+    #: Wrong tokens (console logins and API requests together) one client address may send per
+    #: `failure_window`; past that it is answered 429 until the window ends. 0: no limit.
+    max_failures: int = Field(default=10, ge=0)
+    failure_window: Duration = Field(default=60.0, gt=0)
 
     @field_validator("token")
     @classmethod

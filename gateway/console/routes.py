@@ -2,7 +2,8 @@
 routes of every page (the pages themselves live in `pages`, `deliveries`, `repair`, `tester`).
 
     GET  /console/                       overview
-    GET  /console/login, POST            the login form (password field ``token``)
+    GET  /console/login, POST            the login form (password field ``token``; wrong
+                                         tokens count per address, `gateway.console.guard`)
     POST /console/logout                 end the session
     GET  /console/search?q=              to a delivery, an event's message, or a message
     GET  /console/messages/<uuid>        a message's timeline;  /console/events/<id> one event's
@@ -32,6 +33,7 @@ from sanic import Blueprint, Request, response
 from sanic.response import HTTPResponse
 
 from gateway.console import deliveries, pages, repair, sessions, tester
+from gateway.console.guard import AdminGuard
 from gateway.console.render import form_of, gateway_of, page
 from gateway.errors import StoreError
 
@@ -158,11 +160,21 @@ async def login(request: Request) -> HTTPResponse:
         if session is not None and not await sessions.is_revoked(ctx.open_store(), session):
             return response.redirect(next_path, status=303)
         return page(request, "login.html", next_path=next_path, failed=False)
-    if not sessions.token_ok(token, form_of(request).get("token")):
-        log.warning(
-            "console: a login with a wrong token from %s", request.remote_addr or request.ip
-        )
+    guard: AdminGuard = request.app.ctx.admin_guard
+    admin = ctx.config.admin
+    addr = guard.address(request, ctx.config.server.trusted_proxies)
+    wait = guard.retry_after(admin, addr, now)
+    if wait is not None:
+        out = page(request, "login.html", 429, next_path=next_path, failed=False, wait=wait)
+        out.headers["Retry-After"] = str(wait)
+        return out
+    given = form_of(request).get("token")
+    if not sessions.token_ok(token, given):
+        log.warning("console: a login with a wrong token from %s", addr)
+        if given:  # an empty field is not a guess
+            guard.failed(admin, addr, now, "console login")
         return page(request, "login.html", 401, next_path=next_path, failed=True)
+    guard.succeeded(admin, addr)
     ttl = ctx.config.admin.session_ttl
     _, value = sessions.new_session(token, now, ttl)
     out = response.redirect(next_path, status=303)

@@ -1,8 +1,10 @@
 """The admin HTTP API under ``/admin``: inspect and repair without a shell on the box.
 
 Off unless ``admin.token`` is set; every request needs ``Authorization: Bearer <token>``
-(compared in constant time). The handlers call the same functions as the CLI verbs
-(`gateway.delivery.admin`), so both behave identically.
+(compared in constant time). Wrong tokens count per client address together with the console's
+wrong logins: past ``admin.max_failures`` the address gets 429 (`gateway.console.guard`).
+The handlers call the same functions as the CLI verbs (`gateway.delivery.admin`), so both
+behave identically.
 
     GET  /admin/deliveries?state=&destination=&message_uuid=&since=&limit=
     GET  /admin/deliveries/<id>
@@ -30,6 +32,7 @@ from typing import Any
 from sanic import Blueprint, Request, response
 from sanic.response import HTTPResponse
 
+from gateway.console.guard import AdminGuard
 from gateway.delivery import admin
 from gateway.errors import ConfigError, StoreError
 from gateway.intake.responses import error
@@ -58,17 +61,33 @@ def admin_blueprint() -> Blueprint:
 
     @bp.on_request
     async def authorize(request: Request) -> HTTPResponse | None:
-        token = request.app.ctx.gateway.config.admin.token
+        gw: Gateway = request.app.ctx.gateway
+        config = gw.config
+        token = config.admin.token
         if token is None:
             return error(404, "not_found", "the admin API is off (set admin.token to enable it)")
-        given = (request.headers.get("authorization") or "").encode()
-        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+        guard: AdminGuard = request.app.ctx.admin_guard
+        addr = guard.address(request, config.server.trusted_proxies)
+        now = gw.clock.now()
+        wait = guard.retry_after(config.admin, addr, now)
+        if wait is not None:
+            return error(
+                429,
+                "too_many_failures",
+                f"too many wrong tokens from {addr}; try again in {wait}s",
+                {"Retry-After": str(wait)},
+            )
+        header = request.headers.get("authorization")
+        if not hmac.compare_digest((header or "").encode(), f"Bearer {token}".encode()):
+            if header is not None:  # a missing header is not a guess
+                guard.failed(config.admin, addr, now, "admin API")
             return error(
                 401,
                 "unauthorized",
                 "a valid bearer token is required",
                 {"WWW-Authenticate": 'Bearer realm="callback-gateway admin"'},
             )
+        guard.succeeded(config.admin, addr)
         return None
 
     def ctx(request: Request) -> Gateway:

@@ -26,6 +26,7 @@ from sanic.response import HTTPResponse
 from gateway.clock import Clock, SystemClock
 from gateway.config.loaded import Loaded
 from gateway.console import console_blueprint
+from gateway.console.guard import AdminGuard
 from gateway.errors import StoreError
 from gateway.intake.responses import SANIC_CODES, error
 from gateway.ops.metrics import CONTENT_TYPE_LATEST
@@ -68,6 +69,7 @@ def create_app(
     role = "all" if deliver else "intake" if route else "serve"
     app.ctx.gateway = Gateway(loaded, clock or SystemClock(), owner, background, role)
     app.ctx.delivery_supervisor = None
+    app.ctx.admin_guard = AdminGuard()
 
     app.add_route(_healthz, "/healthz", methods=["GET"], name="healthz")
     app.add_route(_readyz, "/readyz", methods=["GET"], name="readyz")
