@@ -1030,6 +1030,33 @@ async def test_the_same_key_in_two_scopes_names_two_marks(store: Store) -> None:
         await store.get_mark("k", scope="nope")
 
 
+async def test_concurrent_advances_from_two_instances_leave_one_chain(open_store: Opener) -> None:
+    """Many advances of new keys at once, from two instances (on PostgreSQL, on as many
+    connections): each key ends at its highest rank, and the answers are those of one serial
+    order: the advanced values, by rank, each report the one before as previous; the others
+    report a value ranked at least as high as theirs."""
+    a, b = await open_store(), await open_store()
+    ranks = [f"{r:03d}" for r in (7, 93, 15, 42, 88, 3, 61, 70, 29, 54, 11, 99, 36, 80, 5, 47)]
+    keys = [f"race-{k}" for k in range(4)]
+    calls = [
+        (a if i % 2 else b).advance_mark(key, rank, f"{key}={rank}", T0)
+        for key in keys
+        for i, rank in enumerate(ranks)
+    ]
+    found = await asyncio.gather(*calls)
+    for k, key in enumerate(keys):
+        answers = list(zip(ranks, found[k * len(ranks) : (k + 1) * len(ranks)], strict=True))
+        chain = sorted((rank, previous) for rank, (advanced, previous) in answers if advanced)
+        assert chain[-1][0] == max(ranks)
+        assert [previous for _, previous in chain] == [None] + [
+            f"{key}={rank}" for rank, _ in chain[:-1]
+        ]
+        for rank, (advanced, previous) in answers:
+            if not advanced:
+                assert previous is not None and previous.split("=")[1] > rank
+        assert await a.get_mark(key) == (max(ranks), f"{key}={max(ranks)}")
+
+
 async def test_a_paused_destination_stays_paused_whatever_the_retention(store: Store) -> None:
     # Pauses used to be plugin marks, which the retention pass deleted after a week: a paused
     # destination silently resumed.

@@ -13,11 +13,38 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.errors import StoreError
 from gateway.ids import floor_id
 from gateway.store.base import PURGE_KINDS, Pacer, RetentionPolicy
 
 Conn = Any
 _TABLES = {"plugin": "marks", "gateway": "gateway_marks"}
+
+# `advance_mark` in one statement, so one round trip (it runs once per status event and route:
+# the ordering filter is on by default). ``old`` locks the stored row, waiting for a concurrent
+# advance of the same key and then reading its result (READ COMMITTED re-reads a row it had to
+# wait for); ranks compare in byte order (the column is ``COLLATE "C"``). A new key is inserted
+# only while no row exists; when another caller inserts it first, the statement returns
+# (false, false, null) and is run again, and then finds that row.
+ADVANCE_MARK = """
+WITH old AS (
+    SELECT rank, value FROM {table} WHERE key = %(key)s FOR UPDATE
+), ins AS (
+    INSERT INTO {table} (key, rank, value, updated_at)
+    SELECT %(key)s, %(rank)s, %(value)s, %(now)s WHERE NOT EXISTS (SELECT 1 FROM old)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING true
+), upd AS (
+    UPDATE {table} m SET rank = %(rank)s, value = %(value)s, updated_at = %(now)s
+    FROM old WHERE m.key = %(key)s AND old.rank < %(rank)s
+    RETURNING true
+)
+SELECT EXISTS (SELECT 1 FROM ins) OR EXISTS (SELECT 1 FROM upd), EXISTS (SELECT 1 FROM old),
+       (SELECT value FROM old)
+"""
+_ADVANCE = {scope: ADVANCE_MARK.format(table=table) for scope, table in _TABLES.items()}
+#: Runs of `ADVANCE_MARK` for one call: a new key raced by other callers' inserts takes two.
+ADVANCE_TRIES = 5
 
 
 def mark_table(scope: str) -> str:
@@ -93,22 +120,21 @@ class PostgresRetention:
     async def advance_mark(
         self, key: str, rank: str, value: str, now: float, *, scope: str = "plugin"
     ) -> tuple[bool, str | None]:
-        table = mark_table(scope)
+        mark_table(scope)  # an unknown scope is a ValueError, as on the other stores
+        sql, args = _ADVANCE[scope], {"key": key, "rank": rank, "value": value, "now": now}
 
-        async def op(c: Conn) -> tuple[bool, str | None]:
-            # Serialise calls on one key, including the first (no row to lock yet).
-            await c.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{table}:{key}",)
-            )
-            row = await (
-                await c.execute(f"SELECT rank, value FROM {table} WHERE key = %s", (key,))
-            ).fetchone()
-            if row is not None and row[0] >= rank:
-                return False, row[1]
-            await _upsert(c, table, key, rank, value, now)
-            return True, row[1] if row else None
+        async def op(c: Conn) -> tuple[bool, bool, str | None]:
+            row = await (await c.execute(sql, args)).fetchone()
+            return bool(row[0]), bool(row[1]), row[2]
 
-        return await self.pool.run(op, transaction=True)  # type: ignore[no-any-return]
+        # Autocommit: a connection found broken runs the statement again (`Pool.run`). If the
+        # first run had committed, the second finds its own value stored: (False, value),
+        # which callers that store an event id in the value recognise (see plugins/ordering).
+        for _ in range(ADVANCE_TRIES):
+            advanced, existed, previous = await self.pool.run(op)
+            if advanced or existed:
+                return advanced, previous
+        raise StoreError(f"mark {key!r}: inserted by others {ADVANCE_TRIES} times in a row")
 
     async def get_mark(self, key: str, *, scope: str = "plugin") -> tuple[str, str] | None:
         table = mark_table(scope)
