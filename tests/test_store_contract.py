@@ -526,6 +526,45 @@ async def test_finish_attempt_records_history_with_increasing_numbers(store: Sto
     assert await store.claim_deliveries("w", "crm", 1, LEASE, T0 + 1000) == []
 
 
+async def test_tries_finishing_together_are_each_recorded_as_alone(store: Store) -> None:
+    """Outcomes recorded at once (the PostgreSQL store commits them as one group), the same
+    delivery's second try among them: every delivery gets its own state, counts and numbered
+    attempts, the repeated one numbered 1 and 2 in call order."""
+    _, dids = await routed(store, "a", [f"hook{i}" for i in range(12)])
+    for i in range(12):
+        assert len(await store.claim_deliveries("w", f"hook{i}", 1, LEASE, T0)) == 1
+    outcomes = [
+        ("delivered", 200, None, "delivered", None, True),
+        ("retry", 503, "HTTP 503", "pending", T0 + 30, True),
+        ("throttled", 429, "HTTP 429", "pending", T0 + 60, False),
+        ("dead", 410, "HTTP 410", "dead", None, True),
+    ]
+    calls = [
+        store.finish_attempt(did, attempt(T0 + i, kind, code, err), state, nxt, counts, T0 + 1 + i)
+        for i, did in enumerate(dids)
+        for kind, code, err, state, nxt, counts in [outcomes[i % 4]]
+    ]
+    calls.append(
+        store.finish_attempt(
+            dids[0], attempt(T0 + 50, "delivered", 200), "delivered", None, True, T0 + 51
+        )
+    )
+    await asyncio.gather(*calls)
+    for i, did in enumerate(dids):
+        kind, code, err, state, nxt, counts = outcomes[i % 4]
+        record, attempts = await store.get_delivery(did)
+        assert (record.state, record.last_status, record.last_error) == (state, code, err)
+        assert record.first_attempt_at == T0 + i
+        if nxt is not None:
+            assert record.next_attempt_at == nxt
+        if i == 0:
+            assert [(a.number, a.started_at) for a in attempts] == [(1, T0), (2, T0 + 50)]
+            assert record.attempts == 2
+        else:
+            assert [(a.number, a.outcome, a.status) for a in attempts] == [(1, kind, code)]
+            assert record.attempts == (1 if counts else 0)
+
+
 async def test_an_attempts_details_are_kept_with_it(store: Store) -> None:
     _, (did,) = await routed(store, "a", ["support"])
     await store.claim_deliveries("w", "support", 1, LEASE, T0)

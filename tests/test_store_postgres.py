@@ -26,7 +26,7 @@ from postgres_support import (
 from tcp_proxy import TcpProxy
 
 from gateway.errors import ConfigError, StoreError
-from gateway.store import FinishedEvent, IncomingEvent, Lease, NewDelivery
+from gateway.store import AttemptRecord, FinishedEvent, IncomingEvent, Lease, NewDelivery
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres_schema import MIGRATIONS
 
@@ -133,6 +133,47 @@ async def test_one_failing_call_of_a_group_fails_alone(make: Callable) -> None:
     assert isinstance(results[1], StoreError)
     # Nothing of the failed call is kept, not even the dedupe key of its good item.
     assert (await store.ingest(SOURCE, [item("b")], T0 + 1)).accepted == 1
+
+
+async def test_tries_finishing_together_share_a_transaction_and_a_bad_one_fails_alone(
+    make: Callable,
+) -> None:
+    store = make()
+    await store.open()
+    await store.ingest(SOURCE, [item("a")], T0)
+    (event,) = await store.claim_events("me", 10, 60, T0)
+    news = [NewDelivery(f"msg_{i:02}", event.id, "r", f"d{i}", T0) for i in range(40)]
+    await store.finish_events([FinishedEvent(event.id, "routed", news, T0)])
+    for i in range(40):
+        assert len(await store.claim_deliveries("w", f"d{i}", 1, 60, T0)) == 1
+    groups = store._attempts
+    assert groups is not None
+
+    def record(i: int, error: str | None = None) -> Any:
+        return store.finish_attempt(
+            f"msg_{i:02}",
+            AttemptRecord(T0, T0 + 1, "retry", 503, error),
+            "pending",
+            T0 + 30,
+            True,
+            T0 + 2,
+        )
+
+    before = groups.groups
+    assert await asyncio.gather(*(record(i) for i in range(20))) == [None] * 20
+    assert groups.groups - before <= 2  # IN_FLIGHT groups at most, not twenty transactions
+
+    await sql(store, "ALTER TABLE attempts ADD CONSTRAINT no_boom CHECK (error <> 'boom')")
+    results = await asyncio.gather(
+        *(record(i, "boom" if i == 27 else "HTTP 503") for i in range(20, 40)),
+        return_exceptions=True,
+    )
+    assert [i + 20 for i, r in enumerate(results) if r is not None] == [27]
+    assert isinstance(results[7], StoreError)
+    states = dict(await sql(store, "SELECT id, state FROM deliveries"))
+    assert states.pop("msg_27") == "in_flight"  # its lease runs out and it is tried again
+    assert set(states.values()) == {"pending"}
+    assert (await sql(store, "SELECT COUNT(*), MAX(number) FROM attempts"))[0] == (39, 1)
 
 
 async def test_a_group_sent_again_after_a_lost_answer_reports_its_own_events(

@@ -10,7 +10,8 @@ Same semantics as the SQLite store, with PostgreSQL's means:
 - The schema is created and migrated by `open` (`postgres_schema.migrate`, under an advisory
   lock, versions in ``cg_schema_version``).
 - An acknowledgement follows COMMIT with ``synchronous_commit`` on (forced on if the server
-  says ``off``). Concurrent ingests share one transaction (`postgres_ingest`); dedupe is the
+  says ``off``). Concurrent ingests share one transaction (`postgres_ingest`), and so do the
+  outcomes of delivery tries that finish together (`postgres_attempts`); dedupe is the
   primary key of ``dedupe`` with ``INSERT .. ON CONFLICT DO NOTHING``, atomic across instances.
 - Work is claimed with ``SELECT .. FOR UPDATE SKIP LOCKED`` inside the claiming ``UPDATE`` and
   held under a lease (``lease_until``), so instances never wait on each other's claims and a
@@ -48,6 +49,7 @@ from gateway.store.base import (
     SourceActivity,
     Store,
 )
+from gateway.store.postgres_attempts import AttemptGroups
 from gateway.store.postgres_conn import CHANNEL, Listener, Pool, split_url
 from gateway.store.postgres_ingest import IngestGroups
 from gateway.store.postgres_retention import PostgresRetention
@@ -56,7 +58,6 @@ from gateway.store.postgres_sql import (
     CLAIM_EVENTS,
     DELIVERY_COLS,
     EVENT_COLS,
-    FINISH_ATTEMPT,
     FINISH_EVENTS,
     NEXT_DUE,
     delivery_record,
@@ -79,6 +80,7 @@ class PostgresStore(PostgresRetention, Store):
         self._pool_size = int(size)
         self._pool: Pool | None = None
         self._ingest: IngestGroups | None = None
+        self._attempts: AttemptGroups | None = None
         self._listener: Listener | None = None
         self._watchers: list[Callable[[str, str | None], None]] = []
         #: Prefixes this store's notifications, so it can ignore its own.
@@ -105,10 +107,14 @@ class PostgresStore(PostgresRetention, Store):
         self._pool = pool
         self._ingest = IngestGroups(pool, self.token)
         self._ingest.start()
+        self._attempts = AttemptGroups(pool)
+        self._attempts.start()
 
     async def close(self) -> None:
         if self._ingest is not None:
             await self._ingest.stop()
+        if self._attempts is not None:
+            await self._attempts.stop()
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
@@ -256,8 +262,10 @@ class PostgresStore(PostgresRetention, Store):
             "counts": 1 if counts else 0,
             "now": now,
         }
-        # In a transaction: a statement that is not safe to repeat (see `postgres_conn`).
-        await self.pool.run(lambda c: c.execute(FINISH_ATTEMPT, args), transaction=True)
+        if self._attempts is None:
+            raise StoreError("the PostgreSQL store is not open")
+        # Grouped with the other tries finishing now, in one transaction (`postgres_attempts`).
+        await self._attempts.submit(args)
 
     async def release(self, delivery_ids: list[str], now: float) -> None:
         if not delivery_ids:

@@ -1,7 +1,6 @@
 """Group commit of `ingest` calls for the PostgreSQL store.
 
-Concurrent `ingest` calls queue here; a task takes everything queued (up to `MAX_GROUP` calls)
-and commits it as one transaction, with up to `IN_FLIGHT` groups on their way at once. One
+Concurrent `ingest` calls queue here and are committed in groups (`postgres_groups`). One
 statement (`postgres_sql.INGEST`), run in autocommit mode so that it is its own transaction and
 costs one round trip, inserts every dedupe key with ``ON CONFLICT DO NOTHING`` and the events
 whose key went in. Each caller's future resolves after that statement's COMMIT
@@ -31,15 +30,11 @@ from typing import Any
 
 import psycopg
 
-from gateway.errors import StoreError
 from gateway.ids import new_id
 from gateway.store.base import IncomingEvent, IngestResult, Lease
 from gateway.store.postgres_conn import CHANNEL, Pool
+from gateway.store.postgres_groups import Groups
 from gateway.store.postgres_sql import INGEST, ingest_arrays
-
-MAX_GROUP = 512
-#: Groups being committed at once (on as many connections).
-IN_FLIGHT = 2
 
 
 @dataclass
@@ -53,66 +48,22 @@ class _Call:
     rows: list[tuple[Any, ...] | None] = field(default_factory=list)
 
 
-class IngestGroups:
+class IngestGroups(Groups[_Call, set[str]]):
     """See the module docstring. `token` prefixes this store's notifications."""
 
     def __init__(self, pool: Pool, token: str) -> None:
+        super().__init__("postgresql-ingest", "ingest")
         self._pool = pool
         self._token = token
-        self._queue: list[_Call] = []
-        self._more = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        #: Groups committed and calls in them, for benchmarks.
-        self.groups = 0
-        self.calls = 0
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="postgresql-ingest")
-
-    async def stop(self) -> None:
-        """Commit what is queued, then stop; later calls fail with `StoreError`."""
-        self._closed = True
-        self._more.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def submit(
         self, source: str, items: list[IncomingEvent], now: float, lease: Lease | None
     ) -> IngestResult:
-        if self._closed:
-            raise StoreError("the PostgreSQL store is closed")
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Call(source, items, now, lease, future))
-        self._more.set()
+        self._enqueue(_Call(source, items, now, lease, future))
         return await future
 
-    async def _run(self) -> None:
-        # Up to IN_FLIGHT groups at once: while one waits for its WAL flush, the calls that
-        # arrived meanwhile go out as the next group instead of waiting for the flush too.
-        slots = asyncio.Semaphore(IN_FLIGHT)
-        running: set[asyncio.Task[None]] = set()
-
-        def done(task: asyncio.Task[None]) -> None:
-            running.discard(task)
-            slots.release()
-
-        while True:
-            await self._more.wait()
-            self._more.clear()
-            while self._queue:
-                await slots.acquire()
-                group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
-                task = asyncio.create_task(self._commit_group(group))
-                running.add(task)
-                task.add_done_callback(done)
-            if self._closed and not self._queue:
-                await asyncio.gather(*running, return_exceptions=True)
-                return
-
-    async def _commit_group(self, group: list[_Call]) -> None:
+    async def _commit(self, group: list[_Call]) -> set[str]:
         taken: set[tuple[str, str]] = set()
         for call in group:
             call.rows = [_row(call, item, taken) for item in call.items]
@@ -123,27 +74,10 @@ class IngestGroups:
             sends += 1
             return await self._insert(conn, group, again=sends > 1)
 
-        try:
-            inserted = await self._pool.run(send)
-        except StoreError as e:
-            if len(group) == 1 or isinstance(e.__cause__, psycopg.OperationalError):
-                for call in group:
-                    _fail(call, e)
-                return
-            for call in group:  # one bad call must not fail the others: each on its own
-                await self._commit_group([call])
-            return
-        except BaseException as e:  # a bug: fail the callers instead of stranding them
-            for call in group:
-                _fail(call, StoreError(f"ingest failed: {type(e).__name__}: {e}"))
-            if not isinstance(e, Exception):
-                raise
-            return
-        self.groups += 1
-        self.calls += len(group)
-        for call in group:
-            if not call.future.done():
-                call.future.set_result(_result(call, inserted))
+        return await self._pool.run(send)
+
+    def _resolve(self, call: _Call, result: set[str]) -> None:
+        call.future.set_result(_result(call, result))
 
     async def _insert(
         self, conn: psycopg.AsyncConnection[Any], group: list[_Call], again: bool
@@ -211,8 +145,3 @@ def _result(call: _Call, inserted: set[str]) -> IngestResult:
             accepted += 1
             outcomes.append("accepted")
     return IngestResult(accepted, duplicates, quarantined, tuple(ids), tuple(outcomes))
-
-
-def _fail(call: _Call, error: StoreError) -> None:
-    if not call.future.done():
-        call.future.set_exception(error)

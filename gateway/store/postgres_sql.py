@@ -128,6 +128,30 @@ UPDATE deliveries SET state = %(state)s,
 WHERE id = %(id)s
 """
 
+# Many deliveries' attempt outcomes in one statement (`postgres_attempts`): one row per
+# delivery (a group never holds a delivery twice), each attempt numbered after its delivery's
+# last one.
+FINISH_ATTEMPTS = """
+WITH a AS (
+    SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::text[], %s::int[],
+                         %s::text[], %s::text[], %s::text[], %s::float8[], %s::int[],
+                         %s::float8[])
+        AS a(id, started, finished, outcome, status, error, details, state, next, counts, now)
+), attempt AS (
+    INSERT INTO attempts (delivery_id, number, started_at, finished_at, outcome, status, error,
+                          details)
+    SELECT a.id, (SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE delivery_id = a.id),
+           a.started, a.finished, a.outcome, a.status, a.error, a.details
+    FROM a
+)
+UPDATE deliveries d SET state = a.state,
+    next_attempt_at = COALESCE(a.next, d.next_attempt_at),
+    attempts = d.attempts + a.counts, first_attempt_at = COALESCE(d.first_attempt_at, a.started),
+    last_error = a.error, last_status = a.status, lease_until = NULL, leased_by = NULL,
+    updated_at = a.now
+FROM a WHERE d.id = a.id
+"""
+
 # A router batch's verdicts in one statement: events still 'received' get their verdict, and
 # only those get their deliveries (an event another router finished first is left alone).
 FINISH_EVENTS = """
