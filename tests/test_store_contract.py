@@ -195,6 +195,22 @@ async def test_ingest_stores_each_item_as_a_received_event(store: Store) -> None
         assert event.reason is None and event.recheck is False
 
 
+async def test_ingest_keeps_every_character_of_the_raw_element(store: Store) -> None:
+    """Quotes, backslashes, braces, commas, spaces, NULL-looking text and non-ASCII text come
+    back exactly (array parameters are where a store could mangle them)."""
+    raws = [
+        json.dumps({"k": 'a "quoted" \\ back\\slash {x,y} NULL', "n": "Zoë 🙂 ÿ"}),
+        '{"k" : [1 , 2] ,  "e":"NULL"}',
+        json.dumps({"k": "plain"}, ensure_ascii=False) + "  ",
+    ]
+    items = [IncomingEvent(raw, f"key-{i}", f"u-{i}", "sent") for i, raw in enumerate(raws)]
+    result = await store.ingest(SOURCE, items, T0)
+    assert result.accepted == 3
+    for event_id, raw in zip(result.event_ids, raws, strict=True):
+        event = await store.get_event(event_id)
+        assert event is not None and event.raw == raw
+
+
 async def test_ingest_of_nothing_stores_nothing(store: Store) -> None:
     assert await store.ingest(SOURCE, [], T0) == IngestResult()
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.store.postgres_conn import Pool
 from gateway.store.postgres_groups import MAX_GROUP, Groups
-from gateway.store.postgres_sql import FINISH_ATTEMPT, FINISH_ATTEMPTS
+from gateway.store.postgres_sql import FINISH_ATTEMPT, FINISH_ATTEMPTS, floats
 
 #: `FINISH_ATTEMPT`'s parameters, in `FINISH_ATTEMPTS`'s column order.
 COLUMNS = (
@@ -37,6 +37,8 @@ COLUMNS = (
     "counts",
     "now",
 )
+
+FLOAT_COLUMNS = ("started", "finished", "next", "now")
 
 
 @dataclass
@@ -75,7 +77,10 @@ class AttemptGroups(Groups[_Call, None]):
             args = group[0].args
             await self._pool.run(lambda c: c.execute(FINISH_ATTEMPT, args), transaction=True)
             return
-        columns = [[call.args[name] for call in group] for name in COLUMNS]
+        columns: list[list[Any]] = [[call.args[name] for call in group] for name in COLUMNS]
+        for name in FLOAT_COLUMNS:
+            i = COLUMNS.index(name)
+            columns[i] = floats(columns[i])
         await self._pool.run(lambda c: c.execute(FINISH_ATTEMPTS, columns), transaction=True)
 
     def _resolve(self, call: _Call, result: None) -> None:
