@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,21 @@ async def test_tries_finishing_together_share_a_transaction_and_a_bad_one_fails_
     assert states.pop("msg_27") == "in_flight"  # its lease runs out and it is tried again
     assert set(states.values()) == {"pending"}
     assert (await sql(store, "SELECT COUNT(*), MAX(number) FROM attempts"))[0] == (39, 1)
+
+
+async def test_the_footprint_is_the_store_tables_with_their_indexes(make: Callable) -> None:
+    store = make()
+    await store.open()
+    empty = (await store.footprint()).bytes
+    assert empty is not None and empty > 0
+    assert (await store.footprint()).free_bytes is None
+    for n in range(5):
+        batch = [item(f"k{n}-{i}", json.dumps({"pad": os.urandom(1000).hex()})) for i in range(200)]
+        await store.ingest(SOURCE, batch, T0)
+    grown = (await store.footprint()).bytes
+    assert grown is not None and grown >= empty + 1000 * 2000 // 2  # hex: TOAST halves it at most
+    ((events,),) = await sql(store, "SELECT pg_total_relation_size('events')")
+    assert events < grown
 
 
 async def test_a_group_sent_again_after_a_lost_answer_reports_its_own_events(

@@ -220,7 +220,8 @@ class Metrics:
         if space.bytes is not None:
             size = GaugeMetricFamily(
                 f"{PREFIX}_store_bytes",
-                "Bytes the store takes: SQLite's database and WAL files, Redis's used_memory",
+                "Bytes the store takes: SQLite's database and WAL files, PostgreSQL's tables"
+                " with their indexes, Redis's used_memory",
             )
             size.add_metric([], space.bytes)
             families.append(size)

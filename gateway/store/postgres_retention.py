@@ -15,10 +15,20 @@ from typing import Any
 
 from gateway.errors import StoreError
 from gateway.ids import floor_id
-from gateway.store.base import PURGE_KINDS, Pacer, RetentionPolicy
+from gateway.store.base import PURGE_KINDS, Footprint, Pacer, RetentionPolicy
 
 Conn = Any
 _TABLES = {"plugin": "marks", "gateway": "gateway_marks"}
+#: Every table the store keeps (`postgres_schema`), for `footprint`.
+STORE_TABLES = (
+    "events",
+    "dedupe",
+    "deliveries",
+    "attempts",
+    "marks",
+    "gateway_marks",
+    "cg_schema_version",
+)
 
 # `advance_mark` in one statement, so one round trip (it runs once per status event and route:
 # the ordering filter is on by default). ``old`` locks the stored row, waiting for a concurrent
@@ -117,6 +127,25 @@ class PostgresRetention:
         return int(await self.pool.run(op))
 
     # -- marks -----------------------------------------------------------------------------------
+    async def footprint(self) -> Footprint:
+        """Bytes the store's tables take in the database, their indexes and TOAST included
+        (``pg_total_relation_size``, in the connection's schema). The free space is the
+        server's to know: None."""
+
+        async def op(c: Conn) -> Any:
+            row = await (
+                await c.execute(
+                    "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint"
+                    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+                    " AND c.relname = ANY(%s)",
+                    (list(STORE_TABLES),),
+                )
+            ).fetchone()
+            return row[0]
+
+        return Footprint(bytes=int(await self.pool.run(op)))
+
     async def advance_mark(
         self, key: str, rank: str, value: str, now: float, *, scope: str = "plugin"
     ) -> tuple[bool, str | None]:
