@@ -177,6 +177,43 @@ async def test_tries_finishing_together_share_a_transaction_and_a_bad_one_fails_
     assert (await sql(store, "SELECT COUNT(*), MAX(number) FROM attempts"))[0] == (39, 1)
 
 
+async def test_a_deliverys_second_outcome_waits_for_the_group_holding_its_first(
+    make: Callable,
+) -> None:
+    """Two groups may be on their way at once, on two connections: a delivery's later outcome
+    must not be numbered or applied before its earlier one commits."""
+    store = make()
+    await store.open()
+    await store.ingest(SOURCE, [item("a")], T0)
+    (event,) = await store.claim_events("me", 10, 60, T0)
+    news = [NewDelivery(f"msg_{i:02}", event.id, "r", f"d{i}", T0) for i in range(30)]
+    await store.finish_events([FinishedEvent(event.id, "routed", news, T0)])
+    for i in range(30):
+        assert len(await store.claim_deliveries("w", f"d{i}", 1, 60, T0)) == 1
+    # Idle connections ready, so that a second group starts while the first is on its way.
+    await asyncio.gather(*(sql(store, "SELECT pg_sleep(0.05)") for _ in range(4)))
+
+    def record(i: int, outcome: str, state: str, at: float) -> Any:
+        return store.finish_attempt(
+            f"msg_{i:02}", AttemptRecord(at, at + 1, outcome, 200, None), state, None, True, at
+        )
+
+    for round_ in range(5):
+        first = range(round_ * 6, round_ * 6 + 6)
+        await asyncio.gather(
+            *(record(i, "retry", "pending", T0) for i in first),
+            record(first[0], "delivered", "delivered", T0 + 10),
+        )
+        rows = await sql(
+            store,
+            "SELECT number, outcome FROM attempts WHERE delivery_id = %s ORDER BY number",
+            (f"msg_{first[0]:02}",),
+        )
+        assert rows == [(1, "retry"), (2, "delivered")]
+        record_, _ = await store.get_delivery(f"msg_{first[0]:02}")
+        assert (record_.state, record_.attempts) == ("delivered", 2)
+
+
 async def test_the_footprint_is_the_store_tables_with_their_indexes(make: Callable) -> None:
     store = make()
     await store.open()

@@ -3,9 +3,10 @@
 Every delivery try ends with its outcome recorded: the attempt row and the delivery's new
 state. Alone, that is a transaction of its own (three round trips: the statement is not safe
 to repeat, see `postgres_conn`). Tries finishing together queue here (`postgres_groups`) and a
-group is recorded by one statement (`postgres_sql.FINISH_ATTEMPTS`) in one transaction. A group
-never holds the same delivery twice (a second outcome for it waits for the next group), so
-each attempt is numbered after its delivery's last one, as alone.
+group is recorded by one statement (`postgres_sql.FINISH_ATTEMPTS`) in one transaction. A
+delivery's outcomes are recorded one after the other, as alone: a second outcome for a delivery
+whose first is queued or on its way waits until that one's group has ended, so each attempt is
+numbered after its delivery's last one and the later outcome sets its state.
 
 Each caller's future resolves after the group's COMMIT. A group that fails for a reason other
 than the connection is recorded again call by call (`FINISH_ATTEMPT`); one whose connection
@@ -53,6 +54,8 @@ class AttemptGroups(Groups[_Call, None]):
     def __init__(self, pool: Pool) -> None:
         super().__init__("postgresql-attempts", "recording the try")
         self._pool = pool
+        #: Deliveries with an outcome in a group on its way.
+        self._busy: set[str] = set()
 
     async def submit(self, args: dict[str, Any]) -> None:
         """Record one try (`FINISH_ATTEMPT`'s parameters); returns once committed."""
@@ -65,12 +68,20 @@ class AttemptGroups(Groups[_Call, None]):
         seen: set[str] = set()
         rest: list[_Call] = []
         for call in queue:
-            if len(group) < MAX_GROUP and call.args["id"] not in seen:
-                seen.add(call.args["id"])
+            delivery = call.args["id"]
+            if len(group) < MAX_GROUP and delivery not in seen and delivery not in self._busy:
                 group.append(call)
             else:
                 rest.append(call)
+            seen.add(delivery)  # a later outcome of it never overtakes this one
+        self._busy.update(call.args["id"] for call in group)
         return group, rest
+
+    async def _commit_group(self, group: list[_Call]) -> None:
+        try:
+            await super()._commit_group(group)
+        finally:
+            self._busy.difference_update(call.args["id"] for call in group)
 
     async def _commit(self, group: list[_Call]) -> None:
         if len(group) == 1:

@@ -74,7 +74,9 @@ class Groups(abc.ABC, Generic[C, R]):
         self._more.set()
 
     def _take(self, queue: list[C]) -> tuple[list[C], list[C]]:
-        """(the next group, what stays queued); `queue` is not empty."""
+        """(the next group, what stays queued); `queue` is not empty. The group may be empty
+        when every queued call must wait for a group in flight: the queue is looked at again
+        when one ends."""
         return queue[:MAX_GROUP], queue[MAX_GROUP:]
 
     @abc.abstractmethod
@@ -115,6 +117,7 @@ class Groups(abc.ABC, Generic[C, R]):
         def done(task: asyncio.Task[None]) -> None:
             running.discard(task)
             slots.release()
+            self._more.set()  # calls held back by this group (see `_take`) may go now
 
         while True:
             await self._more.wait()
@@ -122,6 +125,9 @@ class Groups(abc.ABC, Generic[C, R]):
             while self._queue:
                 await slots.acquire()
                 group, self._queue = self._take(self._queue)
+                if not group:
+                    slots.release()
+                    break
                 task = asyncio.create_task(self._commit_group(group))
                 running.add(task)
                 task.add_done_callback(done)
