@@ -136,17 +136,23 @@ async def test_one_failing_call_of_a_group_fails_alone(make: Callable) -> None:
     assert (await store.ingest(SOURCE, [item("b")], T0 + 1)).accepted == 1
 
 
-async def test_tries_finishing_together_share_a_transaction_and_a_bad_one_fails_alone(
-    make: Callable,
-) -> None:
+async def in_flight(make: Callable, n: int) -> PostgresStore:
+    """An open store holding `n` deliveries ``msg_00``... (to ``d0``...), all claimed."""
     store = make()
     await store.open()
     await store.ingest(SOURCE, [item("a")], T0)
     (event,) = await store.claim_events("me", 10, 60, T0)
-    news = [NewDelivery(f"msg_{i:02}", event.id, "r", f"d{i}", T0) for i in range(40)]
+    news = [NewDelivery(f"msg_{i:02}", event.id, "r", f"d{i}", T0) for i in range(n)]
     await store.finish_events([FinishedEvent(event.id, "routed", news, T0)])
-    for i in range(40):
+    for i in range(n):
         assert len(await store.claim_deliveries("w", f"d{i}", 1, 60, T0)) == 1
+    return store
+
+
+async def test_tries_finishing_together_share_a_transaction_and_a_bad_one_fails_alone(
+    make: Callable,
+) -> None:
+    store = await in_flight(make, 40)
     groups = store._attempts
     assert groups is not None
 
@@ -182,14 +188,7 @@ async def test_a_deliverys_second_outcome_waits_for_the_group_holding_its_first(
 ) -> None:
     """Two groups may be on their way at once, on two connections: a delivery's later outcome
     must not be numbered or applied before its earlier one commits."""
-    store = make()
-    await store.open()
-    await store.ingest(SOURCE, [item("a")], T0)
-    (event,) = await store.claim_events("me", 10, 60, T0)
-    news = [NewDelivery(f"msg_{i:02}", event.id, "r", f"d{i}", T0) for i in range(30)]
-    await store.finish_events([FinishedEvent(event.id, "routed", news, T0)])
-    for i in range(30):
-        assert len(await store.claim_deliveries("w", f"d{i}", 1, 60, T0)) == 1
+    store = await in_flight(make, 30)
     # Idle connections ready, so that a second group starts while the first is on its way.
     await asyncio.gather(*(sql(store, "SELECT pg_sleep(0.05)") for _ in range(4)))
 
