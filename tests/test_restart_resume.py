@@ -1,24 +1,28 @@
 """A gateway restarted after a crash resumes its own leased work at once (SQLite owner locks,
-`gateway.store.owners`), not when the leases expire; a live gateway's leases are never taken.
+`gateway.store.owners`; PostgreSQL session advisory locks, `gateway.store.postgres_owners`),
+not when the leases expire; a live gateway's leases are never taken.
 
 The lease is 60 s so that "at once" and "after the lease" cannot be confused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from e2e_helpers import event, eventually
 from gateway_process import GatewayProcess
+from postgres_support import scratch_database, terminate_connections
 from receiver import ReceiverThread, Reply
 
 from gateway.store.owners import OwnerLocks
@@ -54,11 +58,13 @@ def in_flight(gw: GatewayProcess) -> list[tuple[str, float]]:
         )
 
 
-def test_a_restart_after_kill_9_resumes_deliveries_in_flight_at_once(
-    gateway_factory: Callable[..., GatewayProcess],
+def resumes_at_once(
+    gateway_factory: Callable[..., GatewayProcess], config: Callable[[str], str]
 ) -> None:
+    """Kill -9 a gateway (`config` of the receiver's URL) with three deliveries in flight,
+    start it again: all three are sent again well before their 60 s leases run out."""
     with ReceiverThread(Reply(200, stall=math.inf)) as rx:
-        gw = gateway_factory(CONFIG.format(url=rx.url))
+        gw = gateway_factory(config(rx.url))
         uuids = post(gw, 3)
         rx.wait_for(3)  # all three held by the receiver: in flight, leased for 60 s
         gw.kill()
@@ -76,6 +82,12 @@ def test_a_restart_after_kill_9_resumes_deliveries_in_flight_at_once(
         assert "resuming 3 events and deliveries left by a process that died" in gw.logs()
         assert took < 20, f"resumed after {took:.1f}s"
         assert gw.stop() == 0
+
+
+def test_a_restart_after_kill_9_resumes_deliveries_in_flight_at_once(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    resumes_at_once(gateway_factory, lambda url: CONFIG.format(url=url))
 
 
 def test_a_second_live_gateway_on_the_same_store_leaves_the_first_ones_leases_alone(
@@ -138,3 +150,123 @@ async def test_events_intake_leased_to_a_dead_process_are_claimable_at_once(
         assert claimed.raw == '{"a": 1}'
     finally:
         await restarted.close()
+
+
+# -- PostgreSQL: session advisory locks of registered owners (`gateway.store.postgres_owners`) --
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with scratch_database() as url:
+        yield url
+
+
+def on_postgres(text: str, url: str) -> str:
+    return text.replace("store: sqlite:///var/gateway.db", f"store: {url}")
+
+
+def pg_in_flight(url: str) -> list[tuple[str, float]]:
+    with psycopg.connect(url) as db:
+        rows = db.execute(
+            "SELECT leased_by, lease_until FROM deliveries WHERE state = 'in_flight' ORDER BY id"
+        ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def test_postgresql_a_restart_after_kill_9_resumes_deliveries_in_flight_at_once(
+    gateway_factory: Callable[..., GatewayProcess], pg_url: str
+) -> None:
+    resumes_at_once(gateway_factory, lambda url: on_postgres(CONFIG.format(url=url), pg_url))
+
+
+def test_postgresql_a_second_live_gateway_leaves_the_first_ones_leases_alone(
+    gateway_factory: Callable[..., GatewayProcess], pg_url: str, tmp_path: Path
+) -> None:
+    with ReceiverThread(Reply(200, stall=math.inf)) as rx:
+        text = on_postgres(CONFIG.format(url=rx.url), pg_url)
+        (tmp_path / "first").mkdir()
+        (tmp_path / "second").mkdir()
+        first = gateway_factory(text, workdir=tmp_path / "first")
+        post(first, 2)
+        rx.wait_for(2)
+        held = pg_in_flight(pg_url)
+        assert len(held) == 2
+        second = gateway_factory(text, workdir=tmp_path / "second")  # ready: adopted
+        assert pg_in_flight(pg_url) == held, "the live gateway's leases were taken"
+        assert "resuming" not in second.logs()
+        assert len(rx.requests) == 2
+
+
+async def test_postgresql_only_registered_owners_whose_lock_is_free_are_dead(pg_url: str) -> None:
+    from gateway.store import IncomingEvent, Lease
+    from gateway.store.postgres import PostgresStore
+    from gateway.store.postgres_owners import OwnerSession
+
+    live = PostgresStore(pg_url)
+    await live.open()
+    crashed = OwnerSession(live._conninfo)
+    finder = PostgresStore(pg_url)
+    await finder.open()
+    try:
+        assert await live.adopt_owner("host:1", 1000.0) == 0
+        assert await crashed.hold("host:3")
+        for i, owner in enumerate(("host:1", "host:3", "old:9")):  # old:9 never registered
+            lease = Lease(owner, 1060.0)
+            await live.ingest("src", [IncomingEvent(f'{{"a": {i}}}', f"k{i}")], 1000.0, lease)
+        assert crashed._conn is not None
+        await crashed._conn.close()  # the process dies: its session and lock go, its mark stays
+        crashed._conn = None
+
+        assert await finder.adopt_owner("host:2", 1001.0) == 1  # host:3's event only
+        claimed = await finder.claim_events("host:2", 10, 60.0, 1001.0)
+        assert [e.raw for e in claimed] == ['{"a": 1}']
+        owners = finder._owners
+        assert owners is not None
+        assert await owners.registered() == {"host:1", "host:2"}, "the dead owner is forgotten"
+    finally:
+        await crashed.release()
+        await live.close()
+        await finder.close()
+    second = PostgresStore(pg_url)
+    await second.open()
+    try:  # closing unregistered both live owners
+        await second.adopt_owner("host:4", 1002.0)
+        assert second._owners is not None
+        assert await second._owners.registered() == {"host:4"}
+    finally:
+        await second.close()
+
+
+async def test_postgresql_an_owner_takes_its_lock_again_after_losing_its_connection(
+    pg_url: str,
+) -> None:
+    from gateway.store.postgres import PostgresStore
+    from gateway.store.postgres_conn import split_url
+    from gateway.store.postgres_owners import OwnerSession
+
+    migrated = PostgresStore(pg_url)
+    await migrated.open()  # the schema
+    await migrated.close()
+    conninfo = split_url(pg_url)[0]
+    owner, finder = OwnerSession(conninfo, keepalive=0.05), OwnerSession(conninfo)
+    try:
+        assert await owner.hold("host:1")
+        terminate_connections(pg_url)  # a PostgreSQL restart ends every session
+        assert await finder.hold("host:2")
+
+        async def relocked() -> bool:
+            if await finder.take_if_dead("host:1"):  # free: not yet held again
+                await finder._execute("SELECT pg_advisory_unlock_all()", None)
+                await finder._lock_own()  # keep the finder's own lock
+                return False
+            return True
+
+        for _ in range(200):
+            if await relocked():
+                break
+            await asyncio.sleep(0.02)
+        assert await relocked(), "the owner did not take its lock again"
+        assert "host:1" in await finder.registered()
+    finally:
+        await owner.release()
+        await finder.release()

@@ -52,6 +52,7 @@ from gateway.store.base import (
 from gateway.store.postgres_attempts import AttemptGroups
 from gateway.store.postgres_conn import CHANNEL, Listener, Pool, split_url
 from gateway.store.postgres_ingest import IngestGroups
+from gateway.store.postgres_owners import OwnerSession
 from gateway.store.postgres_retention import PostgresRetention
 from gateway.store.postgres_sql import (
     CLAIM_DELIVERIES,
@@ -81,6 +82,7 @@ class PostgresStore(PostgresRetention, Store):
         self._pool: Pool | None = None
         self._ingest: IngestGroups | None = None
         self._attempts: AttemptGroups | None = None
+        self._owners: OwnerSession | None = None
         self._listener: Listener | None = None
         self._watchers: list[Callable[[str, str | None], None]] = []
         #: Prefixes this store's notifications, so it can ignore its own.
@@ -118,8 +120,53 @@ class PostgresStore(PostgresRetention, Store):
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+        if self._owners is not None:
+            await self._owners.release()
+            self._owners = None
         if self._pool is not None:
             await self._pool.close()
+
+    async def adopt_owner(self, owner: str, now: float) -> int:
+        """See `Store.adopt_owner`: the proof is a session advisory lock per registered owner
+        (`gateway.store.postgres_owners`)."""
+        session = OwnerSession(self._conninfo)
+        self._owners = session
+        own = await session.hold(owner)
+        registered = await session.registered()
+        leased = {
+            r[0]
+            for r in await self._rows(
+                "SELECT DISTINCT leased_by FROM events WHERE state = 'received'"
+                " AND leased_by IS NOT NULL UNION SELECT DISTINCT leased_by FROM deliveries"
+                " WHERE state = 'in_flight' AND leased_by IS NOT NULL"
+            )
+        }
+        freed = 0
+        for dead in sorted(leased & registered):
+            if dead == owner:
+                if not own:
+                    continue  # another live process has this id: its leases are its own
+            elif not await session.take_if_dead(dead):
+                continue
+
+            async def op(c: Conn, dead: str = dead) -> int:
+                events = await c.execute(
+                    "UPDATE events SET lease_until = NULL, leased_by = NULL"
+                    " WHERE state = 'received' AND leased_by = %s",
+                    (dead,),
+                )
+                deliveries = await c.execute(  # expired now: claimed again as after the lease
+                    "UPDATE deliveries SET lease_until = 0"
+                    " WHERE state = 'in_flight' AND leased_by = %s RETURNING destination",
+                    (dead,),
+                )
+                await self._notify(c, [r[0] for r in await deliveries.fetchall()])
+                return int(events.rowcount) + int(deliveries.rowcount)
+
+            freed += await self.pool.run(op, transaction=True)
+            if dead != owner:
+                await session.forget(dead)
+        return freed
 
     async def ping(self) -> None:
         await self.pool.run(lambda c: c.execute("SELECT 1"))
