@@ -235,12 +235,9 @@ class PostgresStore(PostgresRetention, Store):
         if not finished:
             return
 
-        async def op(c: Conn) -> None:
-            cur = await c.execute(FINISH_EVENTS, finish_arrays(finished))
-            created = [r[0] for r in await cur.fetchall()]
-            await self._notify(c, created)
-
-        await self.pool.run(op, transaction=True)
+        args = [*finish_arrays(finished), CHANNEL, f"{self.token} d "]
+        # One statement, its own transaction: one round trip instead of four.
+        await self.pool.run(lambda c: c.execute(FINISH_EVENTS, args))
 
     async def hold_event(self, event_id: str, reason: str, retry_at: float, now: float) -> None:
         await self.pool.run(

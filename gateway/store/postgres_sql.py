@@ -167,7 +167,10 @@ FROM a WHERE d.id = a.id
 """
 
 # A router batch's verdicts in one statement: events still 'received' get their verdict, and
-# only those get their deliveries (an event another router finished first is left alone).
+# only those get their deliveries (an event another router finished first is left alone); the
+# destinations that got new deliveries are announced (``NOTIFY``, sent at the commit). Safe to
+# run twice (autocommit, see `postgres_conn`): a second run finds the events finished already
+# and does nothing.
 FINISH_EVENTS = """
 WITH verdict AS (
     SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::float8[])
@@ -181,14 +184,17 @@ WITH verdict AS (
     SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::float8[],
                          %b::text[])
         AS n(id, event_id, route, destination, next_attempt_at, enrichment)
+), created AS (
+    INSERT INTO deliveries (id, event_id, source, route, destination, state, next_attempt_at,
+                            created_at, updated_at, message_uuid, enrichment)
+    SELECT n.id, n.event_id, done.source, n.route, n.destination, 'pending', n.next_attempt_at,
+           done.now, done.now, done.message_uuid, n.enrichment
+    FROM news n JOIN done ON done.id = n.event_id
+    ON CONFLICT DO NOTHING
+    RETURNING destination
 )
-INSERT INTO deliveries (id, event_id, source, route, destination, state, next_attempt_at,
-                        created_at, updated_at, message_uuid, enrichment)
-SELECT n.id, n.event_id, done.source, n.route, n.destination, 'pending', n.next_attempt_at,
-       done.now, done.now, done.message_uuid, n.enrichment
-FROM news n JOIN done ON done.id = n.event_id
-ON CONFLICT DO NOTHING
-RETURNING destination
+SELECT pg_notify(%s, %s || d.destination)
+FROM (SELECT DISTINCT destination FROM created ORDER BY destination) d
 """
 
 
