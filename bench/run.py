@@ -92,10 +92,10 @@ def run_rounds(b: Bench, stores: list[StoreUnderTest]) -> None:
             finally:
                 store.cleanup()
     sqlite = StoreUnderTest("sqlite")
-    for phase, fn in (("history", b.history), ("drain", b.drain), ("backlog", b.backlog)):
+    for phase, run_fixture in (("history", b.history), ("drain", b.drain), ("backlog", b.backlog)):
         if phase in a.phases:
             print(f"[{phase}]", flush=True)
-            guarded(b, phase, fn, sqlite)
+            guarded(b, phase, run_fixture, sqlite)
 
 
 def store_phase(b: Bench, phase: str, store: StoreUnderTest) -> None:
