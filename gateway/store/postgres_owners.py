@@ -31,7 +31,8 @@ log = logging.getLogger("gateway.store")
 KEEPALIVE = 5.0
 #: The ``gateway_marks`` key prefix that registers an owner.
 PREFIX = "owner:"
-_KEY = "hashtextextended('callback-gateway owner ' || %s, 0)"
+#: The advisory lock key of the owner given as the parameter.
+LOCK_KEY = "hashtextextended('callback-gateway owner ' || %s, 0)"
 
 
 class OwnerSession:
@@ -67,14 +68,12 @@ class OwnerSession:
     async def take_if_dead(self, owner: str) -> bool:
         """True when `owner` (registered, not this process's) is dead: its lock could be
         taken. The caller frees its leases, then calls `forget`."""
-        cur = await self._execute(f"SELECT pg_try_advisory_lock({_KEY})", (owner,))
-        row = await cur.fetchone()
-        return bool(row and row[0])
+        return await self._try_lock(owner)
 
     async def forget(self, owner: str) -> None:
         """Unregister a dead `owner` and let go of its lock (taken by `take_if_dead`)."""
         await self._execute("DELETE FROM gateway_marks WHERE key = %s", (PREFIX + owner,))
-        await self._execute(f"SELECT pg_advisory_unlock({_KEY})", (owner,))
+        await self._execute(f"SELECT pg_advisory_unlock({LOCK_KEY})", (owner,))
 
     async def release(self) -> None:
         """At a clean stop: unregister this owner (its leases were handed back) and close."""
@@ -99,11 +98,14 @@ class OwnerSession:
             self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
         return await self._conn.execute(sql, args)
 
+    async def _try_lock(self, owner: str) -> bool:
+        cur = await self._execute(f"SELECT pg_try_advisory_lock({LOCK_KEY})", (owner,))
+        row = await cur.fetchone()
+        return bool(row and row[0])
+
     async def _lock_own(self) -> bool:
         """Take this owner's lock and (re)register it; False when another session holds it."""
-        cur = await self._execute(f"SELECT pg_try_advisory_lock({_KEY})", (self._owner,))
-        row = await cur.fetchone()
-        self._locked = bool(row and row[0])
+        self._locked = await self._try_lock(str(self._owner))
         if self._locked:
             await self._execute(
                 "INSERT INTO gateway_marks (key, rank, value, updated_at)"
